@@ -1,0 +1,187 @@
+"""GRU4Rec: the estimator with the authors' parameter names.
+
+    from fastgru4rec import GRU4Rec
+    model = GRU4Rec(layers=[100], loss="cross-entropy", batch_size=32, dropout_p_hidden=0.4,
+                    learning_rate=0.2, momentum=0.2, sample_alpha=0.5, n_sample=2048, logq=1.0)
+    model.fit("train.tsv")
+    model.evaluate("test.tsv", cutoffs=[1, 5, 10, 20], mode="conservative")
+    model.recommend(["214853848", "214853182"], k=10)     # top-10 original item ids
+    model.save("model.pt"); GRU4Rec.load("model.pt")
+
+``model.model`` is the GRU4RecModel (an nn.Module) underneath.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .config import GRU4RecConfig
+from .data import SessionData, read_sessions, require_trainable
+from .errors import ConfigError, DataError
+from .evaluate import DEFAULT_CUTOFFS, evaluate_model
+from .nn import GRU4RecModel
+from .train import EpochStats, Trainer
+
+_FORMAT = "fastgru4rec-model"
+_FORMAT_VERSION = 1
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"parameter device={device!r}: not a torch device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"parameter device={device!r}: CUDA is not available on this machine")
+    return dev
+
+
+class GRU4Rec:
+    """Session-based recommender (Hidasi et al. 2016, 2018). Parameters: see GRU4RecConfig."""
+
+    def __init__(self, device: Union[str, torch.device] = "cpu", **params):
+        self.config = GRU4RecConfig.from_dict(params)
+        self.device = resolve_device(device)
+        self.model: Optional[GRU4RecModel] = None
+        self.item_ids: Optional[np.ndarray] = None
+        self.supports: Optional[np.ndarray] = None
+        self.history: List[EpochStats] = []
+        self._train_map: Optional[SessionData] = None
+
+    # ------------------------------------------------------------------ data
+    def _as_data(self, data, item_map: Optional[SessionData] = None, **read_kw) -> SessionData:
+        if isinstance(data, SessionData):
+            if item_map is not None and not _same_items(data, item_map):
+                # mapped with another item map: map it again through the original ids
+                return SessionData.from_arrays(
+                    np.repeat(data.session_ids, data.session_lengths), data.item_ids[data.items],
+                    data.times, item_map=item_map, source=data.source)
+            return data
+        return read_sessions(data, item_map=item_map, **read_kw)
+
+    def _item_map(self) -> SessionData:
+        self._require_fitted()
+        if self._train_map is None:
+            self._train_map = SessionData(np.zeros(1, np.int64), np.zeros(0, np.int64),
+                                          np.zeros(0), np.zeros(0, object), self.item_ids,
+                                          self.supports, source="<model item map>")
+        return self._train_map
+
+    def _require_fitted(self):
+        if self.model is None:
+            raise RuntimeError("the model is not trained: call fit() or GRU4Rec.load() first")
+
+    # ------------------------------------------------------------------ training
+    def build_model(self, n_items: int) -> GRU4RecModel:
+        cfg = self.config
+        variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
+        return GRU4RecModel(n_items, cfg.layers, cfg.embedding_mode, cfg.embedding, variants,
+                            seed=cfg.seed).to(self.device)
+
+    def fit(self, data, progress: bool = True, on_epoch=None, schedule_backend: str = "auto",
+            **read_kw) -> "GRU4Rec":
+        """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame).
+        read_kw: session_key / item_key / time_key / sep for files and DataFrames."""
+        train = self._as_data(data, **read_kw)
+        require_trainable(train)
+        self.item_ids, self.supports = train.item_ids, train.supports
+        self._train_map = None
+        self.model = self.build_model(train.n_items)
+        trainer = Trainer(self.model, self.config, train.supports, self.device, schedule_backend)
+        self.history = trainer.fit(train, progress=progress, on_epoch=on_epoch)
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def evaluate(self, test, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, mode: str = "conservative",
+                 batch_size: int = 512, progress: bool = False, **read_kw) -> Dict:
+        """Recall@K and MRR@K with full ranking over all training items. Returns
+        {"recall": {K: v}, "mrr": {K: v}, "n_events": evaluation points, "mode": mode,
+        "n_unknown_events": test events dropped for items unknown to the model}."""
+        self._require_fitted()
+        test = self._as_data(test, item_map=self._item_map(), **read_kw)
+        res = evaluate_model(self.model, test, cutoffs, mode, batch_size, self.device, progress)
+        res["n_unknown_events"] = test.n_unknown_events
+        return res
+
+    @torch.no_grad()
+    def recommend(self, session_items: Sequence, k: int = 20, exclude_seen: bool = False) -> List[str]:
+        """Top-k original item ids for a session prefix (original ids, oldest first).
+        Items unknown to the model are skipped; at least one must be known."""
+        self._require_fitted()
+        if int(k) <= 0:
+            raise ValueError(f"k must be positive (got {k})")
+        index = self._item_map().item_index()
+        known = [index[str(i)] for i in session_items if str(i) in index]
+        if not known:
+            raise DataError(f"recommend: none of the session's items {list(session_items)[:5]} "
+                            "is known to the model")
+        self.model.eval()
+        hidden = self.model.init_hidden(1, self.device)
+        for item in known:
+            h_last, hidden = self.model(torch.tensor([item], device=self.device), hidden)
+        scores = self.model.score(h_last)[0]
+        if exclude_seen:
+            scores[torch.tensor(known, device=self.device)] = -float("inf")
+        k = min(int(k), scores.shape[0])
+        # torch.topk is not stable for ties; sort by (-score, index) so ties go to the lower index
+        order = torch.sort(scores, descending=True, stable=True).indices[:k].cpu().numpy()
+        return [str(self.item_ids[i]) for i in order]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Union[str, Path]) -> None:
+        """Weights, item map and configuration in one file, written atomically. Loading it
+        unpickles only tensors and plain containers (torch.load(weights_only=True))."""
+        self._require_fitted()
+        path = Path(path)
+        payload = {
+            "format": _FORMAT, "version": _FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "item_ids": [str(i) for i in self.item_ids],
+            "supports": torch.from_numpy(np.asarray(self.supports, dtype=np.int64)),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "GRU4Rec":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: model file not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt file, not a torch file, or disallowed (pickled code)
+            raise DataError(f"{path}: not a readable fastgru4rec model ({type(e).__name__})") from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise DataError(f"{path}: not a fastgru4rec model file")
+        if payload.get("version") != _FORMAT_VERSION:
+            raise DataError(f"{path}: model format version {payload.get('version')} is not "
+                            f"supported (this library reads version {_FORMAT_VERSION})")
+        est = cls(device=device, **payload["config"])
+        est.item_ids = np.asarray(payload["item_ids"], dtype=object)
+        est.supports = payload["supports"].numpy()
+        est.model = est.build_model(len(est.item_ids))
+        est.model.load_state_dict(payload["state_dict"])
+        return est
+
+
+def _same_items(a: SessionData, b: SessionData) -> bool:
+    return a.item_ids is b.item_ids or (
+        a.n_items == b.n_items and bool(np.all(a.item_ids == b.item_ids)))

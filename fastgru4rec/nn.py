@@ -1,0 +1,203 @@
+"""nn.Modules of GRU4Rec: the GRU layer and the full model (REFERENCE §3).
+
+The model is usable on its own in a user's PyTorch code:
+
+    model = GRU4RecModel(n_items=N, layers=(100,), embedding_mode="shared")
+    hidden = model.init_hidden(batch)                 # list of (batch, H_l) zeros
+    h_last, hidden = model(item_idx, hidden)          # one step; item_idx: int64 (batch,)
+    scores = model.score(h_last)                      # (batch, N) scores over the catalog
+    scores_y = model.score(h_last, item_idx=Y)        # (batch, len(Y)) scores of chosen items
+
+Training with sparse row updates (the trainer) feeds gathered rows through ``step``.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .ops.gru import gru_step
+from .ops.scoring import sampled_scores
+
+EMBEDDING_MODES = ("shared", "separate", "onehot")
+
+
+def glorot_blocks_(weight: torch.Tensor, n_blocks: int, generator: torch.Generator,
+                   block_dim: int = 0) -> torch.Tensor:
+    """Glorot-uniform init of each gate's block separately: a block of shape (a, c) gets
+    U(±sqrt(6 / (a + c))). Blocks are split along ``block_dim``."""
+    with torch.no_grad():
+        for block in weight.chunk(n_blocks, dim=block_dim):
+            bound = math.sqrt(6.0 / (block.shape[0] + block.shape[1]))
+            block.uniform_(-bound, bound, generator=generator)
+    return weight
+
+
+class GRULayer(nn.Module):
+    """One GRU layer, a drop-in for torch.nn.GRUCell in the "cell" variant (same parameter
+    names and shapes: weight_ih (3H, in), weight_hh (3H, H), bias_ih (3H), bias_hh (3H); so
+    ``load_state_dict`` from an nn.GRUCell works).
+
+    The "original" variant has a single bias per gate (bias_ih) and no bias_hh. With
+    input_size=None the layer has no weight_ih: its input projection comes from elsewhere
+    (the one-hot first layer gathers rows of an (N, 3H) table).
+    """
+
+    def __init__(self, input_size: Optional[int], hidden_size: int, variant: str = "cell",
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if variant not in ("cell", "original"):
+            raise ValueError(f"unknown GRU variant {variant!r} (original, cell)")
+        self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
+        H = hidden_size
+        if input_size is not None:
+            self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size))
+            self.bias_ih = nn.Parameter(torch.zeros(3 * H))
+        else:
+            self.register_parameter("weight_ih", None)
+            self.register_parameter("bias_ih", None)
+        self.weight_hh = nn.Parameter(torch.empty(3 * H, H))
+        if variant == "cell":
+            self.bias_hh = nn.Parameter(torch.zeros(3 * H))
+        else:
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: Optional[torch.Generator] = None):
+        generator = generator or torch.Generator().manual_seed(0)
+        if self.weight_ih is not None:
+            glorot_blocks_(self.weight_ih, 3, generator)
+            nn.init.zeros_(self.bias_ih)
+        glorot_blocks_(self.weight_hh, 3, generator)
+        if self.bias_hh is not None:
+            nn.init.zeros_(self.bias_hh)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Input projection gi = x W_ihᵀ + b_ih: (b, in) -> (b, 3H)."""
+        return torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
+
+    def step(self, gi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """h' (b, H) from the input projection gi (b, 3H) and the state h (b, H)."""
+        return gru_step(gi, h, self.weight_hh, self.bias_hh, self.variant)
+
+    def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """nn.GRUCell's call form: x (b, in), h (b, H) or None -> h' (b, H)."""
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)
+        return self.step(self.project(x), h)
+
+
+class GRU4RecModel(nn.Module):
+    """GRU4Rec: input embedding, stacked GRU layers, scores against the item table.
+
+    n_items: N. layers: hidden sizes. embedding_mode: "shared" (the output table ``item_weight``
+    (N, H_last) is also the input embedding), "separate" (own ``embedding`` (N, E)), or "onehot"
+    (``input_table`` (N, 3·H_0) rows are the first layer's input projection).
+    variants: GRU variant per layer ("cell"/"original"). Dropout is applied by the caller
+    through ``dropout`` arguments so the model itself is deterministic.
+    """
+
+    def __init__(self, n_items: int, layers: Sequence[int] = (100,), embedding_mode: str = "shared",
+                 embedding_dim: int = 0, variants: Optional[Sequence[str]] = None, seed: int = 42):
+        super().__init__()
+        if embedding_mode not in EMBEDDING_MODES:
+            raise ValueError(f"unknown embedding mode {embedding_mode!r} ({', '.join(EMBEDDING_MODES)})")
+        if embedding_mode == "separate" and embedding_dim <= 0:
+            raise ValueError("the separate embedding mode needs embedding_dim > 0")
+        layers = tuple(int(h) for h in layers)
+        if variants is None:
+            variants = ["original" if (l == 0 and embedding_mode == "onehot") else "cell"
+                        for l in range(len(layers))]
+        self.n_items, self.layers, self.embedding_mode = int(n_items), layers, embedding_mode
+        self.embedding_dim = embedding_dim if embedding_mode == "separate" else 0
+        g = torch.Generator().manual_seed(int(seed))
+        N, H_last = self.n_items, layers[-1]
+
+        self.item_weight = nn.Parameter(glorot_blocks_(torch.empty(N, H_last), 1, g))
+        self.item_bias = nn.Parameter(torch.zeros(N))
+        if embedding_mode == "separate":
+            self.embedding = nn.Parameter(glorot_blocks_(torch.empty(N, embedding_dim), 1, g))
+            in_size = embedding_dim
+        elif embedding_mode == "shared":
+            in_size = H_last
+        else:
+            # One-hot input: x·W_x is a row gather of an (N, 3H) table, one block per gate.
+            self.input_table = nn.Parameter(glorot_blocks_(torch.empty(N, 3 * layers[0]), 3, g, 1))
+            self.input_bias = nn.Parameter(torch.zeros(3 * layers[0]))
+            in_size = None
+        gru = []
+        for l, H in enumerate(layers):
+            gru.append(GRULayer(in_size, H, variants[l], generator=g))
+            in_size = H
+        self.gru = nn.ModuleList(gru)
+
+    # -------------------------------------------------------------- tables
+    def sparse_tables(self) -> List[str]:
+        """Names of the item-indexed parameters (updated sparsely by the trainer)."""
+        names = ["item_weight", "item_bias"]
+        if self.embedding_mode == "separate":
+            names.append("embedding")
+        elif self.embedding_mode == "onehot":
+            names.append("input_table")
+        return names
+
+    @property
+    def input_table_name(self) -> str:
+        """The table whose rows are the input of a step."""
+        return {"shared": "item_weight", "separate": "embedding", "onehot": "input_table"}[
+            self.embedding_mode]
+
+    def init_hidden(self, batch: int, device=None) -> List[torch.Tensor]:
+        device = device or self.item_weight.device
+        return [torch.zeros(batch, H, device=device, dtype=self.item_weight.dtype)
+                for H in self.layers]
+
+    # -------------------------------------------------------------- one step
+    def step(self, input_rows: torch.Tensor, hidden: List[torch.Tensor],
+             dropout_embed: float = 0.0, dropout_hidden: float = 0.0,
+             generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """One step from gathered input rows (b, E) (b, 3H_0 for one-hot).
+
+        Returns (h_last (b, H_last), new hidden list). Dropout (inverted, seeded by
+        ``generator``) is applied to the embedding rows and to each layer's output; the
+        dropped-out output is what is carried as the next state (REFERENCE §3).
+        """
+        new_hidden = []
+        if self.embedding_mode == "onehot":
+            gi = input_rows + self.input_bias
+            # one-hot: no embedding to drop; the first layer's output gets dropout_p_hidden
+            x = None
+        else:
+            x = _dropout(input_rows, dropout_embed, generator)
+        for l, layer in enumerate(self.gru):
+            if x is not None:
+                gi = layer.project(x)
+            h = _dropout(layer.step(gi, hidden[l]), dropout_hidden, generator)
+            new_hidden.append(h)
+            x = h
+        return x, new_hidden
+
+    def forward(self, item_idx: torch.Tensor, hidden: Optional[List[torch.Tensor]] = None
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """One step without dropout: item_idx int64 (b,) -> (h_last (b, H_last), new hidden)."""
+        if hidden is None:
+            hidden = self.init_hidden(item_idx.shape[0], item_idx.device)
+        rows = getattr(self, self.input_table_name).index_select(0, item_idx)
+        return self.step(rows, hidden)
+
+    def score(self, h_last: torch.Tensor, item_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores (b, n) of h_last (b, H) against the items item_idx (n,) or all N items."""
+        if item_idx is None:
+            return sampled_scores(h_last, self.item_weight, self.item_bias)
+        return sampled_scores(h_last, self.item_weight.index_select(0, item_idx),
+                              self.item_bias.index_select(0, item_idx))
+
+
+def _dropout(x: torch.Tensor, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Inverted dropout with an explicit generator (so a seeded fit repeats exactly)."""
+    if p <= 0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * keep * (1.0 / (1.0 - p))

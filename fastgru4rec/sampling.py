@@ -1,0 +1,67 @@
+"""Negative sampling (REFERENCE §4): item j drawn with probability ∝ support_j ** alpha.
+
+The reference draws by binary search over the cumulative distribution, as the authors do, and
+keeps a pre-drawn store of ``store_size`` ids (rows of n_sample ids, one row consumed per
+training step, the whole store redrawn when used up).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def sampling_cdf(supports: np.ndarray, alpha: float) -> np.ndarray:
+    """float64 (N,) cumulative distribution of p_j ∝ supports_j ** alpha, last entry exactly 1."""
+    supports = np.asarray(supports, dtype=np.float64)
+    if not np.isfinite(alpha) or alpha < 0:
+        raise ConfigError(f"sample_alpha must be a non-negative number (got {alpha})")
+    if supports.ndim != 1 or supports.size == 0 or np.any(supports < 0):
+        raise ConfigError("item supports must be a non-empty 1-d array of non-negative counts")
+    weights = supports ** alpha
+    cdf = np.cumsum(weights)
+    if not cdf[-1] > 0:
+        raise ConfigError("item supports sum to zero: nothing to sample from")
+    cdf /= cdf[-1]
+    cdf[-1] = 1.0   # rounding must not leave a gap that a draw of u -> 1 could fall into
+    return cdf
+
+
+def draw_negatives(cdf: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n item indices (int64) drawn from the distribution whose CDF is given."""
+    u = rng.random(n)
+    return np.minimum(np.searchsorted(cdf, u, side="right"), cdf.shape[0] - 1).astype(np.int64)
+
+
+class SampleStore:
+    """Pre-drawn negative samples, consumed one row of n_sample ids per step.
+
+    supports: (N,) training counts; alpha: popularity exponent; store_size: ids drawn at once
+    (at least one row). next() returns an int64 numpy array (n_sample,) (a view; do not keep
+    it across a refill).
+    """
+
+    def __init__(self, supports: np.ndarray, alpha: float, n_sample: int,
+                 store_size: int = 10_000_000, seed: int = 42):
+        if int(n_sample) <= 0:
+            raise ConfigError(f"n_sample must be positive for a sample store (got {n_sample})")
+        if int(store_size) <= 0:
+            raise ConfigError(f"sample_store_size must be positive (got {store_size})")
+        self.cdf = sampling_cdf(supports, alpha)
+        self.n_sample = int(n_sample)
+        self.n_rows = max(1, int(store_size) // self.n_sample)
+        self.rng = np.random.default_rng(seed)
+        self._store = None
+        self._row = self.n_rows
+
+    def _refill(self):
+        self._store = draw_negatives(self.cdf, self.n_rows * self.n_sample, self.rng).reshape(
+            self.n_rows, self.n_sample)
+        self._row = 0
+
+    def next(self) -> np.ndarray:
+        if self._row >= self.n_rows:
+            self._refill()
+        row = self._store[self._row]
+        self._row += 1
+        return row

@@ -1,0 +1,213 @@
+"""The training loop (REFERENCE §2, §4): session-parallel steps, sampled negatives, losses,
+sparse Adagrad with momentum. This is the eager reference loop; it runs on any device.
+
+Per step (b active lanes, C = b + n_sample columns):
+  1. compact/reset the hidden state as the schedule says (h = h[keep]; h[reset] = 0),
+  2. gather the item-table rows the step uses, once each, as leaf tensors (so autograd returns
+     per-row gradients with duplicates already summed: the sparse update needs exactly that),
+  3. GRU step(s) with dropout, scores R (b, C) against Y = [targets ; samples], loss / B,
+  4. backward, then Adagrad-momentum on the dense weights and on the touched rows only.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .batching import EpochSchedule, build_schedule
+from .config import GRU4RecConfig
+from .data import SessionData
+from .nn import GRU4RecModel
+from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows
+from .ops.scoring import logq_column_correction, positive_mask, sampled_loss, sampled_scores
+from .sampling import SampleStore
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class AdagradMomentum:
+    """Optimizer state for a GRU4RecModel: dense params updated densely, item tables by rows."""
+
+    def __init__(self, model: GRU4RecModel, lr: float, momentum: float):
+        self.lr, self.momentum = lr, momentum
+        self.sparse = set(model.sparse_tables())
+        self.state: Dict[str, tuple] = {}
+        for name, p in model.named_parameters():
+            vel = torch.zeros_like(p) if momentum > 0 else None
+            self.state[name] = (torch.zeros_like(p), vel)
+
+    def step_dense(self, name: str, param: torch.Tensor, grad: torch.Tensor):
+        acc, vel = self.state[name]
+        adagrad_momentum_dense(param, grad, acc, vel, self.lr, self.momentum)
+
+    def step_rows(self, name: str, table: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor):
+        acc, vel = self.state[name]
+        adagrad_momentum_rows(table, rows, grad_rows, acc, vel, self.lr, self.momentum)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float          # mean per-event loss (sum over lanes of the step losses / events)
+    n_events: int
+    n_steps: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.n_events / max(self.seconds, 1e-9)
+
+    @property
+    def batches_per_s(self) -> float:
+        return self.n_steps / max(self.seconds, 1e-9)
+
+
+class Trainer:
+    """Trains a GRU4RecModel on SessionData with the configuration's hyperparameters."""
+
+    def __init__(self, model: GRU4RecModel, config: GRU4RecConfig, supports: np.ndarray,
+                 device: torch.device, schedule_backend: str = "auto"):
+        self.model, self.cfg, self.device = model, config, device
+        self.schedule_backend = schedule_backend
+        self.opt = AdagradMomentum(model, config.learning_rate, config.momentum)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.sampler = (SampleStore(supports, config.sample_alpha, config.n_sample,
+                                    config.sample_store_size, seed=config.seed + 1)
+                        if config.n_sample > 0 else None)
+        log_support = torch.log(torch.as_tensor(np.maximum(supports, 1), dtype=torch.float64))
+        self.log_support = log_support.to(device=device, dtype=model.item_weight.dtype)
+        self._dense = [(n, p) for n, p in model.named_parameters() if n not in self.opt.sparse]
+        self._pos_masks: Dict[tuple, torch.Tensor] = {}
+
+    def schedule(self, data: SessionData) -> EpochSchedule:
+        min_lanes = 2 if self.cfg.n_sample == 0 else 1
+        return build_schedule(data.offsets, data.items, self.cfg.batch_size, min_lanes,
+                              backend=self.schedule_backend)
+
+    def fit(self, data: SessionData, n_epochs: Optional[int] = None,
+            progress: bool = True, on_epoch: Optional[Callable[[EpochStats], None]] = None
+            ) -> List[EpochStats]:
+        history = []
+        for epoch in range(n_epochs or self.cfg.n_epochs):
+            stats = self.train_epoch(data, epoch, progress)
+            history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+        return history
+
+    def train_epoch(self, data: SessionData, epoch: int = 0, progress: bool = True,
+                    max_steps: Optional[int] = None) -> EpochStats:
+        from tqdm.auto import tqdm
+
+        sched = self.schedule(data)
+        dev = self.device
+        # The whole epoch goes to torch once; steps below slice views (no per-step conversion).
+        inputs = torch.from_numpy(sched.inputs.astype(np.int64)).to(dev)
+        targets = torch.from_numpy(sched.targets.astype(np.int64)).to(dev)
+        not_reset = torch.from_numpy(1.0 - sched.reset.astype(np.float32)).to(dev).unsqueeze(1)
+        has_reset = np.add.reduceat(sched.reset, sched.step_offsets[:-1]) > 0 if sched.n_steps else []
+        keep = torch.from_numpy(sched.keep.astype(np.int64)).to(dev)
+        step_off, keep_off = sched.step_offsets.tolist(), sched.keep_offsets.tolist()
+
+        n_steps = sched.n_steps if max_steps is None else min(max_steps, sched.n_steps)
+        n_events = step_off[n_steps]
+        hidden = self.model.init_hidden(self.cfg.batch_size)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        bar = tqdm(total=n_events, desc=f"epoch {epoch + 1}", unit="ev", disable=not progress,
+                   leave=False, mininterval=0.5)
+        t0 = time.perf_counter()
+        report_every = 200
+        last_done = 0
+        for t in range(n_steps):
+            lo, hi = step_off[t], step_off[t + 1]
+            if keep_off[t + 1] > keep_off[t]:
+                k = keep[keep_off[t]:keep_off[t + 1]]
+                hidden = [h.index_select(0, k) for h in hidden]
+            if has_reset[t]:
+                m = not_reset[lo:hi]
+                hidden = [h * m for h in hidden]
+            loss, hidden = self.train_step(inputs[lo:hi], targets[lo:hi], hidden)
+            loss_sum += loss
+            if (t + 1) % report_every == 0 or t + 1 == n_steps:
+                # one host sync every report_every steps: NaN check and the progress bar
+                value = loss_sum.item()
+                if not math.isfinite(value):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"loss became {value} in epoch {epoch + 1} (step {t + 1}); "
+                        "lower learning_rate or check the data")
+                bar.set_postfix(loss=f"{value * self.cfg.batch_size / max(hi, 1):.4f}",
+                                ev_s=f"{hi / (time.perf_counter() - t0):.0f}", refresh=False)
+                bar.update(hi - last_done)
+                last_done = hi
+        bar.close()
+        seconds = time.perf_counter() - t0
+        mean_loss = loss_sum.item() * self.cfg.batch_size / max(n_events, 1)
+        return EpochStats(epoch + 1, mean_loss, n_events, n_steps, seconds)
+
+    def _pos_mask(self, b: int, C: int) -> torch.Tensor:
+        key = (b, C)
+        if key not in self._pos_masks:
+            self._pos_masks[key] = positive_mask(b, C, self.model.item_weight)
+        return self._pos_masks[key]
+
+    def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor]):
+        """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l).
+        Returns (the step's loss / B, detached, and the new hidden state, detached)."""
+        cfg, model = self.cfg, self.model
+        b = inp.shape[0]
+        if self.sampler is not None:
+            neg = torch.from_numpy(self.sampler.next()).to(self.device, non_blocking=True)
+            Y = torch.cat([tgt, neg])
+        else:
+            Y = tgt
+        C = Y.shape[0]
+
+        # Gather each item-indexed table's rows once (unique ids) as leaves of this step.
+        W, bias = model.item_weight, model.item_bias
+        if model.embedding_mode == "shared":
+            w_rows_idx, w_inv = torch.unique(torch.cat([inp, Y]), return_inverse=True)
+        else:
+            w_rows_idx, w_inv = torch.unique(Y, return_inverse=True)
+        w_rows = W.detach().index_select(0, w_rows_idx).requires_grad_()
+        b_rows_idx, b_inv = torch.unique(Y, return_inverse=True)
+        b_rows = bias.detach().index_select(0, b_rows_idx).requires_grad_()
+        if model.embedding_mode == "shared":
+            x = w_rows.index_select(0, w_inv[:b])
+            y_rows = w_rows.index_select(0, w_inv[b:])
+            in_name, in_rows_idx, in_rows = None, None, None
+        else:
+            in_name = model.input_table_name
+            in_rows_idx, in_inv = torch.unique(inp, return_inverse=True)
+            in_rows = getattr(model, in_name).detach().index_select(0, in_rows_idx).requires_grad_()
+            x = in_rows.index_select(0, in_inv)
+            y_rows = w_rows.index_select(0, w_inv)
+        y_bias = b_rows.index_select(0, b_inv)
+
+        h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
+                                        self.generator)
+        R = sampled_scores(h_last, y_rows, y_bias)
+        lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
+              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
+        loss = sampled_loss(R, cfg.loss, logq_per_column=lq, logq=cfg.logq, bpreg=cfg.bpreg,
+                            elu_param=cfg.elu_param, pos_mask=self._pos_mask(b, C))
+        loss = loss / cfg.batch_size
+
+        dense = [p for _, p in self._dense]
+        leaves = [w_rows, b_rows] + ([in_rows] if in_rows is not None else [])
+        grads = torch.autograd.grad(loss, dense + leaves, allow_unused=True)
+        for (name, p), g in zip(self._dense, grads):
+            if g is not None:
+                self.opt.step_dense(name, p.data, g)
+        g_w, g_b = grads[len(dense)], grads[len(dense) + 1]
+        self.opt.step_rows("item_weight", W.data, w_rows_idx, g_w)
+        self.opt.step_rows("item_bias", bias.data, b_rows_idx, g_b)
+        if in_rows is not None:
+            self.opt.step_rows(in_name, getattr(model, in_name).data, in_rows_idx, grads[-1])
+        return loss.detach(), [h.detach() for h in new_hidden]
