@@ -1,0 +1,90 @@
+"""The GRU layer and the model's step against torch.nn.GRUCell and a float64 hand formula."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastgru4rec.nn import GRU4RecModel, GRULayer
+from fastgru4rec.ops.gru import gru_step_reference
+
+
+def test_cell_variant_is_a_drop_in_for_nn_grucell():
+    torch.manual_seed(0)
+    ref = torch.nn.GRUCell(7, 5).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    layer = GRULayer(7, 5, "cell").double()
+    layer.load_state_dict(ref.state_dict())
+    x, h = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    assert torch.allclose(layer(x, h), ref(x, h), rtol=1e-12, atol=1e-14)
+    assert {n: p.shape for n, p in layer.named_parameters()} == \
+        {n: p.shape for n, p in ref.named_parameters()}
+
+
+def test_original_variant_matches_hand_formula():
+    rng = np.random.default_rng(3)
+    b, E, H = 3, 4, 2
+    x, h = rng.normal(size=(b, E)), rng.normal(size=(b, H))
+    Wx, Wh, bias = rng.normal(size=(3 * H, E)), rng.normal(size=(3 * H, H)), rng.normal(size=3 * H)
+    layer = GRULayer(E, H, "original").double()
+    with torch.no_grad():
+        layer.weight_ih.copy_(torch.tensor(Wx))
+        layer.weight_hh.copy_(torch.tensor(Wh))
+        layer.bias_ih.copy_(torch.tensor(bias))
+    got = layer(torch.tensor(x), torch.tensor(h)).detach().numpy()
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    for i in range(b):
+        gx = Wx @ x[i] + bias
+        r = sig(gx[:H] + Wh[:H] @ h[i])
+        z = sig(gx[H:2 * H] + Wh[H:2 * H] @ h[i])
+        c = np.tanh(gx[2 * H:] + Wh[2 * H:] @ (r * h[i]))
+        np.testing.assert_allclose(got[i], (1 - z) * h[i] + z * c, rtol=1e-12)
+    assert layer.bias_hh is None
+
+
+def test_glorot_init_per_gate_block_and_zero_biases():
+    model = GRU4RecModel(n_items=500, layers=(64, 32), embedding_mode="separate", embedding_dim=48)
+    l0 = model.gru[0]
+    for block in l0.weight_ih.detach().chunk(3, dim=0):
+        bound = math.sqrt(6 / (64 + 48))
+        assert block.abs().max() <= bound and block.abs().max() > 0.9 * bound
+    for block in model.gru[1].weight_hh.detach().chunk(3, dim=0):
+        assert block.abs().max() <= math.sqrt(6 / (32 + 32))
+    assert model.item_weight.abs().max() <= math.sqrt(6 / (500 + 32))
+    assert torch.all(model.item_bias == 0) and torch.all(l0.bias_ih == 0) and torch.all(l0.bias_hh == 0)
+    # seeded: same seed, same weights; other seed, other weights
+    again = GRU4RecModel(n_items=500, layers=(64, 32), embedding_mode="separate", embedding_dim=48)
+    other = GRU4RecModel(n_items=500, layers=(64, 32), embedding_mode="separate", embedding_dim=48, seed=1)
+    assert torch.equal(model.item_weight, again.item_weight)
+    assert not torch.equal(model.item_weight, other.item_weight)
+
+
+def test_onehot_first_layer_gathers_table_rows():
+    model = GRU4RecModel(n_items=30, layers=(6,), embedding_mode="onehot").double()
+    items = torch.tensor([3, 7, 3])
+    h0 = torch.randn(3, 6, dtype=torch.float64)
+    h_last, hidden = model(items, [h0])
+    gi = model.input_table[items] + model.input_bias
+    expect = gru_step_reference(gi, h0, model.gru[0].weight_hh, None, "original")
+    assert torch.allclose(h_last, expect) and model.gru[0].variant == "original"
+
+
+def test_dropout_is_inverted_seeded_and_carried():
+    model = GRU4RecModel(n_items=20, layers=(8, 8), embedding_mode="shared")
+    x = torch.randn(5, 8)
+    hidden = model.init_hidden(5)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    out1, hid1 = model.step(x, hidden, 0.0, 0.5, g1)
+    out2, hid2 = model.step(x, hidden, 0.0, 0.5, g2)
+    assert torch.equal(out1, out2)
+    # the carried state of each layer is its dropped-out output: zeros appear, kept units are
+    # scaled by 1/(1-p) relative to the no-dropout output
+    _, clean = model.step(x, hidden)
+    for l in range(2):
+        dropped = hid1[l] == 0
+        assert dropped.any()
+    kept = hid1[0] != 0
+    assert torch.allclose(hid1[0][kept], 2.0 * clean[0][kept])
+    assert out1 is hid1[-1] or torch.equal(out1, hid1[-1])

@@ -1,0 +1,156 @@
+"""Tests of fastgru4rec.preprocess on a small hand-made clicks file.
+
+The data (days d0..d5 from 2014-04-01T00:00:00Z = 1396310400; item letters below are mapped to
+numeric RSC15-like ids) and what each step must do, worked out by hand, with
+min_item_support=2:
+
+  S1  [A]                              length 1 -> dropped in step 1
+  S2  [A, B, B]          d0            A then has 1 event (S1 is gone) -> A dropped -> [B, B]
+  S3  [C, R]             d0            R has 1 event -> dropped -> S3 = [C] -> dropped in step 3
+  S4  [C, B, D]          d1            train
+  S5  [D, E]             d3            train
+  S6  [B, C]             d4+500..d4+2000   ends after tmax-1day -> test (starts before it)
+  S7  [E, B]             d4+900..d4+950    ends before tmax-1day -> train
+  S8  [F, B, D]          d5                test; F is not in train -> [B, D]
+  S9  [F, B]             d5                test; F dropped -> [B] -> dropped
+  S10 [E, E]             d5 (+.123 ms)     test
+  S11 [G, G, B]          d4+100..d4+300    train (G: 2 events, kept by the filter)
+
+tmax = d5+1000 (S8), so test = sessions ending at or after d4+1000.
+train_full = S2, S4, S5, S7, S11; test = S6, S8, S10.
+Inside train_full, tmax = d4+950 (S7): train_valid = sessions ending >= d3+950 = S7, S11;
+S11 then loses G (not in train_tr) and is left with 1 event -> dropped. train_tr = S2, S4, S5.
+C keeps 1 event in train_full (S3 gone): items are not re-filtered after step 3.
+"""
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from fastgru4rec.errors import ConfigError, DataError
+from fastgru4rec.preprocess import format_stats, preprocess_rsc15, register_cli
+
+T0 = 1396310400  # 2014-04-01T00:00:00Z
+D = 86400
+ITEM = {k: str(214500000 + n) for n, k in enumerate("ABCDEFGR")}
+
+# (session, item letter, seconds after T0), in FILE order: sessions interleaved on purpose.
+CLICKS = [
+    (1, "A", 0),
+    (2, "A", 10), (3, "C", 100),
+    (2, "B", 20), (2, "B", 30),
+    (3, "R", 110),
+    (4, "C", D), (4, "B", D + 5), (4, "D", D + 9),
+    (5, "D", 3 * D), (5, "E", 3 * D + 10),
+    (11, "G", 4 * D + 100), (11, "G", 4 * D + 200),
+    (6, "B", 4 * D + 500),
+    (11, "B", 4 * D + 300),
+    (7, "E", 4 * D + 900), (7, "B", 4 * D + 950),
+    (6, "C", 4 * D + 2000),
+    (8, "F", 5 * D), (9, "F", 5 * D + 100), (9, "B", 5 * D + 200),
+    (10, "E", 5 * D + 300.123), (10, "E", 5 * D + 400),
+    (8, "B", 5 * D + 500), (8, "D", 5 * D + 1000),
+]
+
+# Which (session, item) events each output keeps, in file order.
+EXPECTED = {
+    "train_full": {2: "BB", 4: "CBD", 5: "DE", 7: "EB", 11: "GGB"},
+    "test": {6: "BC", 8: "BD", 10: "EE"},
+    "train_tr": {2: "BB", 4: "CBD", 5: "DE"},
+    "train_valid": {7: "EB"},
+}
+EXPECTED_COUNTS = {
+    "input": {"events": 25, "sessions": 11, "items": 8},
+    "filtered": {"events": 21, "sessions": 9, "items": 6},
+    "train_full": {"events": 12, "sessions": 5, "items": 5},
+    "test": {"events": 6, "sessions": 3, "items": 4},
+    "train_tr": {"events": 7, "sessions": 3, "items": 4},
+    "train_valid": {"events": 2, "sessions": 1, "items": 2},
+}
+
+
+def iso(seconds_after_t0: float) -> str:
+    dt = datetime.fromtimestamp(T0 + seconds_after_t0, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def write_dat(path: Path) -> Path:
+    # yoochoose-clicks.dat: no header, SessionId,Timestamp,ItemId,Category
+    path.write_text("".join(f"{s},{iso(t)},{ITEM[i]},0\n" for s, i, t in CLICKS))
+    return path
+
+
+def write_tsv(path: Path) -> Path:
+    lines = ["SessionId\tItemId\tTime"] + [f"{s}\t{ITEM[i]}\t{T0 + t:.3f}" for s, i, t in CLICKS]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def expected_lines(name: str):
+    """The rows of CLICKS that output `name` keeps, formatted as written."""
+    keep = {s: list(items) for s, items in EXPECTED[name].items()}
+    lines = ["SessionId\tItemId\tTime"]
+    for s, i, t in CLICKS:
+        if keep.get(s) and keep[s][0] == i:
+            keep[s].pop(0)
+            lines.append(f"{s}\t{ITEM[i]}\t{T0 + t:.3f}")
+    assert all(not v for v in keep.values())
+    return lines
+
+
+@pytest.mark.parametrize("fmt", ["dat", "tsv"])
+def test_hand_made_split(tmp_path, fmt):
+    src = write_dat(tmp_path / "clicks.dat") if fmt == "dat" else write_tsv(tmp_path / "clicks.tsv")
+    out = tmp_path / "out"
+    stats = preprocess_rsc15(src, out, min_item_support=2, progress=False)
+    assert stats == EXPECTED_COUNTS
+    for name in EXPECTED:
+        text = (out / f"{name}.tsv").read_text()
+        assert text.endswith("\n")
+        assert text.splitlines() == expected_lines(name), name
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.tsv" for n in EXPECTED)  # no temp files left
+
+
+def test_outputs_readable_and_timestamps(tmp_path):
+    from fastgru4rec.data import read_sessions
+    out = tmp_path / "out"
+    preprocess_rsc15(write_dat(tmp_path / "clicks.dat"), out, min_item_support=2, progress=False)
+    train = read_sessions(out / "train_full.tsv")
+    test = read_sessions(out / "test.tsv", item_map=train)
+    assert test.n_unknown_events == 0
+    assert (test.n_sessions, test.n_events) == (3, 6)
+    # ISO timestamps (UTC) -> unix seconds, millisecond precision kept
+    assert (out / "test.tsv").read_text().count(f"{T0 + 5 * D + 300.123:.3f}") == 1
+    assert float(f"{T0 + 5 * D + 300.123:.3f}") in test.times.tolist()
+
+
+def test_default_support_leaves_no_training_data(tmp_path):
+    # With min_item_support=5 only B survives; only S2 [B, B] is left, it lies in the last day
+    # of the data, so nothing is left for training.
+    with pytest.raises(DataError) as e:
+        preprocess_rsc15(write_dat(tmp_path / "clicks.dat"), tmp_path / "out", progress=False)
+    assert "clicks.dat" in str(e.value) and "nothing is left for training" in str(e.value)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        preprocess_rsc15(tmp_path / "nope.dat", tmp_path / "out", progress=False)
+    bad = tmp_path / "bad.dat"
+    bad.write_text("1,yesterday,214,0\n")
+    with pytest.raises(DataError, match="bad.dat"):
+        preprocess_rsc15(bad, tmp_path / "out", progress=False)
+    with pytest.raises(ConfigError):
+        preprocess_rsc15(bad, tmp_path / "out", min_item_support=0, progress=False)
+
+
+def test_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="fastgru4rec")
+    register_cli(parser.add_subparsers(dest="command"))
+    src = write_dat(tmp_path / "clicks.dat")
+    args = parser.parse_args(["preprocess", "rsc15", str(src), str(tmp_path / "out"),
+                              "--min-item-support", "2", "--quiet"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == format_stats(EXPECTED_COUNTS).strip()
+    assert "train_valid" in printed and (tmp_path / "out" / "train_tr.tsv").exists()

@@ -1,0 +1,52 @@
+"""Ranks on planted ties in every mode, and the tiled rank equal to the one-shot rank."""
+import numpy as np
+import pytest
+import torch
+
+from fastgru4rec.evaluate import MetricAccumulator
+from fastgru4rec.ops.ranking import (rank_counts_from_hidden, rank_counts_from_scores,
+                                     ranks_from_counts)
+
+
+def test_planted_ties_each_mode():
+    # row 0: target (item 2) score 0.5; items scoring above: 0.9 (1 item); equal: items 2,3,4
+    # row 1: target (item 0) unique best
+    # row 2: target (item 4) tied with everything (all zeros: a baseline with no candidates)
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.5, 0.5],
+                           [2.0, 1.0, 1.0, 0.0, -1.0],
+                           [0.0, 0.0, 0.0, 0.0, 0.0]])
+    targets = torch.tensor([2, 0, 4])
+    g, e = rank_counts_from_scores(scores, targets)
+    assert g.tolist() == [1, 0, 0] and e.tolist() == [3, 1, 5]
+    assert ranks_from_counts(g, e, "standard").tolist() == [2, 1, 1]        # #(>) + 1
+    assert ranks_from_counts(g, e, "conservative").tolist() == [4, 1, 5]    # #(>=)
+    assert ranks_from_counts(g, e, "median").tolist() == [3, 1, 3]          # between
+    acc = MetricAccumulator([1, 3, 5], "conservative")
+    acc.add_counts(g, e)
+    res = acc.result()
+    assert res["recall"] == {1: pytest.approx(1 / 3), 3: pytest.approx(1 / 3), 5: pytest.approx(1.0)}
+    assert res["mrr"][5] == pytest.approx((1 / 4 + 1 + 1 / 5) / 3)
+    acc = MetricAccumulator([2], "median")
+    acc.add_counts(g, e)
+    assert acc.result()["mrr"][2] == pytest.approx(1 / 3)   # only row 1 (rank 1) is inside @2
+
+
+def test_tiled_counts_equal_untiled_with_planted_ties():
+    rng = np.random.default_rng(0)
+    b, N, H = 7, 103, 5
+    h = torch.tensor(rng.integers(-2, 3, size=(b, H)), dtype=torch.float32)
+    W = torch.tensor(rng.integers(-2, 3, size=(N, H)), dtype=torch.float32)   # many exact ties
+    bias = torch.tensor(rng.integers(-1, 2, size=N), dtype=torch.float32)
+    targets = torch.tensor(rng.integers(0, N, size=b))
+    full = rank_counts_from_scores(h @ W.t() + bias, targets)
+    for max_elements in (b * 10, b * 33, b * N, 1 << 20):
+        tiled = rank_counts_from_hidden(h, W, bias, targets, max_elements)
+        assert torch.equal(tiled[0], full[0]) and torch.equal(tiled[1], full[1])
+    assert int(full[1].max()) > 1   # ties were really planted
+
+
+def test_bad_mode_and_cutoffs():
+    with pytest.raises(ValueError, match="unknown evaluation mode"):
+        MetricAccumulator([20], "optimistic")
+    with pytest.raises(ValueError, match="cut-offs"):
+        MetricAccumulator([0], "standard")
