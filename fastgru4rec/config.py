@@ -136,6 +136,8 @@ def _coerce(key: str, value: Any, type_name: Any, where: str) -> Any:
             if text in ("false", "0", "no"):
                 return False
             raise ValueError
+        if type_name in ("int", "float") and isinstance(value, bool):
+            raise ValueError  # JSON true/false is not a number
         if type_name == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -167,8 +169,11 @@ def read_param_file(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
-    text = path.read_text()
-    if path.suffix == ".json":
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if path.suffix.lower() == ".json":
         try:
             params = json.loads(text)
         except json.JSONDecodeError as e:

@@ -174,11 +174,18 @@ class GRU4Rec:
         if payload.get("version") != _FORMAT_VERSION:
             raise DataError(f"{path}: model format version {payload.get('version')} is not "
                             f"supported (this library reads version {_FORMAT_VERSION})")
-        est = cls(device=device, **payload["config"])
-        est.item_ids = np.asarray(payload["item_ids"], dtype=object)
-        est.supports = payload["supports"].numpy()
-        est.model = est.build_model(len(est.item_ids))
-        est.model.load_state_dict(payload["state_dict"])
+        try:
+            est = cls(device=device, **payload["config"])
+            est.item_ids = np.asarray(payload["item_ids"], dtype=object)
+            est.supports = payload["supports"].numpy()
+            if est.item_ids.ndim != 1 or est.supports.shape != est.item_ids.shape:
+                raise ValueError("item map and supports disagree")
+            est.model = est.build_model(len(est.item_ids))
+            est.model.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            # a tampered or truncated payload: one line, naming the file
+            raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'missing entry'})") from None
         return est
 
 

@@ -1,0 +1,128 @@
+"""Shared fixtures of the test suite.
+
+- ``tiny_tsv``: a factory writing a small session file (customary GRU4Rec TSV format) to tmp_path.
+- ``synthetic_tsv``: a factory writing a seeded synthetic train/test pair (fastgru4rec.synthetic).
+- ``one_torch_thread``: a context manager, for module-scoped autouse fixtures of model tests.
+- ``shared_data``: the real-data folder (../shared/data or $FASTGRU4REC_DATA), skipped if absent;
+  ``shared_file`` gives one file in it, skipped if that file is absent.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import pytest
+
+HEADER = ("SessionId", "ItemId", "Time")
+
+
+def shared_data_dir() -> Path:
+    """Where the real data lives: $FASTGRU4REC_DATA, else <repo>/../shared/data."""
+    env = os.environ.get("FASTGRU4REC_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one intra-op thread, then restore the previous count.
+
+    The test models are tiny: a second OpenMP thread buys nothing, and on a loaded 2-core
+    machine the threads' barriers made a 1-epoch toy fit take seconds instead of ~0.05 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_tsv(path: Path, rows: Iterable[Sequence], header: Optional[Sequence[str]] = HEADER,
+              sep: str = "\t") -> Path:
+    """Write rows (tuples of values, str()-ed) with an optional header line."""
+    lines = [sep.join(header)] if header is not None else []
+    lines += [sep.join(str(v) for v in row) for row in rows]
+    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
+    return Path(path)
+
+
+def sessions_to_rows(sessions):
+    """{session id: [item, item, ...]} -> rows (session, item, time), sessions 100 s apart,
+    events 1 s apart, in dict order."""
+    rows = []
+    for s, (sid, items) in enumerate(sessions.items()):
+        for j, item in enumerate(items):
+            rows.append((sid, item, 100 * s + j))
+    return rows
+
+
+def data_to_rows(data):
+    """SessionData -> rows (session id, original item id, time) in its session order."""
+    rows = []
+    for s in range(data.n_sessions):
+        lo, hi = data.offsets[s], data.offsets[s + 1]
+        for e in range(lo, hi):
+            rows.append((data.session_ids[s], data.item_ids[data.items[e]], repr(float(data.times[e]))))
+    return rows
+
+
+@pytest.fixture
+def tiny_tsv(tmp_path):
+    """tiny_tsv(rows or {session: [items]}, name="data.tsv", header=HEADER, sep="\\t") -> Path.
+
+    rows: tuples (session, item, time); a dict of item lists is turned into rows with
+    increasing times. Raw text can be given with ``text=`` instead (written as is)."""
+
+    def make(rows=None, name: str = "data.tsv", header: Optional[Sequence[str]] = HEADER,
+             sep: str = "\t", text: Optional[str] = None) -> Path:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+            return path
+        if isinstance(rows, dict):
+            rows = sessions_to_rows(rows)
+        return write_tsv(path, rows or [], header=header, sep=sep)
+
+    return make
+
+
+@pytest.fixture
+def synthetic_tsv(tmp_path):
+    """synthetic_tsv(n_items=60, n_sessions=200, seed=7) -> (train.tsv, test.tsv) paths,
+    written from fastgru4rec.synthetic.synthetic_split (test keeps its unknown items out,
+    as synthetic_split maps test with the training items)."""
+    from fastgru4rec.synthetic import synthetic_split
+
+    def make(n_items: int = 60, n_sessions: int = 200, seed: int = 7, prefix: str = ""):
+        train, test = synthetic_split(n_items=n_items, n_sessions=n_sessions, seed=seed)
+        return (write_tsv(tmp_path / f"{prefix}train.tsv", data_to_rows(train)),
+                write_tsv(tmp_path / f"{prefix}test.tsv", data_to_rows(test)))
+
+    return make
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real-data folder; the test is skipped (with the reason) when it is absent."""
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (set FASTGRU4REC_DATA to its folder)")
+    return root
+
+
+@pytest.fixture
+def shared_file(shared_data):
+    """shared_file("rsc15-sample", "test.tsv") -> Path; skips when that file is absent."""
+
+    def get(*parts: str) -> Path:
+        path = shared_data.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"real data file {path} not found (set FASTGRU4REC_DATA)")
+        return path
+
+    return get

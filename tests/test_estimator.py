@@ -1,0 +1,396 @@
+"""Tests of fastgru4rec.estimator.GRU4Rec: training, evaluation, recommendation, persistence.
+
+Kept fast: tiny synthetic data, 1-2 epochs, small layers, few extra samples."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fastgru4rec import GRU4Rec, SessionData
+from fastgru4rec.config import LOSSES
+from fastgru4rec.data import read_sessions
+from fastgru4rec.errors import ConfigError, DataError
+from fastgru4rec.synthetic import synthetic_split
+
+from conftest import data_to_rows, one_torch_thread, write_tsv
+
+# small, fast settings shared by most tests
+FAST = dict(layers=[16], batch_size=16, n_sample=8, sample_store_size=4096, n_epochs=1,
+            learning_rate=0.1, momentum=0.1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(train, test) of ~200 sessions: for everything that needs a trained model, not quality."""
+    return synthetic_split(n_items=60, n_sessions=200, seed=5)
+
+
+@pytest.fixture(scope="module")
+def medium():
+    """(train, test) with learnable structure, for the learning checks."""
+    return synthetic_split(n_items=200, n_sessions=1500, seed=7)
+
+
+@pytest.fixture(scope="module")
+def fitted(small):
+    train, _ = small
+    return GRU4Rec(**{**FAST, "n_epochs": 2}).fit(train, progress=False)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+
+
+def _states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------- learning
+def test_fit_learns_and_beats_random(medium):
+    train, test = medium
+    model = GRU4Rec(layers=[32], batch_size=32, n_sample=16, sample_store_size=20000, n_epochs=2,
+                    learning_rate=0.1, momentum=0.1, loss="cross-entropy")
+    model.fit(train, progress=False)
+    h = model.history
+    assert [s.epoch for s in h] == [1, 2]
+    assert all(np.isfinite(s.loss) for s in h)
+    assert h[1].loss < h[0].loss
+    # every session of length L yields L-1 training events
+    assert h[0].n_events == int((train.session_lengths - 1).sum())
+    res = model.evaluate(test, cutoffs=[5, 20])
+    assert res["n_events"] == int(np.maximum(test.session_lengths - 1, 0).sum())
+    n = train.n_items
+    # a random ranking has Recall@K = K/N on average; GRU4Rec must be far above it
+    assert res["recall"][20] > 3 * 20 / n
+    assert res["recall"][5] > 3 * 5 / n
+    assert res["mrr"][20] > 3 * sum(1.0 / r for r in range(1, 21)) / n
+    assert 0 <= res["mrr"][5] <= res["recall"][5] <= res["recall"][20] <= 1
+
+
+def test_fit_from_path_and_dataframe_equal(small, tmp_path):
+    import pandas as pd
+
+    train, _ = small
+    path = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    a = GRU4Rec(**FAST).fit(path, progress=False)
+    rows = data_to_rows(train)
+    df = pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"]).astype({"Time": float})
+    b = GRU4Rec(**FAST).fit(df, progress=False)
+    c = GRU4Rec(**FAST).fit(train, progress=False)
+    assert list(a.item_ids) == list(b.item_ids) == list(c.item_ids)
+    assert _states_equal(_state(a), _state(c)) and _states_equal(_state(b), _state(c))
+
+
+def test_fit_on_only_length_one_sessions(tiny_tsv):
+    path = tiny_tsv({"a": ["x"], "b": ["y"], "c": ["x"]})
+    with pytest.raises(DataError, match="2 or more events"):
+        GRU4Rec(**FAST).fit(path, progress=False)
+
+
+def test_unknown_parameter_and_bad_device():
+    with pytest.raises(ConfigError, match="'hidden'"):
+        GRU4Rec(hidden=[100])
+    with pytest.raises(ConfigError, match="device"):
+        GRU4Rec(device="not-a-device")
+
+
+# ---------------------------------------------------------------------------- losses / sampling
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_and_round_trips(small, loss, tmp_path):
+    train, test = small
+    model = GRU4Rec(**{**FAST, "loss": loss})
+    before = model.build_model(train.n_items).state_dict()
+    model.fit(train, progress=False)
+    assert len(model.history) == 1
+    assert np.isfinite(model.history[0].loss) and model.history[0].loss > 0
+    after = model.model.state_dict()
+    for k, v in after.items():
+        assert torch.isfinite(v).all(), k
+    assert not torch.equal(before["item_weight"], after["item_weight"])
+    assert not torch.equal(before["gru.0.weight_hh"], after["gru.0.weight_hh"])
+    _check_round_trip(model, test, tmp_path / f"{loss}.pt")
+
+
+def test_n_sample_zero_in_batch_negatives_only(small):
+    train, test = small
+    model = GRU4Rec(**{**FAST, "n_sample": 0, "n_epochs": 2}).fit(train, progress=False)
+    assert all(np.isfinite(s.loss) for s in model.history)
+    assert model.history[0].n_events > 0
+    # training stops once fewer than 2 lanes remain: never more events than the data has
+    assert model.history[0].n_events <= int((train.session_lengths - 1).sum())
+    assert model.evaluate(test, cutoffs=[20])["n_events"] > 0
+
+
+# ---------------------------------------------------------------------------- persistence
+def _check_round_trip(model, test, path):
+    model.save(path)
+    loaded = GRU4Rec.load(path)
+    assert loaded.config == model.config
+    assert list(loaded.item_ids) == list(model.item_ids)
+    np.testing.assert_array_equal(loaded.supports, model.supports)
+    assert _states_equal(_state(loaded), _state(model))
+    assert loaded.evaluate(test, cutoffs=[1, 5, 20]) == model.evaluate(test, cutoffs=[1, 5, 20])
+    idx = torch.arange(min(8, model.model.n_items))
+    with torch.no_grad():
+        h1, _ = model.model(idx)
+        h2, _ = loaded.model(idx)
+        s1, s2 = model.model.score(h1), loaded.model.score(h2)
+    assert s1.shape == (len(idx), model.model.n_items)
+    assert torch.equal(s1, s2)  # bit-identical
+    items = [model.item_ids[0], model.item_ids[1]]
+    assert loaded.recommend(items, k=5) == model.recommend(items, k=5)
+    return loaded
+
+
+@pytest.mark.parametrize("kw, mode, table", [
+    (dict(), "shared", None),
+    (dict(embedding=16, constrained_embedding=False), "separate", "embedding"),
+    (dict(embedding=0, constrained_embedding=False), "onehot", "input_table"),
+])
+def test_save_load_each_embedding_mode(small, tmp_path, kw, mode, table):
+    train, test = small
+    model = GRU4Rec(**{**FAST, "layers": [16, 8], **kw}).fit(train, progress=False)
+    assert model.model.embedding_mode == mode
+    if table is not None:
+        assert table in model.model.state_dict()
+    loaded = _check_round_trip(model, test, tmp_path / "m.pt")
+    assert loaded.model.embedding_mode == mode
+    assert loaded.model.layers == (16, 8)
+
+
+def test_saved_file_is_weights_only(fitted, tmp_path):
+    path = tmp_path / "m.pt"
+    fitted.save(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
+    assert payload["format"] == "fastgru4rec-model" and payload["version"] == 1
+    assert payload["item_ids"] == [str(i) for i in fitted.item_ids]
+    assert set(payload["state_dict"]) == set(fitted.model.state_dict())
+
+    def plain(obj):
+        if isinstance(obj, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in obj.items())
+        if isinstance(obj, (list, tuple)):
+            return all(plain(v) for v in obj)
+        return obj is None or isinstance(obj, (str, int, float, bool, torch.Tensor))
+
+    assert plain(payload)
+
+
+def test_load_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "fastgru4rec-model", "version": 1,
+                "config": {}, "x": _Evil()}, path, pickle_protocol=2)
+    with pytest.raises(DataError, match="not a readable fastgru4rec model"):
+        GRU4Rec.load(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        GRU4Rec.load(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match="not a readable"):
+        GRU4Rec.load(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(DataError, match="not a fastgru4rec model"):
+        GRU4Rec.load(other)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "fastgru4rec-model", "version": 99}, future)
+    with pytest.raises(DataError, match="version 99"):
+        GRU4Rec.load(future)
+
+
+def test_save_is_atomic(fitted, tmp_path, monkeypatch):
+    path = tmp_path / "models" / "m.pt"  # missing parent folders are created
+    fitted.save(path)
+    assert sorted(os.listdir(path.parent)) == ["m.pt"]  # no temp files left
+    old = path.read_bytes()
+    fitted.save(path)  # overwrite in place
+    assert sorted(os.listdir(path.parent)) == ["m.pt"]
+    assert path.read_bytes() == old  # deterministic content
+
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **k):
+        real_save({"partial": torch.zeros(3)}, f)  # some bytes reach the temp file ...
+        raise OSError("disk full")                 # ... then the write fails
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(path)
+    assert path.read_bytes() == old  # the existing model is intact
+    assert sorted(os.listdir(path.parent)) == ["m.pt"]  # and the temp file is gone
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(tmp_path / "models" / "new.pt")
+    assert sorted(os.listdir(path.parent)) == ["m.pt"]  # no half-written new file
+    monkeypatch.undo()
+    assert GRU4Rec.load(path).config == fitted.config
+
+
+# ---------------------------------------------------------------------------- before fit
+def test_use_before_fit_raises_clear_error(small, tmp_path):
+    _, test = small
+    model = GRU4Rec(**FAST)
+    for call in (lambda: model.evaluate(test), lambda: model.recommend(["i1"]),
+                 lambda: model.save(tmp_path / "m.pt")):
+        with pytest.raises(RuntimeError, match="not trained"):
+            call()
+    assert not (tmp_path / "m.pt").exists()
+
+
+# ---------------------------------------------------------------------------- recommend
+def test_recommend_returns_k_original_ids(fitted):
+    ids = list(fitted.item_ids)
+    session = [ids[3], ids[7], ids[3]]
+    recs = fitted.recommend(session, k=10)
+    assert len(recs) == 10 and len(set(recs)) == 10
+    assert all(type(r) is str and r in ids for r in recs)
+    # ranked by the model's scores for that prefix
+    with torch.no_grad():
+        hidden = None
+        for i in [3, 7, 3]:
+            h, hidden = fitted.model(torch.tensor([i]), hidden)
+        scores = fitted.model.score(h)[0]
+    got = [ids.index(r) for r in recs]
+    assert torch.all(scores[got][:-1] >= scores[got][1:])
+    assert scores[got[-1]] >= scores.sort(descending=True).values[9]
+    assert fitted.recommend(session, k=10 ** 6) == fitted.recommend(session, k=len(ids))
+    assert len(fitted.recommend(session, k=10 ** 6)) == len(ids)
+    ex = fitted.recommend(session, k=len(ids), exclude_seen=True)
+    assert ex[-2:] == sorted(ex[-2:], key=ids.index) and set(ex[-2:]) == {ids[3], ids[7]}
+
+
+def test_recommend_skips_unknown_items(fitted):
+    ids = list(fitted.item_ids)
+    base = fitted.recommend([ids[1], ids[2]], k=5)
+    assert fitted.recommend(["no-such-item", ids[1], "x?", ids[2], "zzz"], k=5) == base
+    assert fitted.recommend([ids[1], ids[2]], k=5) == base  # no state leaks between calls
+
+
+def test_recommend_all_unknown_raises(fitted):
+    with pytest.raises(DataError, match="known"):
+        fitted.recommend(["no-such-item", "another"], k=5)
+    with pytest.raises(DataError):
+        fitted.recommend([], k=5)
+    with pytest.raises(ValueError, match="k must be positive"):
+        fitted.recommend([fitted.item_ids[0]], k=0)
+
+
+def test_recommend_ties_go_to_lower_index(fitted):
+    import copy
+
+    m = copy.deepcopy(fitted)  # keep the shared fixture untouched
+    with torch.no_grad():
+        m.model.item_weight.zero_()      # every item scores its bias
+        m.model.item_bias.zero_()
+        m.model.item_bias[[9, 2, 5]] = 1.0
+        m.model.item_bias[[4, 11]] = -1.0
+    ids = list(m.item_ids)
+    recs = m.recommend([ids[0]], k=6)
+    # the three tied leaders in index order, then the tied zeros from index 0 upwards
+    assert recs == [ids[2], ids[5], ids[9], ids[0], ids[1], ids[3]]
+    # the two lowest, tied, come last in index order
+    assert m.recommend([ids[0]], k=len(ids))[-2:] == [ids[4], ids[11]]
+
+
+# ---------------------------------------------------------------------------- evaluate inputs
+def test_evaluate_path_mapped_and_own_map_agree(fitted, small, tmp_path):
+    train, test = small
+    rows = data_to_rows(test) + [("unknown-session", "never-seen", 1e9),
+                                 ("unknown-session", test.item_ids[0], 1e9 + 1)]
+    path = write_tsv(tmp_path / "test.tsv", rows)
+    mapped = read_sessions(path, item_map=train)
+    own = read_sessions(path)                        # its own item map (test order, incl. unknown)
+    assert own.n_items != train.n_items or list(own.item_ids) != list(train.item_ids)
+    assert mapped.n_unknown_events == 1
+    cutoffs = [1, 5, 20]
+    r_path = fitted.evaluate(path, cutoffs=cutoffs)
+    r_mapped = fitted.evaluate(mapped, cutoffs=cutoffs)
+    r_own = fitted.evaluate(own, cutoffs=cutoffs)
+    assert r_path == r_mapped == r_own
+    assert r_path["n_unknown_events"] == 1
+    assert r_path["n_events"] == int(np.maximum(mapped.session_lengths - 1, 0).sum())
+    assert set(r_path["recall"]) == set(r_path["mrr"]) == set(cutoffs)
+    assert r_path["mode"] == "conservative"
+    # the evaluation modes order as expected: conservative <= median <= standard
+    r_std = fitted.evaluate(mapped, cutoffs=cutoffs, mode="standard")
+    r_med = fitted.evaluate(mapped, cutoffs=cutoffs, mode="median")
+    for k in cutoffs:
+        assert r_path["recall"][k] <= r_med["recall"][k] <= r_std["recall"][k]
+    # the lane count does not change the result (up to the order of the float sums)
+    r3 = fitted.evaluate(mapped, cutoffs=cutoffs, batch_size=3)
+    assert r3["n_events"] == r_mapped["n_events"] and r3["recall"] == r_mapped["recall"]
+    assert r3["mrr"] == pytest.approx(r_mapped["mrr"], rel=1e-12)
+
+
+def test_evaluate_after_load_with_training_mapped_data(fitted, small, tmp_path):
+    _, test = small
+    fitted.save(tmp_path / "m.pt")
+    loaded = GRU4Rec.load(tmp_path / "m.pt")
+    # test was mapped with the ORIGINAL training SessionData; the loaded model has its own copy
+    assert loaded.evaluate(test) == fitted.evaluate(test)
+
+
+def test_evaluate_no_known_items(fitted, tiny_tsv):
+    path = tiny_tsv({"s1": ["nope1", "nope2"], "s2": ["nope3", "nope1"]})
+    with pytest.raises(DataError, match="none of its items"):
+        fitted.evaluate(path)
+
+
+def test_evaluate_bad_arguments(fitted, small):
+    _, test = small
+    with pytest.raises(ValueError, match="cut-offs"):
+        fitted.evaluate(test, cutoffs=[0])
+    with pytest.raises(ValueError, match="mode"):
+        fitted.evaluate(test, mode="optimistic")
+
+
+# ---------------------------------------------------------------------------- reproducibility
+def test_seeded_runs_repeat_exactly(small):
+    train, _ = small
+    kw = {**FAST, "dropout_p_hidden": 0.3, "dropout_p_embed": 0.2}
+    a = GRU4Rec(**kw, seed=3).fit(train, progress=False)
+    b = GRU4Rec(**kw, seed=3).fit(train, progress=False)
+    c = GRU4Rec(**kw, seed=4).fit(train, progress=False)
+    assert _states_equal(_state(a), _state(b))
+    assert [s.loss for s in a.history] == [s.loss for s in b.history]
+    sa, sc = _state(a), _state(c)
+    assert not torch.equal(sa["item_weight"], sc["item_weight"])
+    assert not torch.equal(sa["gru.0.weight_hh"], sc["gru.0.weight_hh"])
+    assert a.history[0].loss != c.history[0].loss
+
+
+# ---------------------------------------------------------------------------- tampered files
+def _tamper(payload, how):
+    p = dict(payload)
+    if how == "short_item_ids":
+        p["item_ids"] = p["item_ids"][:-3]       # weights no longer match the item map
+    elif how == "no_state_dict":
+        del p["state_dict"]
+    elif how == "config_not_a_dict":
+        p["config"] = "layers=8"
+    return p
+
+
+@pytest.mark.parametrize("how", ["short_item_ids", "no_state_dict", "config_not_a_dict"])
+def test_load_rejects_inconsistent_payload_with_data_error(fitted, tmp_path, how):
+    path = tmp_path / "m.pt"
+    fitted.save(path)
+    torch.save(_tamper(torch.load(path, weights_only=True), how), path)
+    with pytest.raises(DataError) as ei:
+        GRU4Rec.load(path)
+    assert "\n" not in str(ei.value) and str(path) in str(ei.value)
