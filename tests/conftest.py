@@ -15,6 +15,18 @@ from typing import Iterable, Optional, Sequence
 
 import pytest
 
+# Kernel tests run in Triton's CPU interpreter where there is no GPU. Triton reads the variable
+# when a kernel is decorated (when a kernels/ module is imported), so it is set here, before
+# any test module imports one.
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 HEADER = ("SessionId", "ItemId", "Time")
 
 

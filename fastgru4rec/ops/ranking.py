@@ -61,3 +61,67 @@ def ranks_from_counts(n_greater: torch.Tensor, n_equal: torch.Tensor, mode: str)
     if mode == "median":
         return g + 0.5 * (e - 1) + 1
     raise ValueError(f"unknown rank mode {mode!r} (choose from {', '.join(RANK_MODES)})")
+
+
+# ============================================================================ fused paths
+#
+# backend: "torch" (the references above), "triton" (kernels/ranking.py), "auto" (triton for
+# CUDA tensors, torch otherwise). precision: tl.dot input precision of the Triton path; ranks
+# default to "ieee" (exact fp32 scores; "tf32x3" ≈ fp32 and faster, "tf32" fastest).
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _resolve_backend(backend: str, t: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "triton" if t.is_cuda else "torch"
+    return backend
+
+
+def _kernels_ranking():
+    """kernels/ranking.py, imported lazily. Installed wheel: fastgru4rec.kernels; source
+    checkout: the top-level kernels/ package."""
+    try:
+        from ..kernels import ranking as kr          # type: ignore[import-not-found]
+    except ImportError:
+        from kernels import ranking as kr            # type: ignore[import-not-found,no-redef]
+    return kr
+
+
+def rank_counts(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor,
+                targets: torch.Tensor, *, max_elements: int = 1 << 24, backend: str = "auto",
+                precision: str = "ieee") -> Tuple[torch.Tensor, torch.Tensor]:
+    """(n_greater, n_equal) int64 (b,) of each row's target among the scores h (b, H) ·
+    item_weight (N, H)ᵀ + item_bias (N,). torch: rank_counts_from_hidden (max_elements per
+    tile); triton: streams item tiles with O(b) extra memory, the target's score taken from
+    the same tile arithmetic as the others (the Triton path computes in fp32)."""
+    if _resolve_backend(backend, h) == "torch":
+        return rank_counts_from_hidden(h, item_weight, item_bias, targets, max_elements)
+    return _kernels_ranking().rank_counts_fused(h, item_weight, item_bias, targets,
+                                                precision=precision)
+
+
+def topk_scores_reference(h, item_weight, item_bias, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) (b, k) of the k best items per row, best first, ties to the lower
+    index (a stable descending sort: torch.topk does not order ties)."""
+    scores = torch.addmm(item_bias, h, item_weight.t())
+    v, i = torch.sort(scores, dim=1, descending=True, stable=True)
+    return v[:, :k], i[:, :k]
+
+
+def topk_scores(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor, k: int, *,
+                backend: str = "auto", precision: str = "ieee"
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-k over the catalog of h (b, H) · item_weight (N, H)ᵀ + item_bias: (values (b, k),
+    indices int64 (b, k)), best first, ties broken by the lower index; 1 <= k <= N. The Triton
+    path keeps per-tile candidates (never all b × N scores when k is below the tile) and merges
+    them; its values are fp32."""
+    N = item_weight.shape[0]
+    k = int(k)
+    if not 0 < k <= N:
+        raise ValueError(f"k must be in 1..{N} (got {k})")
+    if _resolve_backend(backend, h) == "torch":
+        return topk_scores_reference(h, item_weight, item_bias, k)
+    return _kernels_ranking().topk_fused(h, item_weight, item_bias, k, precision=precision)

@@ -9,7 +9,7 @@ divides by the configured batch size B.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,224 @@ def sampled_loss_reference(R: torch.Tensor, loss: str, *, logq_per_column: Optio
 
 
 def sampled_loss(R, loss, *, backend: str = "auto", **kwargs):
-    """Dispatching entry point; the fused Triton score+loss plugs in here (backend "triton")."""
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"scoring backend {backend!r} is not available (torch)")
+    """Loss of an already computed score matrix R: always the reference (the Triton path fuses
+    the scoring too: see fused_sampled_loss / fused_sampled_loss_and_grads)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"scoring backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
     return sampled_loss_reference(R, loss, **kwargs)
+
+
+# ============================================================================ fused paths
+#
+# backend: "torch" (the references below), "triton" (kernels/scoring.py), "auto" (triton for
+# CUDA tensors, torch otherwise). precision: tl.dot input precision of the Triton path
+# ("ieee", "tf32", "tf32x3"; None = "tf32"), ignored by torch.
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def resolve_backend(backend: str, t: torch.Tensor) -> str:
+    """"auto" -> "triton" for CUDA tensors, "torch" otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "triton" if t.is_cuda else "torch"
+    return backend
+
+
+def _kernels_scoring():
+    """kernels/scoring.py, imported lazily (Triton only when used). Installed wheel:
+    fastgru4rec.kernels; source checkout: the top-level kernels/ package."""
+    try:
+        from ..kernels import scoring as ks          # type: ignore[import-not-found]
+    except ImportError:
+        from kernels import scoring as ks            # type: ignore[import-not-found,no-redef]
+    return ks
+
+
+class SampledLossGrads(NamedTuple):
+    """loss: 0-d, scale · Σ lanes. dh (b, H). rows (U,) item ids; d_rows (U, H) and
+    bias_rows (V,), d_bias_rows (V,): gradients of ``loss`` for item_weight[rows] and
+    item_bias[bias_rows] (duplicates within Y summed). Gradients are None without grads."""
+    loss: torch.Tensor
+    dh: Optional[torch.Tensor]
+    rows: torch.Tensor
+    d_rows: Optional[torch.Tensor]
+    bias_rows: torch.Tensor
+    d_bias_rows: Optional[torch.Tensor]
+
+
+def _unique_rows(Y, rows):
+    if rows is None:
+        return torch.unique(Y, return_inverse=True)
+    idx, inv = rows
+    return idx, inv
+
+
+def fused_sampled_loss_and_grads_reference(h, item_weight, item_bias, Y, loss, *,
+                                           logq_per_column=None, logq=0.0, bpreg=0.0,
+                                           elu_param=0.0, scale=1.0, rows=None, bias_rows=None,
+                                           grads=True) -> SampledLossGrads:
+    """Plain-torch version of fused_sampled_loss_and_grads (built on sampled_loss_reference),
+    computed in the inputs' dtype."""
+    w_idx, w_inv = _unique_rows(Y, rows)
+    b_idx, b_inv = _unique_rows(Y, bias_rows) if bias_rows is not None else (w_idx, w_inv)
+    hh = h.detach().requires_grad_(grads)
+    y_rows = item_weight.detach().index_select(0, Y).requires_grad_(grads)
+    y_bias = item_bias.detach().index_select(0, Y).requires_grad_(grads)
+    with torch.enable_grad():
+        R = sampled_scores(hh, y_rows, y_bias)
+        value = sampled_loss_reference(R, loss, logq_per_column=logq_per_column, logq=logq,
+                                       bpreg=bpreg, elu_param=elu_param) * scale
+        if not grads:
+            return SampledLossGrads(value.detach(), None, w_idx, None, b_idx, None)
+        dh, dy, dyb = torch.autograd.grad(value, (hh, y_rows, y_bias))
+    d_rows = torch.zeros(w_idx.shape[0], h.shape[1], dtype=dy.dtype, device=dy.device)
+    d_rows.index_add_(0, w_inv, dy)
+    d_bias = torch.zeros(b_idx.shape[0], dtype=dyb.dtype, device=dyb.device)
+    d_bias.index_add_(0, b_inv, dyb)
+    return SampledLossGrads(value.detach(), dh, w_idx, d_rows, b_idx, d_bias)
+
+
+def fused_sampled_loss_and_grads(h, item_weight, item_bias, Y, loss, *, logq_per_column=None,
+                                 logq=0.0, bpreg=0.0, elu_param=0.0, scale=1.0, rows=None,
+                                 bias_rows=None, grads=True, backend: str = "auto",
+                                 precision=None) -> SampledLossGrads:
+    """Scores R = h (b, H) · item_weight[Y]ᵀ + item_bias[Y] (Y int64 (C,) = [targets; samples],
+    positives on the diagonal), the summed loss (× scale, e.g. 1/batch_size) and its gradients
+    for h and for the touched rows of the item tables only (no autograd, no N × H tensor).
+
+    rows / bias_rows: optional (row_ids (U,), inverse (C,)) with row_ids[inverse] == Y, e.g. the
+    unique ids the training step already gathered (they may contain extra ids: their gradient
+    is 0); default torch.unique(Y). bias_rows defaults to rows.
+    The Triton path computes in fp32 (h and the tables may be fp16/bf16); returns fp32.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    if resolve_backend(backend, h) == "torch":
+        return fused_sampled_loss_and_grads_reference(
+            h, item_weight, item_bias, Y, loss, logq_per_column=logq_per_column, logq=logq,
+            bpreg=bpreg, elu_param=elu_param, scale=scale, rows=rows, bias_rows=bias_rows,
+            grads=grads)
+    w_idx, w_inv = _unique_rows(Y, rows)
+    b_idx, b_inv = _unique_rows(Y, bias_rows) if bias_rows is not None else (w_idx, w_inv)
+    Y = Y.contiguous()
+    value, _, dh, d_rows, d_bias = _kernels_scoring().sampled_loss_fused(
+        h.detach(), item_weight.detach(), item_bias.detach(), Y, Y, loss,
+        logq_per_column=logq_per_column, logq=logq, bpreg=bpreg, elu_param=elu_param,
+        scale=scale, grads=grads, w_scatter=w_inv.contiguous(), n_w_rows=w_idx.shape[0],
+        b_scatter=b_inv.contiguous(), n_b_rows=b_idx.shape[0], precision=precision)
+    return SampledLossGrads(value * scale, dh, w_idx, d_rows, b_idx, d_bias)
+
+
+class _FusedSampledLoss(torch.autograd.Function):
+    """Liger pattern: the gradients are computed in the forward (fused) and scaled by the
+    incoming gradient in the backward."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, w_col, b_col, loss, lq, logq, bpreg, elu_param, precision):
+        need = any(ctx.needs_input_grad[:3])
+        value, _, dh, d_w, d_b = _kernels_scoring().sampled_loss_fused(
+            h.detach(), weight.detach(), bias.detach(), w_col, b_col, loss,
+            logq_per_column=lq, logq=logq, bpreg=bpreg, elu_param=elu_param, grads=need,
+            w_scatter=w_col, n_w_rows=weight.shape[0], b_scatter=b_col, n_b_rows=bias.shape[0],
+            precision=precision)
+        if need:
+            ctx.save_for_backward(dh, d_w, d_b)
+            ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
+        return value.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        dh, d_w, d_b = ctx.saved_tensors
+        g = g.float()
+        out = [None] * 11
+        for i, (t, dt) in enumerate(zip((dh, d_w, d_b), ctx.dtypes)):
+            if ctx.needs_input_grad[i]:
+                out[i] = (t * g).to(dt)
+        return tuple(out)
+
+
+def fused_sampled_loss(h, item_weight, item_bias, Y, loss, *, logq_per_column=None, logq=0.0,
+                       bpreg=0.0, elu_param=0.0, bias_index=None, backend: str = "auto",
+                       precision=None) -> torch.Tensor:
+    """Differentiable Σ-over-lanes sampled loss of R = h · item_weight[Y]ᵀ + item_bias[Y']
+    (Y' = bias_index if given, else Y). Gradients flow to h, item_weight and item_bias; to keep
+    them sparse pass gathered rows as the tables (e.g. item_weight = W[unique ids] as a leaf and
+    Y = the inverse indices), as the training step does: the table gradient has the table's
+    shape."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    b_col = Y if bias_index is None else bias_index
+    if resolve_backend(backend, h) == "torch":
+        R = sampled_scores(h, item_weight.index_select(0, Y), item_bias.index_select(0, b_col))
+        return sampled_loss_reference(R, loss, logq_per_column=logq_per_column, logq=logq,
+                                      bpreg=bpreg, elu_param=elu_param)
+    return _FusedSampledLoss.apply(h, item_weight, item_bias, Y.contiguous(), b_col.contiguous(),
+                                   loss, logq_per_column, float(logq), float(bpreg),
+                                   float(elu_param), precision)
+
+
+# ---------------------------------------------------------------- full catalog (n_sample="all")
+
+def full_catalog_cross_entropy_reference(h, item_weight, item_bias, targets) -> torch.Tensor:
+    """Σ_i -log(softmax(h_i · Wᵀ + bias)[t_i] + 1e-24): cross-entropy over the whole catalog
+    (§4's cross-entropy with Y = all items, no logq). Materialises (b, N)."""
+    R = torch.addmm(item_bias, h, item_weight.t())
+    p = torch.softmax(R, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    return -torch.log(p + _EPS).sum()
+
+
+def full_catalog_cross_entropy_and_grads(h, item_weight, item_bias, targets, *, scale=1.0,
+                                         grads=True, d_weight_out=None, d_bias_out=None,
+                                         backend: str = "auto", precision=None):
+    """(loss, dh, d_weight (N, H), d_bias (N,)) of scale · full_catalog_cross_entropy. The
+    Triton path never holds the (b, N) scores (online log-sum-exp, tiles recomputed for the
+    gradients). d_weight_out / d_bias_out (fp32): accumulate into these instead (returned)."""
+    if resolve_backend(backend, h) == "torch":
+        hh = h.detach().requires_grad_(grads)
+        W = item_weight.detach().requires_grad_(grads)
+        bb = item_bias.detach().requires_grad_(grads)
+        with torch.enable_grad():
+            value = full_catalog_cross_entropy_reference(hh, W, bb, targets) * scale
+            if not grads:
+                return value.detach(), None, None, None
+            dh, dW, db = torch.autograd.grad(value, (hh, W, bb))
+        if d_weight_out is not None:
+            dW = d_weight_out.add_(dW)
+            db = d_bias_out.add_(db)
+        return value.detach(), dh, dW, db
+    value, dh, dW, db = _kernels_scoring().full_ce_fused(
+        h.detach(), item_weight.detach(), item_bias.detach(), targets, scale=scale, grads=grads,
+        d_weight_out=d_weight_out, d_bias_out=d_bias_out, precision=precision)
+    return value * scale, dh, dW, db
+
+
+class _FullCatalogCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, precision):
+        ctx.save_for_backward(h, weight, bias, targets)
+        ctx.precision = precision
+        value, *_ = _kernels_scoring().full_ce_fused(h.detach(), weight.detach(), bias.detach(),
+                                                     targets, grads=False, precision=precision)
+        return value.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, weight, bias, targets = ctx.saved_tensors
+        # gradients recomputed tile by tile; g (a 0-d tensor) is folded in afterwards
+        _, dh, dW, db = _kernels_scoring().full_ce_fused(h.detach(), weight.detach(),
+                                                         bias.detach(), targets,
+                                                         precision=ctx.precision)
+        g = g.float()
+        return ((dh * g).to(h.dtype) if ctx.needs_input_grad[0] else None,
+                (dW.mul_(g)).to(weight.dtype) if ctx.needs_input_grad[1] else None,
+                (db.mul_(g)).to(bias.dtype) if ctx.needs_input_grad[2] else None, None, None)
+
+
+def full_catalog_cross_entropy(h, item_weight, item_bias, targets, *, backend: str = "auto",
+                               precision=None) -> torch.Tensor:
+    """Differentiable full-catalog cross-entropy (sum over rows); see the reference above."""
+    if resolve_backend(backend, h) == "torch":
+        return full_catalog_cross_entropy_reference(h, item_weight, item_bias, targets)
+    return _FullCatalogCE.apply(h, item_weight, item_bias, targets.contiguous(), precision)

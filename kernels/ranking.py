@@ -1,0 +1,140 @@
+"""Triton kernels for full-catalog ranking (REFERENCE §5) and top-k.
+
+Rank counts, two launches, O(b) extra memory (plus a (splits, b) partial-count buffer):
+  1. ``_rank_target_kernel``  each row's target score, taken from the very tile (same row block,
+                              same item tile, same ``_score_tile`` code and block sizes) that the
+                              counting pass computes, so the target is bit-equal to "itself".
+  2. ``_rank_count_kernel``   streams item tiles per (row block, catalog split), counting
+                              scores > and == the target.
+Top-k: ``_topk_tile_kernel`` keeps the best min(k, BN) of each item tile per row, as int64 keys
+(order-preserving score bits << 32 | (2³²-1 - index)), so sorting keys descending orders by score
+and then by the LOWER index; the launcher merges the candidates with torch.topk on the keys.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .scoring import _pow2, _score_tile, _split_plan, interpreting, new_output, resolve_precision
+
+
+def _blocks(b: int, H: int):
+    if interpreting():
+        return min(32, _pow2(b)), 256, min(64, _pow2(H))   # little padding: see kernels/scoring.py
+    return 64, 128, 32
+
+
+@triton.jit
+def _rank_target_kernel(p_h, p_w, p_bias, p_tgt, p_ts, b, N, H, stride_h, stride_w,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    pid_m, r = tl.program_id(0), tl.program_id(1)
+    row = pid_m * BM + r
+    if row < b:
+        t = tl.load(p_tgt + row)
+        o_m = pid_m * BM + tl.arange(0, BM)
+        m_m = o_m < b
+        o_n = (t // BN) * BN + tl.arange(0, BN)
+        m_n = o_n < N
+        s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
+        v = tl.sum(tl.sum(tl.where((o_m[:, None] == row) & (o_n[None, :] == t), s, 0.0), axis=1), axis=0)
+        tl.store(p_ts + row, v)
+
+
+@triton.jit
+def _rank_count_kernel(p_h, p_w, p_bias, p_ts, p_gt, p_eq, b, N, H, stride_h, stride_w,
+                       items_per_split,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    pid_m, pid_s = tl.program_id(0), tl.program_id(1)
+    o_m = pid_m * BM + tl.arange(0, BM)
+    m_m = o_m < b
+    ts = tl.load(p_ts + o_m, mask=m_m, other=0.0)
+    n_gt = tl.zeros((BM,), dtype=tl.int32)
+    n_eq = tl.zeros((BM,), dtype=tl.int32)
+    lo = pid_s * items_per_split
+    hi = tl.minimum(lo + items_per_split, N)
+    for n0 in range(lo, hi, BN):
+        o_n = n0 + tl.arange(0, BN)
+        m_n = o_n < N
+        s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
+        ok = m_n[None, :] & (o_n[None, :] < hi)
+        n_gt += tl.sum(tl.where(ok & (s > ts[:, None]), 1, 0), axis=1)
+        n_eq += tl.sum(tl.where(ok & (s == ts[:, None]), 1, 0), axis=1)
+    tl.store(p_gt + pid_s * b + o_m, n_gt, mask=m_m)
+    tl.store(p_eq + pid_s * b + o_m, n_eq, mask=m_m)
+
+
+def rank_counts_fused(h, weight, bias, targets, *, precision=None):
+    """(n_greater, n_equal) int64 (b,) of each row's target among all N scores h·Wᵀ + bias."""
+    prec = resolve_precision(precision)
+    b, H = h.shape
+    N = weight.shape[0]
+    dev = h.device
+    h = h if h.stride(1) == 1 else h.contiguous()
+    targets = targets.contiguous()
+    BM, BN, BK = _blocks(b, H)
+    n_rb = triton.cdiv(b, BM)
+    ts = new_output((b,), torch.float32, dev)
+    _rank_target_kernel[(n_rb, BM)](h, weight, bias, targets, ts, b, N, H, h.stride(0),
+                                    weight.stride(0), BM=BM, BN=BN, BK=BK, PREC=prec)
+    per_split, S = _split_plan(n_rb, N, BN, interpreting())
+    gt = new_output((S, b), torch.int32, dev)
+    eq = new_output((S, b), torch.int32, dev)
+    _rank_count_kernel[(n_rb, S)](h, weight, bias, ts, gt, eq, b, N, H, h.stride(0),
+                                  weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
+    return gt.sum(0, dtype=torch.int64), eq.sum(0, dtype=torch.int64)
+
+
+@triton.jit
+def _topk_tile_kernel(p_h, p_w, p_bias, p_cand, b, N, H, stride_h, stride_w, KT, n_cand,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ALL: tl.constexpr,
+                      PREC: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    o_m = pid_m * BM + tl.arange(0, BM)
+    m_m = o_m < b
+    o_n = pid_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
+    s = tl.where(s == 0.0, 0.0, s)                      # -0.0 ties with +0.0
+    bits = s.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    key = (ordered.to(tl.int64) << 32) + (4294967295 - o_n.to(tl.int64))[None, :]
+    key = tl.where(m_n[None, :], key, -9223372036854775807 - 1)
+    base = p_cand + o_m[:, None] * n_cand + pid_n * KT
+    if ALL:
+        tl.store(base + tl.arange(0, BN)[None, :], key, mask=m_m[:, None] & (tl.arange(0, BN)[None, :] < KT))
+    else:
+        for i in range(0, KT):
+            best = tl.max(key, axis=1)
+            tl.store(p_cand + o_m * n_cand + pid_n * KT + i, best, mask=m_m)
+            key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
+
+
+def _decode_keys(keys: torch.Tensor):
+    idx = 4294967295 - (keys & 0xFFFFFFFF)
+    ordered = (keys >> 32).to(torch.int32)
+    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered)
+    return bits.view(torch.float32), idx
+
+
+def topk_fused(h, weight, bias, k: int, *, precision=None):
+    """(values fp32 (b, k), indices int64 (b, k)) of the k best items per row, best first, ties
+    to the lower index. k <= N."""
+    prec = resolve_precision(precision)
+    b, H = h.shape
+    N = weight.shape[0]
+    if not 0 < k <= N:
+        raise ValueError(f"k must be in 1..{N} (got {k})")
+    h = h if h.stride(1) == 1 else h.contiguous()
+    BM, BN, BK = _blocks(b, H)
+    if not interpreting():
+        BM, BN = 16, 1024 if k <= 64 else 2048
+    n_tiles = triton.cdiv(N, BN)
+    KT = min(k, BN)
+    n_cand = n_tiles * KT
+    cand = new_output((b, n_cand), torch.int64, h.device)
+    _topk_tile_kernel[(triton.cdiv(b, BM), n_tiles)](
+        h, weight, bias, cand, b, N, H, h.stride(0), weight.stride(0), KT, n_cand,
+        BM=BM, BN=BN, BK=BK, ALL=KT >= BN, PREC=prec, num_warps=4 if interpreting() else 8)
+    keys = torch.topk(cand, k, dim=1, sorted=True).values
+    return _decode_keys(keys)

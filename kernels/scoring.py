@@ -1,0 +1,543 @@
+"""Triton kernels for GRU4Rec scoring (REFERENCE §4): fused sampled scores + losses + gradients,
+and the full-catalog cross-entropy (online log-sum-exp, gradients recomputed tile by tile).
+
+Notation: b rows (lanes), H hidden, C score columns, N catalog items. Block sizes: BM rows,
+BN columns (items), BK the reduction chunk. Variables: o_ offsets, m_ masks, b_ blocks, p_ pointers.
+
+Sampled path (small: C = b + n_sample <= a few thousand), four launches:
+  1. ``_sampled_scores_kernel``   R (b, C) = h · W[col]ᵀ + bias[col]   (W rows gathered in-kernel)
+  2. ``_sampled_loss_kernel``     per-row loss and dR (b, C), two streaming passes over columns
+  3. ``_rows_matmul_kernel``      dh (b, H) = dR · W[col]
+  4. ``_cols_scatter_kernel``     d_rows[inv[j]] += (dRᵀ · h)[j], d_bias[binv[j]] += Σ_i dR[i, j]
+                                  (atomics into the U unique rows: never an N × H gradient)
+Full catalog (n_sample = "all"): ``_ce_full_fwd_kernel`` (partial max / sum-exp / target score per
+split of the catalog), ``_ce_full_dh_kernel`` (recompute tiles, dh by atomics over splits),
+``_ce_full_dw_kernel`` (recompute transposed tiles, each program owns its item tile's dW).
+
+Interpreter rules (DESIGN.md): fp32 arithmetic only, no libdevice (σ, log-sigmoid and ELU are
+written with exp/log), a single configuration, no block pointers.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# loss codes (constexpr)
+CE, BPR_MAX, TOP1_MAX, TOP1, BPR = 0, 1, 2, 3, 4
+LOSS_CODES = {"cross-entropy": CE, "bpr-max": BPR_MAX, "top1-max": TOP1_MAX, "top1": TOP1, "bpr": BPR}
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+_EPS = 1e-24
+_NEG_INIT = -1e30   # finite running-max start: exp(m_old - m_new) never sees inf - inf
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1). Triton reads
+    the variable when a kernel is decorated, i.e. when this module is imported."""
+    try:
+        return bool(triton.knobs.runtime.interpret)
+    except AttributeError:   # older triton without knobs
+        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+#: Fill kernel outputs with NaN before launching so unwritten elements fail loudly. On by default
+#: under the interpreter (tests); on a GPU set FASTGRU4REC_POISON=1 or this attribute.
+POISON = interpreting() or os.environ.get("FASTGRU4REC_POISON", "0") == "1"
+
+
+def new_output(shape, dtype, device) -> torch.Tensor:
+    if POISON:
+        if dtype.is_floating_point:
+            return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.full(shape, -(1 << 30), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def resolve_precision(precision) -> str:
+    """tl.dot input precision for fp32 operands: "ieee" (exact fp32), "tf32" (the GPU default),
+    "tf32x3" (≈ fp32 accuracy on tensor cores). None -> "tf32"."""
+    p = "tf32" if precision is None else precision
+    if p not in PRECISIONS:
+        raise ValueError(f"unknown dot precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    return p
+
+
+def _pow2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+def _check_table(name, t, H=None):
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name}: expected a float32/float16/bfloat16 tensor, got {t.dtype}")
+    if t.dim() == 2 and t.stride(1) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous")
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _elu(x, alpha):
+    return tl.where(x > 0, x, alpha * (tl.exp(tl.minimum(x, 0.0)) - 1.0))
+
+
+@triton.jit
+def _score_tile(p_h, p_w, p_bias, o_m, m_m, ids, m_n, H, stride_h, stride_w,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """(BM, BN) tile of h[o_m] · W[ids]ᵀ + bias[ids] in fp32. Every kernel that needs a score
+    goes through this one function, so equal (row block, item tile) give bit-equal scores."""
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < H
+        b_h = tl.load(p_h + o_m[:, None] * stride_h + o_k[None, :],
+                      mask=m_m[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_wt = tl.load(p_w + ids[None, :] * stride_w + o_k[:, None],
+                       mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)   # (BK, BN)
+        acc = tl.dot(b_h, b_wt, acc, input_precision=PREC)
+    b_b = tl.load(p_bias + ids, mask=m_n, other=0.0).to(tl.float32)
+    return acc + b_b[None, :]
+
+
+# ----------------------------------------------------------------------------- sampled path
+
+@triton.jit
+def _sampled_scores_kernel(p_h, p_w, p_bias, p_wcol, p_bcol, p_r, b, C, H, stride_h, stride_w,
+                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    o_m = pid_m * BM + tl.arange(0, BM)
+    o_n = pid_n * BN + tl.arange(0, BN)
+    m_m, m_n = o_m < b, o_n < C
+    ids = tl.load(p_wcol + o_n, mask=m_n, other=0)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < H
+        b_h = tl.load(p_h + o_m[:, None] * stride_h + o_k[None, :],
+                      mask=m_m[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_wt = tl.load(p_w + ids[None, :] * stride_w + o_k[:, None],
+                       mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(b_h, b_wt, acc, input_precision=PREC)
+    bids = tl.load(p_bcol + o_n, mask=m_n, other=0)
+    acc += tl.load(p_bias + bids, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(p_r + o_m[:, None] * C + o_n[None, :], acc, mask=m_m[:, None] & m_n[None, :])
+
+
+@triton.jit
+def _sampled_loss_kernel(p_r, p_dr, p_lq, p_loss, b, C, logq, bpreg, elu_alpha, scale,
+                         LOSS: tl.constexpr, HAS_LQ: tl.constexpr, USE_ELU: tl.constexpr,
+                         GRAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Rows [pid·BM, pid·BM + BM) of R (b, C), positive of row i at column i. Pass 1 streams the
+    columns with an online max (softmax losses) and accumulates the loss's sums; pass 2 writes
+    dR = scale · ∂loss/∂R. Per-row loss (unscaled) goes to p_loss."""
+    pid = tl.program_id(0)
+    o_m = pid * BM + tl.arange(0, BM)
+    m_m = o_m < b
+    r_pos = tl.load(p_r + o_m * C + o_m, mask=m_m, other=0.0)
+    if HAS_LQ:
+        r_pos = r_pos - logq * tl.load(p_lq + o_m, mask=m_m, other=0.0)
+    u_pos = r_pos
+    if USE_ELU:
+        u_pos = _elu(r_pos, elu_alpha)
+    m_run = tl.full((BM,), _NEG_INIT, dtype=tl.float32)
+    z = tl.zeros((BM,), dtype=tl.float32)
+    a1 = tl.zeros((BM,), dtype=tl.float32)
+    a2 = tl.zeros((BM,), dtype=tl.float32)
+    a3 = tl.zeros((BM,), dtype=tl.float32)
+    for c0 in range(0, C, BN):
+        o_n = c0 + tl.arange(0, BN)
+        m_n = o_n < C
+        msk = m_m[:, None] & m_n[None, :]
+        neg = msk & (o_n[None, :] != o_m[:, None])
+        x = tl.load(p_r + o_m[:, None] * C + o_n[None, :], mask=msk, other=0.0)
+        if LOSS == 0:   # cross-entropy, softmax over all columns
+            if HAS_LQ:
+                x = x - logq * tl.load(p_lq + o_n, mask=m_n, other=0.0)[None, :]
+            xm = tl.where(msk, x, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(xm, axis=1))
+            z = z * tl.exp(m_run - m_new) + tl.sum(tl.exp(xm - m_new[:, None]), axis=1)
+            m_run = m_new
+        elif LOSS == 1 or LOSS == 2:   # bpr-max / top1-max, softmax over the negatives
+            u = x
+            if USE_ELU:
+                u = _elu(x, elu_alpha)
+            um = tl.where(neg, u, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(um, axis=1))
+            alpha = tl.exp(m_run - m_new)
+            e = tl.exp(um - m_new[:, None])
+            z = z * alpha + tl.sum(e, axis=1)
+            if LOSS == 1:
+                sg = _sigmoid(u_pos[:, None] - u)
+                a1 = a1 * alpha + tl.sum(e * sg, axis=1)
+                a2 = a2 * alpha + tl.sum(e * u * u, axis=1)
+                a3 = a3 * alpha + tl.sum(e * sg * (1.0 - sg), axis=1)
+            else:
+                sd = _sigmoid(u - u_pos[:, None])
+                a1 = a1 * alpha + tl.sum(e * (sd + _sigmoid(u * u)), axis=1)
+                a3 = a3 * alpha + tl.sum(e * sd * (1.0 - sd), axis=1)
+            m_run = m_new
+        elif LOSS == 3:   # top1
+            sd = _sigmoid(x - r_pos[:, None])
+            a1 += tl.sum(tl.where(neg, sd + _sigmoid(x * x), 0.0), axis=1)
+            a3 += tl.sum(tl.where(neg, sd * (1.0 - sd), 0.0), axis=1)
+        else:             # bpr: log σ(d) = min(d, 0) - log(1 + exp(-|d|))
+            d = r_pos[:, None] - x
+            ls = tl.minimum(d, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(d)))
+            a1 += tl.sum(tl.where(msk, ls, 0.0), axis=1)
+            a3 += tl.sum(tl.where(neg, _sigmoid(-d), 0.0), axis=1)
+
+    Cf = C * 1.0
+    z = tl.where(m_m, z, 1.0)   # padding rows: keep them finite
+    if LOSS == 0:
+        p_t = tl.exp(r_pos - m_run) / z
+        row_loss = -tl.log(p_t + 1e-24)
+        coef = p_t / (p_t + 1e-24)
+        g_pos = coef * (p_t - 1.0)
+    elif LOSS == 1:
+        S = a1 / z
+        Q = a2 / z
+        row_loss = -tl.log(S + 1e-24) + bpreg * Q
+        g_pos = -(a3 / z) / (S + 1e-24)
+    elif LOSS == 2:
+        L = a1 / z
+        row_loss = L
+        g_pos = -(a3 / z)
+    elif LOSS == 3:
+        row_loss = (a1 + 0.5) / Cf
+        g_pos = -a3 / Cf
+    else:
+        row_loss = -a1 / Cf
+        g_pos = -a3 / Cf
+    if USE_ELU:
+        g_pos = g_pos * tl.where(r_pos > 0, 1.0, u_pos + elu_alpha)
+    tl.store(p_loss + o_m, row_loss, mask=m_m)
+
+    if GRAD:
+        for c0 in range(0, C, BN):
+            o_n = c0 + tl.arange(0, BN)
+            m_n = o_n < C
+            msk = m_m[:, None] & m_n[None, :]
+            is_pos = o_n[None, :] == o_m[:, None]
+            x = tl.load(p_r + o_m[:, None] * C + o_n[None, :], mask=msk, other=0.0)
+            if LOSS == 0:
+                if HAS_LQ:
+                    x = x - logq * tl.load(p_lq + o_n, mask=m_n, other=0.0)[None, :]
+                g = coef[:, None] * tl.exp(x - m_run[:, None]) / z[:, None]
+                g = tl.where(is_pos, g_pos[:, None], g)
+            elif LOSS == 1 or LOSS == 2:
+                u = x
+                if USE_ELU:
+                    u = _elu(x, elu_alpha)
+                s = tl.exp(u - m_run[:, None]) / z[:, None]
+                if LOSS == 1:
+                    sg = _sigmoid(u_pos[:, None] - u)
+                    g = (-(s * (sg * sg - S[:, None])) / (S[:, None] + 1e-24)
+                         + bpreg * s * (2.0 * u + u * u - Q[:, None]))
+                else:
+                    sd = _sigmoid(u - u_pos[:, None])
+                    sq = _sigmoid(u * u)
+                    g = s * (sd + sq - L[:, None] + sd * (1.0 - sd) + 2.0 * u * sq * (1.0 - sq))
+                if USE_ELU:
+                    g = g * tl.where(x > 0, 1.0, u + elu_alpha)
+                g = tl.where(is_pos, g_pos[:, None], g)
+            elif LOSS == 3:
+                sd = _sigmoid(x - r_pos[:, None])
+                sq = _sigmoid(x * x)
+                g = (sd * (1.0 - sd) + 2.0 * x * sq * (1.0 - sq)) / Cf
+                g = tl.where(is_pos, g_pos[:, None], g)
+            else:
+                g = _sigmoid(x - r_pos[:, None]) / Cf
+                g = tl.where(is_pos, g_pos[:, None], g)
+            tl.store(p_dr + o_m[:, None] * C + o_n[None, :], g * scale, mask=msk)
+
+
+@triton.jit
+def _rows_matmul_kernel(p_dr, p_w, p_wcol, p_dh, b, C, H, stride_w,
+                        BM: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """dh (b, H) = dR (b, C) · W[col] (C, H)."""
+    pid_m, pid_h = tl.program_id(0), tl.program_id(1)
+    o_m = pid_m * BM + tl.arange(0, BM)
+    o_h = pid_h * BH + tl.arange(0, BH)
+    m_m, m_h = o_m < b, o_h < H
+    acc = tl.zeros((BM, BH), dtype=tl.float32)
+    for c0 in range(0, C, BK):
+        o_c = c0 + tl.arange(0, BK)
+        m_c = o_c < C
+        ids = tl.load(p_wcol + o_c, mask=m_c, other=0)
+        b_dr = tl.load(p_dr + o_m[:, None] * C + o_c[None, :], mask=m_m[:, None] & m_c[None, :], other=0.0)
+        b_w = tl.load(p_w + ids[:, None] * stride_w + o_h[None, :],
+                      mask=m_c[:, None] & m_h[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(b_dr, b_w, acc, input_precision=PREC)
+    tl.store(p_dh + o_m[:, None] * H + o_h[None, :], acc, mask=m_m[:, None] & m_h[None, :])
+
+
+@triton.jit
+def _cols_scatter_kernel(p_dr, p_h, p_winv, p_binv, p_drows, p_dbias, b, C, H, stride_h,
+                         BN: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """d_rows[winv[j]] += Σ_i dR[i, j] h[i] and d_bias[binv[j]] += Σ_i dR[i, j] (atomics:
+    duplicate ids in Y add up). dRᵀ is loaded transposed, never transposed in registers."""
+    pid_n, pid_h = tl.program_id(0), tl.program_id(1)
+    o_n = pid_n * BN + tl.arange(0, BN)
+    o_h = pid_h * BH + tl.arange(0, BH)
+    m_n, m_h = o_n < C, o_h < H
+    acc = tl.zeros((BN, BH), dtype=tl.float32)
+    acc_b = tl.zeros((BN,), dtype=tl.float32)
+    for r0 in range(0, b, BK):
+        o_r = r0 + tl.arange(0, BK)
+        m_r = o_r < b
+        b_drt = tl.load(p_dr + o_r[None, :] * C + o_n[:, None], mask=m_n[:, None] & m_r[None, :], other=0.0)
+        b_h = tl.load(p_h + o_r[:, None] * stride_h + o_h[None, :],
+                      mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(b_drt, b_h, acc, input_precision=PREC)
+        acc_b += tl.sum(b_drt, axis=1)
+    winv = tl.load(p_winv + o_n, mask=m_n, other=0)
+    tl.atomic_add(p_drows + winv[:, None] * H + o_h[None, :], acc, mask=m_n[:, None] & m_h[None, :])
+    binv = tl.load(p_binv + o_n, mask=m_n, other=0)
+    tl.atomic_add(p_dbias + binv, acc_b, mask=m_n & ((o_n * 0 + pid_h) == 0))
+
+
+def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=None, logq=0.0,
+                       bpreg=0.0, elu_param=0.0, scale=1.0, grads=True, w_scatter=None,
+                       n_w_rows=0, b_scatter=None, n_b_rows=0, precision=None):
+    """Launch the sampled path.
+
+    h (b, H); weight (Tw, H) and bias (Tb,) tables; w_col / b_col int64 (C,) the table row of
+    each column (column j scores weight[w_col[j]]·h + bias[b_col[j]]); loss one of LOSS_CODES.
+    With grads: w_scatter / b_scatter int64 (C,) map column j to a row of the (n_w_rows, H) /
+    (n_b_rows,) gradient outputs (duplicates are summed).
+    Returns (loss_sum (0-d fp32, unscaled), R (b, C), dh, d_rows, d_bias) — the last three are
+    ``scale``·gradients of the summed loss, or None without grads.
+    """
+    prec = resolve_precision(precision)
+    b, H = h.shape
+    C = w_col.shape[0]
+    dev = h.device
+    code = LOSS_CODES[loss]
+    interp = interpreting()
+    HP = _pow2(H)
+    h = h if h.stride(1) == 1 else h.contiguous()
+    R = new_output((b, C), torch.float32, dev)
+    # interpreter: its tl.dot is a non-BLAS numpy loop, cost ∝ padded M·N·K: blocks that pad little
+    if interp:
+        BM, BN, BK = min(64, _pow2(b)), min(128, _pow2(C)), min(64, HP)
+    else:
+        BM, BN, BK = 64, 64, 32
+    _sampled_scores_kernel[(triton.cdiv(b, BM), triton.cdiv(C, BN))](
+        h, weight, bias, w_col, b_col, R, b, C, H, h.stride(0), weight.stride(0),
+        BM=BM, BN=BN, BK=BK, PREC=prec)
+    rows_loss = new_output((b,), torch.float32, dev)
+    dR = new_output((b, C), torch.float32, dev) if grads else R
+    has_lq = code == CE and logq > 0
+    if has_lq:
+        if logq_per_column is None:
+            raise ValueError("cross-entropy with logq > 0 needs logq_per_column")
+        lq = logq_per_column.to(device=dev, dtype=torch.float32).contiguous()
+    else:
+        lq = R   # unused
+    use_elu = code in (BPR_MAX, TOP1_MAX) and elu_param > 0
+    LBM = min(16, _pow2(b, 1)) if interp else 4
+    LBN = min(1024, _pow2(C)) if interp else 512
+    _sampled_loss_kernel[(triton.cdiv(b, LBM),)](
+        R, dR, lq, rows_loss, b, C, float(logq), float(bpreg), float(elu_param), float(scale),
+        LOSS=code, HAS_LQ=has_lq, USE_ELU=use_elu, GRAD=grads, BM=LBM, BN=LBN)
+    loss_sum = rows_loss.sum()
+    if not grads:
+        return loss_sum, R, None, None, None
+    dh = new_output((b, H), torch.float32, dev)
+    if interp:
+        BM, BH, BK = min(64, _pow2(b)), min(64, HP), min(128, _pow2(C))
+    else:
+        BM, BH, BK = 64, 64, 32
+    _rows_matmul_kernel[(triton.cdiv(b, BM), triton.cdiv(H, BH))](
+        dR, weight, w_col, dh, b, C, H, weight.stride(0), BM=BM, BH=BH, BK=BK, PREC=prec)
+    d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
+    d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
+    if interp:
+        BN, BH, BK = min(128, _pow2(C)), min(64, HP), min(64, _pow2(b))
+    else:
+        BN, BH, BK = 64, 64, 32
+    _cols_scatter_kernel[(triton.cdiv(C, BN), triton.cdiv(H, BH))](
+        dR, h, w_scatter, b_scatter, d_rows, d_bias, b, C, H, h.stride(0),
+        BN=BN, BH=BH, BK=BK, PREC=prec)
+    return loss_sum, R, dh, d_rows, d_bias
+
+
+# ----------------------------------------------------------------------------- full catalog
+
+def _split_plan(n_row_blocks: int, N: int, BN: int, interp: bool):
+    """Items per split (a multiple of BN) so that row blocks × splits fill the GPU."""
+    n_tiles = triton.cdiv(N, BN)
+    if interp:
+        target = 2
+    else:
+        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        target = max(1, (4 * sms) // max(n_row_blocks, 1))
+    splits = max(1, min(n_tiles, target))
+    tiles_per = triton.cdiv(n_tiles, splits)
+    return tiles_per * BN, triton.cdiv(n_tiles, tiles_per)
+
+
+@triton.jit
+def _ce_full_fwd_kernel(p_h, p_w, p_bias, p_tgt, p_pm, p_pz, p_pt, b, N, H, stride_h, stride_w,
+                        items_per_split,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    pid_m, pid_s = tl.program_id(0), tl.program_id(1)
+    o_m = pid_m * BM + tl.arange(0, BM)
+    m_m = o_m < b
+    tgt = tl.load(p_tgt + o_m, mask=m_m, other=-1)
+    m_run = tl.full((BM,), _NEG_INIT, dtype=tl.float32)
+    z = tl.zeros((BM,), dtype=tl.float32)
+    t_score = tl.zeros((BM,), dtype=tl.float32)
+    lo = pid_s * items_per_split
+    hi = tl.minimum(lo + items_per_split, N)
+    for n0 in range(lo, hi, BN):
+        o_n = n0 + tl.arange(0, BN)
+        m_n = o_n < hi
+        s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
+        sm = tl.where(m_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_run, tl.max(sm, axis=1))
+        z = z * tl.exp(m_run - m_new) + tl.sum(tl.exp(sm - m_new[:, None]), axis=1)
+        m_run = m_new
+        t_score += tl.sum(tl.where(o_n[None, :] == tgt[:, None], s, 0.0), axis=1)
+    tl.store(p_pm + pid_s * b + o_m, m_run, mask=m_m)
+    tl.store(p_pz + pid_s * b + o_m, z, mask=m_m)
+    tl.store(p_pt + pid_s * b + o_m, t_score, mask=m_m)
+
+
+@triton.jit
+def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dh, b, N, H, stride_h, stride_w,
+                       items_per_split,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr,
+                       PREC: tl.constexpr):
+    """dh += dR · W over this program's split, dR = coef·(softmax - onehot) recomputed per tile."""
+    pid_m, pid_s = tl.program_id(0), tl.program_id(1)
+    o_m = pid_m * BM + tl.arange(0, BM)
+    m_m = o_m < b
+    o_h = tl.arange(0, HP)
+    m_h = o_h < H
+    tgt = tl.load(p_tgt + o_m, mask=m_m, other=-1)
+    lse = tl.load(p_lse + o_m, mask=m_m, other=0.0)
+    coef = tl.load(p_coef + o_m, mask=m_m, other=0.0)
+    acc = tl.zeros((BM, HP), dtype=tl.float32)
+    lo = pid_s * items_per_split
+    hi = tl.minimum(lo + items_per_split, N)
+    for n0 in range(lo, hi, BN):
+        o_n = n0 + tl.arange(0, BN)
+        m_n = o_n < hi
+        s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
+        g = tl.exp(s - lse[:, None]) - tl.where(o_n[None, :] == tgt[:, None], 1.0, 0.0)
+        g = tl.where(m_m[:, None] & m_n[None, :], g * coef[:, None], 0.0)
+        b_w = tl.load(p_w + o_n[:, None] * stride_w + o_h[None, :],
+                      mask=m_n[:, None] & m_h[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(g, b_w, acc, input_precision=PREC)
+    tl.atomic_add(p_dh + o_m[:, None] * H + o_h[None, :], acc, mask=m_m[:, None] & m_h[None, :])
+
+
+@triton.jit
+def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dw, p_db, b, N, H, stride_h,
+                       stride_w, ACCUM: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr,
+                       PREC: tl.constexpr):
+    """dW[tile] = Σ_rows dRᵀ · h and db[tile] = Σ_rows dR for one item tile (owned: no atomics).
+    Scores are computed transposed (items × rows) so no matmul result is transposed."""
+    pid_n = tl.program_id(0)
+    o_n = pid_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    o_h = tl.arange(0, HP)
+    m_h = o_h < H
+    b_bias = tl.load(p_bias + o_n, mask=m_n, other=0.0).to(tl.float32)
+    acc = tl.zeros((BN, HP), dtype=tl.float32)
+    acc_b = tl.zeros((BN,), dtype=tl.float32)
+    for r0 in range(0, b, BM):
+        o_r = r0 + tl.arange(0, BM)
+        m_r = o_r < b
+        st = tl.zeros((BN, BM), dtype=tl.float32)
+        for k0 in range(0, H, BK):
+            o_k = k0 + tl.arange(0, BK)
+            m_k = o_k < H
+            b_w = tl.load(p_w + o_n[:, None] * stride_w + o_k[None, :],
+                          mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+            b_ht = tl.load(p_h + o_r[None, :] * stride_h + o_k[:, None],
+                           mask=m_k[:, None] & m_r[None, :], other=0.0).to(tl.float32)
+            st = tl.dot(b_w, b_ht, st, input_precision=PREC)
+        st += b_bias[:, None]
+        tgt = tl.load(p_tgt + o_r, mask=m_r, other=-1)
+        lse = tl.load(p_lse + o_r, mask=m_r, other=0.0)
+        coef = tl.load(p_coef + o_r, mask=m_r, other=0.0)
+        g = tl.exp(st - lse[None, :]) - tl.where(o_n[:, None] == tgt[None, :], 1.0, 0.0)
+        g = tl.where(m_n[:, None] & m_r[None, :], g * coef[None, :], 0.0)
+        b_h = tl.load(p_h + o_r[:, None] * stride_h + o_h[None, :],
+                      mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(g, b_h, acc, input_precision=PREC)
+        acc_b += tl.sum(g, axis=1)
+    p_out = p_dw + o_n[:, None] * H + o_h[None, :]
+    m_out = m_n[:, None] & m_h[None, :]
+    if ACCUM:
+        acc += tl.load(p_out, mask=m_out, other=0.0)
+        acc_b += tl.load(p_db + o_n, mask=m_n, other=0.0)
+    tl.store(p_out, acc, mask=m_out)
+    tl.store(p_db + o_n, acc_b, mask=m_n)
+
+
+def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_out=None,
+                  d_bias_out=None, precision=None):
+    """Full-catalog cross-entropy Σ_i -log(softmax(h_i·Wᵀ + bias)[t_i] + 1e-24) without the
+    (b, N) score matrix. Returns (loss_sum, dh, d_weight (N, H), d_bias (N,)) with the gradients
+    scaled by ``scale`` (None without grads). d_weight_out / d_bias_out (fp32, contiguous): add
+    the gradients into these buffers instead of allocating (e.g. an optimizer's grad buffer)."""
+    prec = resolve_precision(precision)
+    b, H = h.shape
+    N = weight.shape[0]
+    dev = h.device
+    interp = interpreting()
+    HP = _pow2(H)
+    h = h if h.stride(1) == 1 else h.contiguous()
+    targets = targets.contiguous()
+    if interp:
+        BM, BN, BK = min(32, _pow2(b)), 128, min(64, HP)
+    else:
+        BM, BN, BK = 64, 128, 32
+    n_rb = triton.cdiv(b, BM)
+    per_split, S = _split_plan(n_rb, N, BN, interp)
+    pm = new_output((S, b), torch.float32, dev)
+    pz = new_output((S, b), torch.float32, dev)
+    pt = new_output((S, b), torch.float32, dev)
+    _ce_full_fwd_kernel[(n_rb, S)](h, weight, bias, targets, pm, pz, pt, b, N, H, h.stride(0),
+                                   weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
+    lse = torch.logsumexp(pm + torch.log(pz), dim=0)
+    p_t = torch.exp(pt.sum(0) - lse)
+    loss_sum = (-torch.log(p_t + _EPS)).sum()
+    if not grads:
+        return loss_sum, None, None, None
+    coef = (p_t / (p_t + _EPS)) * scale
+    dh = torch.zeros((b, H), dtype=torch.float32, device=dev)
+    if interp:
+        dBM, dBN = min(32, _pow2(b)), 128
+    else:
+        dBM, dBN = (32 if HP <= 256 else 16), 64
+    per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, interp)
+    _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
+        h, weight, bias, targets, lse, coef, dh, b, N, H, h.stride(0), weight.stride(0), per_split,
+        BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if interp else 8)
+    accum = d_weight_out is not None
+    dW = d_weight_out if accum else new_output((N, H), torch.float32, dev)
+    if accum:
+        if d_bias_out is None:
+            raise ValueError("d_weight_out needs d_bias_out too")
+        db = d_bias_out
+    else:
+        db = new_output((N,), torch.float32, dev)
+    if interp:
+        wBM, wBN = min(32, _pow2(b)), 128
+    else:
+        wBM, wBN = 32, (32 if HP <= 256 else 16)
+    _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
+        h, weight, bias, targets, lse, coef, dW, db, b, N, H, h.stride(0), weight.stride(0),
+        ACCUM=accum, BM=wBM, BN=wBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if interp else 8)
+    return loss_sum, dh, dW, db

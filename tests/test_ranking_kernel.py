@@ -1,0 +1,89 @@
+"""Triton full-catalog rank counts and top-k (kernels/ranking.py through
+fastgru4rec.ops.ranking) against the references: counts exactly equal on integer-valued data
+with planted ties (all three rank modes), the target counted as tied with itself on float data,
+top-k equal to torch.topk's values with ties broken by the lower index.
+
+Runs on a GPU, or on CPU with TRITON_INTERPRET=1 set at process start (see
+test_scoring_kernel.py)."""
+import os
+
+import pytest
+import torch
+
+if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start "
+                "(e.g. TRITON_INTERPRET=1 pytest tests/test_ranking_kernel.py)",
+                allow_module_level=True)
+pytest.importorskip("triton")
+
+from fastgru4rec.ops.ranking import (RANK_MODES, rank_counts, rank_counts_from_scores,  # noqa: E402
+                                     ranks_from_counts, topk_scores, topk_scores_reference)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def tie_data(seed, b, N, H):
+    """Small integers: every score is exact in fp32 whatever the summation order, and many tie."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randint(-2, 3, (b, H), generator=g).float()
+    W = torch.randint(-1, 2, (N, H), generator=g).float()
+    bias = torch.randint(-1, 2, (N,), generator=g).float()
+    t = torch.randint(0, N, (b,), generator=g)
+    return h, W, bias, t
+
+
+@pytest.mark.parametrize("b,N,H", [(1, 103, 16), (7, 1500, 20), (70, 2100, 33)])
+def test_rank_counts_exact_with_planted_ties(b, N, H):
+    h, W, bias, t = tie_data(b * N, b, N, H)
+    W[5] = W[t[0]]; bias[5] = bias[t[0]]                 # an exact twin of row 0's target
+    ref = rank_counts_from_scores(h @ W.t() + bias, t)
+    got = rank_counts(h.to(DEV), W.to(DEV), bias.to(DEV), t.to(DEV), backend="triton",
+                      precision="ieee")
+    assert got[0].dtype == torch.int64 and got[1].dtype == torch.int64
+    assert torch.equal(got[0].cpu(), ref[0]) and torch.equal(got[1].cpu(), ref[1])
+    assert int(ref[1].max()) > 1 and int(ref[1][0]) >= (2 if t[0] != 5 else 1)
+    for mode in RANK_MODES:
+        assert torch.equal(ranks_from_counts(*got, mode).cpu(), ranks_from_counts(*ref, mode))
+
+
+def test_rank_target_from_same_tile_arithmetic():
+    """Float data: the target is always tied with itself (n_equal >= 1) and the counts agree
+    with the reference up to the rounding of near-ties."""
+    g = torch.Generator().manual_seed(0)
+    b, N, H = 40, 1700, 100
+    h, W = torch.randn(b, H, generator=g), torch.randn(N, H, generator=g)
+    bias = torch.randn(N, generator=g)
+    t = torch.randint(0, N, (b,), generator=g)
+    gt, eq = rank_counts(h.to(DEV), W.to(DEV), bias.to(DEV), t.to(DEV), backend="triton",
+                         precision="ieee")
+    assert bool((eq >= 1).all())
+    ref_gt, _ = rank_counts(h, W, bias, t, backend="torch")
+    assert int((gt.cpu() - ref_gt).abs().max()) <= 2
+
+
+@pytest.mark.parametrize("b,N,k", [(1, 50, 1), (5, 1100, 10), (3, 1500, 600), (2, 1300, 1024),
+                                   (66, 700, 20)])
+def test_topk_equals_torch_topk_lower_index_on_ties(b, N, k):
+    h, W, bias, _ = tie_data(k + N, b, N, 12)
+    v, i = topk_scores(h.to(DEV), W.to(DEV), bias.to(DEV), k, backend="triton", precision="ieee")
+    scores = h @ W.t() + bias
+    assert torch.equal(v.cpu(), torch.topk(scores, k, dim=1).values)
+    rv, ri = topk_scores_reference(h, W, bias, k)
+    assert torch.equal(i.cpu(), ri) and torch.equal(v.cpu(), rv)
+    # ties really present inside the top-k, and resolved to the lower index
+    assert bool((rv[:, 1:] == rv[:, :-1]).any()) or k == 1
+
+
+def test_topk_negative_zero_and_errors():
+    h = torch.tensor([[1.0, 0.0]])
+    W = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-0.0, 0.0]])
+    bias = torch.tensor([0.0, 1.0, -0.0, -1.0, 0.0])       # scores 0, 0, 0, 0, -0
+    v, i = topk_scores(h, W, bias, 5, backend="triton", precision="ieee")
+    assert i.tolist() == [[0, 1, 2, 3, 4]] and v.abs().sum() == 0
+    with pytest.raises(ValueError, match="k must be"):
+        topk_scores(h, W, bias, 6, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        rank_counts(h, W, bias, torch.tensor([0]), backend="gpu")
+    g = torch.Generator().manual_seed(1)
+    hh, WW, bb = torch.randn(3, 8, generator=g), torch.randn(30, 8, generator=g), torch.zeros(30)
+    assert torch.equal(topk_scores(hh, WW, bb, 4)[1], topk_scores_reference(hh, WW, bb, 4)[1])

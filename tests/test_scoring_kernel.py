@@ -1,0 +1,224 @@
+"""Fused Triton scoring (kernels/scoring.py through fastgru4rec.ops.scoring) against the float64
+plain-torch references: every sampled loss (value, dh, touched-row and bias gradients, with
+duplicate ids in Y), the autograd wrapper, and the full-catalog cross-entropy.
+
+Runs on a GPU, or on CPU in Triton's interpreter: TRITON_INTERPRET=1 must be set before the
+kernels are imported (Triton reads it when a kernel is decorated), so CI sets it for the run.
+"""
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start "
+                "(e.g. TRITON_INTERPRET=1 pytest tests/test_scoring_kernel.py)",
+                allow_module_level=True)
+pytest.importorskip("triton")
+
+from fastgru4rec.config import LOSSES  # noqa: E402
+from fastgru4rec.ops.scoring import (full_catalog_cross_entropy,  # noqa: E402
+                                     full_catalog_cross_entropy_and_grads,
+                                     full_catalog_cross_entropy_reference, fused_sampled_loss,
+                                     fused_sampled_loss_and_grads,
+                                     fused_sampled_loss_and_grads_reference,
+                                     logq_column_correction, resolve_backend)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # interpreter exp overflow → σ = 0
+
+
+def rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    assert torch.isfinite(a).all(), "non-finite (unwritten?) output"
+    # floor: gradients that cancel to ~0 (e.g. two lanes with the same positive and nothing
+    # else) are judged by absolute error against fp32 rounding of O(0.1) terms
+    return float((a - b).norm() / b.norm().clamp_min(1e-3))
+
+
+def make_case(seed, b, n_sample, H, N=None, scale_h=1.0):
+    g = torch.Generator().manual_seed(seed)
+    N = N or max(8, (b + n_sample) // 2)           # a small catalog: many duplicates in Y
+    h = torch.randn(b, H, generator=g, dtype=torch.float64) * scale_h
+    W = torch.randn(N, H, generator=g, dtype=torch.float64) / H ** 0.5
+    bias = torch.randn(N, generator=g, dtype=torch.float64) * 0.1
+    tgt = torch.randint(0, N, (b,), generator=g)
+    neg = torch.randint(0, N, (n_sample,), generator=g)
+    if n_sample:
+        neg[: min(n_sample, b)] = tgt[: min(n_sample, b)]   # samples equal to positives
+    Y = torch.cat([tgt, neg])
+    if Y.numel() >= 2:
+        Y[-1] = Y[0]                                   # at least one duplicate id in Y
+    support = torch.randint(1, 50, (N,), generator=g).double()
+    lq = logq_column_correction(torch.log(support)[Y], b, 0.75)
+    return h, W, bias, Y, lq
+
+
+LOSS_KW = {
+    "cross-entropy": [dict(), dict(logq=1.0)],
+    "bpr-max": [dict(), dict(bpreg=1.5, elu_param=0.5)],
+    "top1-max": [dict(), dict(elu_param=1.0)],
+    "top1": [dict()],
+    "bpr": [dict()],
+}
+
+# (b, n_sample, H): small edge cases for every loss and option ...
+CASES = [(1, 5, 16), (2, 0, 16), (5, 0, 24), (64, 17, 100), (33, 300, 40)]
+# ... and random draws from b 1..256, n_sample 0..3000, H 16..512, each for two losses (all five
+# covered) with the loss's full options (the interpreter is slow: few large calls).
+_rng = np.random.default_rng(2024)
+RANDOM = [((int(_rng.integers(1, 257)), int(_rng.integers(0, 3001)), int(_rng.integers(16, 513))),
+           pair) for pair in (("cross-entropy", "bpr-max"), ("top1-max", "top1"), ("bpr",))]
+
+
+def check_sampled(h, W, bias, Y, lq, loss, kw, scale=0.37, tol=2e-5):
+    b = h.shape[0]
+    kwd = dict(kw)
+    if kwd.get("logq"):
+        kwd["logq_per_column"] = lq
+    ref = fused_sampled_loss_and_grads_reference(h, W, bias, Y, loss, scale=scale, **kwd)
+    if kwd.get("logq"):
+        kwd["logq_per_column"] = lq.float().to(DEV)
+    out = fused_sampled_loss_and_grads(h.float().to(DEV), W.float().to(DEV),
+                                       bias.float().to(DEV), Y.to(DEV), loss, scale=scale,
+                                       backend="triton", precision="ieee", **kwd)
+    assert torch.equal(out.rows.cpu(), ref.rows)
+    assert abs(float(out.loss) - float(ref.loss)) <= tol * abs(float(ref.loss)) + 1e-6 * b
+    assert rel(out.dh, ref.dh) < tol
+    assert rel(out.d_rows, ref.d_rows) < tol
+    assert rel(out.d_bias_rows, ref.d_bias_rows) < tol
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "b%d-n%d-H%d" % c)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_sampled_losses_and_grads(case, loss):
+    b, n_sample, H = case
+    if b + n_sample < 2 and loss in ("bpr-max", "top1-max"):
+        pytest.skip("no negatives")
+    h, W, bias, Y, lq = make_case(b * 7 + n_sample * 3 + H + LOSSES.index(loss), b, n_sample, H)
+    assert Y.numel() < 2 or Y.unique().numel() < Y.numel()   # duplicates really present
+    for kw in LOSS_KW[loss]:
+        check_sampled(h, W, bias, Y, lq, loss, kw)
+
+
+@pytest.mark.parametrize("case,losses", RANDOM, ids=lambda c: "b%d-n%d-H%d" % c if len(c) == 3 else "-".join(c))
+def test_sampled_random_sizes(case, losses):
+    b, n_sample, H = case
+    h, W, bias, Y, lq = make_case(sum(case), b, n_sample, H)
+    for loss in losses:
+        check_sampled(h, W, bias, Y, lq, loss, LOSS_KW[loss][-1])
+
+
+def test_largest_sizes():
+    """b 256, n_sample 3000, H 512: the top of the ranges."""
+    h, W, bias, Y, lq = make_case(3, 256, 3000, 512, N=2000)
+    check_sampled(h, W, bias, Y, lq, "cross-entropy", dict(logq=1.0))
+
+
+def test_large_scores_stay_finite():
+    """Scores in the hundreds: online max / σ / log σ must not overflow."""
+    h, W, bias, Y, lq = make_case(5, 9, 40, 32, scale_h=60.0)
+    for loss in LOSSES:
+        check_sampled(h, W, bias, Y, lq, loss, LOSS_KW[loss][-1], tol=1e-4)
+
+
+def test_given_rows_and_separate_bias_rows():
+    """The training step's own unique ids (a superset of Y) and a separate bias index."""
+    h, W, bias, Y, lq = make_case(11, 6, 30, 16)
+    extra = torch.tensor([0, 1, 2, W.shape[0] - 1])
+    w_idx, w_inv = torch.unique(torch.cat([extra, Y]), return_inverse=True)
+    rows = (w_idx, w_inv[extra.numel():])
+    bias_rows = torch.unique(Y, return_inverse=True)
+    ref = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "bpr-max", bpreg=0.5,
+                                                 rows=rows, bias_rows=bias_rows)
+    out = fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "bpr-max",
+                                       bpreg=0.5, rows=rows, bias_rows=bias_rows,
+                                       backend="triton", precision="ieee")
+    assert out.d_rows.shape == (w_idx.numel(), 16) and out.d_bias_rows.shape == (bias_rows[0].numel(),)
+    assert rel(out.d_rows, ref.d_rows) < 2e-5 and rel(out.d_bias_rows, ref.d_bias_rows) < 2e-5
+    # direct check against dense autograd over the full tables
+    Wd, bd, hd = W.clone().requires_grad_(), bias.clone().requires_grad_(), h.clone().requires_grad_()
+    from fastgru4rec.ops.scoring import sampled_loss_reference, sampled_scores
+    l = sampled_loss_reference(sampled_scores(hd, Wd[Y], bd[Y]), "bpr-max", bpreg=0.5)
+    l.backward()
+    assert rel(out.d_rows, Wd.grad[w_idx]) < 2e-5 and rel(out.dh, hd.grad) < 2e-5
+
+
+def test_no_grads_and_bf16_tables():
+    h, W, bias, Y, lq = make_case(13, 8, 50, 32)
+    out = fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "top1", grads=False,
+                                       backend="triton", precision="ieee")
+    assert out.dh is None and out.d_rows is None
+    ref = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "top1", grads=False)
+    assert abs(float(out.loss) - float(ref.loss)) < 1e-5 * abs(float(ref.loss))
+    # bf16 storage: loaded as bf16, computed in fp32 (reference on the rounded values)
+    hb, Wb, bb = h.bfloat16(), W.bfloat16(), bias.bfloat16()
+    out = fused_sampled_loss_and_grads(hb, Wb, bb, Y, "cross-entropy", backend="triton",
+                                       precision="ieee")
+    ref = fused_sampled_loss_and_grads_reference(hb.double(), Wb.double(), bb.double(), Y,
+                                                 "cross-entropy")
+    assert rel(out.dh, ref.dh) < 1e-5 and rel(out.d_rows, ref.d_rows) < 1e-5
+
+
+def test_autograd_wrapper_on_gathered_rows():
+    """fused_sampled_loss with gathered unique rows as leaves (the training step's layout)."""
+    h, W, bias, Y, lq = make_case(17, 10, 60, 24)
+    idx, inv = torch.unique(Y, return_inverse=True)
+    grads = {}
+    for backend, dt in (("torch", torch.float64), ("triton", torch.float32)):
+        hh = h.detach().clone().to(dt).requires_grad_()
+        rows = W[idx].detach().clone().to(dt).requires_grad_()
+        brows = bias[idx].detach().clone().to(dt).requires_grad_()
+        out = fused_sampled_loss(hh, rows, brows, inv, "bpr-max", bpreg=0.3, elu_param=0.5,
+                                 backend=backend, precision="ieee")
+        (out * 0.25).backward()
+        grads[backend] = (out.detach(), hh.grad, rows.grad, brows.grad)
+    for a, r in zip(grads["triton"], grads["torch"]):
+        assert rel(a.reshape(-1), r.reshape(-1)) < 2e-5
+
+
+@pytest.mark.parametrize("b,N,H", [(1, 70, 16), (37, 700, 100), (70, 1300, 48)])
+def test_full_catalog_cross_entropy(b, N, H):
+    g = torch.Generator().manual_seed(b)
+    h = torch.randn(b, H, generator=g, dtype=torch.float64)
+    W = torch.randn(N, H, generator=g, dtype=torch.float64) / H ** 0.5
+    bias = torch.randn(N, generator=g, dtype=torch.float64) * 0.1
+    t = torch.randint(0, N, (b,), generator=g)
+    ref = full_catalog_cross_entropy_and_grads(h, W, bias, t, scale=0.5, backend="torch")
+    out = full_catalog_cross_entropy_and_grads(h.float(), W.float(), bias.float(), t, scale=0.5,
+                                               backend="triton", precision="ieee")
+    assert abs(float(out[0]) - float(ref[0])) < 2e-5 * abs(float(ref[0]))
+    for a, r in zip(out[1:], ref[1:]):
+        assert rel(a, r) < 2e-5
+    # accumulate into given buffers
+    dW0, db0 = torch.randn(N, H, generator=g).float(), torch.randn(N, generator=g).float()
+    dW, db = dW0.clone(), db0.clone()
+    full_catalog_cross_entropy_and_grads(h.float(), W.float(), bias.float(), t, scale=0.5,
+                                         d_weight_out=dW, d_bias_out=db, backend="triton",
+                                         precision="ieee")
+    assert rel(dW - dW0, ref[2]) < 2e-5 and rel(db - db0, ref[3]) < 2e-5
+    # autograd wrapper
+    hh, WW, bb = (x.float().requires_grad_() for x in (h, W, bias))
+    (full_catalog_cross_entropy(hh, WW, bb, t, backend="triton", precision="ieee") * 0.5).backward()
+    assert rel(hh.grad, ref[1]) < 2e-5 and rel(WW.grad, ref[2]) < 2e-5 and rel(bb.grad, ref[3]) < 2e-5
+    assert abs(float(full_catalog_cross_entropy_reference(h, W, bias, t)) - 2 * float(ref[0])) < 1e-9
+
+
+def test_dispatch_and_errors():
+    x = torch.zeros(2, 3)
+    assert resolve_backend("auto", x) == "torch"
+    assert resolve_backend("triton", x) == "triton"
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("cuda", x)
+    h, W, bias, Y, lq = make_case(1, 3, 4, 16)
+    with pytest.raises(ValueError, match="unknown loss"):
+        fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "hinge", backend="triton")
+    with pytest.raises(ValueError, match="precision"):
+        fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "bpr", backend="triton",
+                                     precision="fp64")
+    # auto on CPU tensors = the reference, bit for bit
+    a = fused_sampled_loss_and_grads(h, W, bias, Y, "top1")
+    r = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "top1")
+    assert torch.equal(a.dh, r.dh) and torch.equal(a.d_rows, r.d_rows)
