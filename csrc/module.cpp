@@ -84,7 +84,7 @@ struct ScheduleInput {
 };
 
 ScheduleInput schedule_input(const py::object& offsets, const py::object& items, const py::object& order,
-                             int64_t n_items) {
+                             int64_t n_items, bool copy) {
   auto off = checked_array<int64_t>(offsets, "session offsets", false);
   ScheduleInput in;
   if (py::isinstance<py::array_t<int64_t>>(items)) {
@@ -110,7 +110,7 @@ ScheduleInput schedule_input(const py::object& offsets, const py::object& items,
   const int64_t n_off = off.shape(0);
   {
     py::gil_scoped_release nogil;  // O(S + n_events) checks
-    in.idx = make_session_index(off_ptr, n_off, n_events, ord_ptr, n_order);
+    in.idx = make_session_index(off_ptr, n_off, n_events, ord_ptr, n_order, copy);
     if (in.items64)
       check_items(static_cast<const int64_t*>(in.items_ptr), n_events, n_items);
     else
@@ -121,7 +121,10 @@ ScheduleInput schedule_input(const py::object& offsets, const py::object& items,
 
 template <class Item>
 EpochSink run_epoch(const SessionIndex& idx, const Item* items, int64_t batch_size, int64_t min_lanes) {
-  EpochSink sink(idx.n_pairs_max);
+  // Steps: at full width until sessions run out (<= pairs / lanes), then the last sessions
+  // finish (< max_len more steps). Only a sizing hint: the per-step arrays grow if it is short.
+  const int64_t lanes = std::max<int64_t>(1, std::min(batch_size, idx.size()));
+  EpochSink sink(idx.n_pairs_max, idx.n_pairs_max / lanes + idx.max_len + 1);
   ScheduleGen<Item> gen(idx, items, batch_size, min_lanes);
   gen.run(sink);
   return sink;
@@ -130,7 +133,7 @@ EpochSink run_epoch(const SessionIndex& idx, const Item* items, int64_t batch_si
 py::tuple epoch_schedule(const py::object& offsets, const py::object& items, int64_t batch_size, int64_t min_lanes,
                          const py::object& order, int64_t n_items) {
   check_lanes(batch_size, min_lanes);
-  ScheduleInput in = schedule_input(offsets, items, order, n_items);
+  ScheduleInput in = schedule_input(offsets, items, order, n_items, false);
   std::unique_ptr<EpochSink> sink;
   {
     py::gil_scoped_release nogil;
@@ -159,10 +162,7 @@ struct PyStream {
   int64_t lanes = 0, chunk_steps = 0;
   std::unique_ptr<ScheduleStream> stream;  // last member: destroyed (thread joined) first
 
-  ScheduleStream& get() {
-    if (!stream) throw std::invalid_argument("the schedule stream is closed");
-    return *stream;
-  }
+  ScheduleStream& get() { return *stream; }  // set by make_stream, reset only with self
 };
 
 const char* const SLOT_KEYS[] = {"inputs", "targets", "reset", "width", "step_offsets", "keep_offsets", "keep"};
@@ -174,7 +174,7 @@ std::unique_ptr<PyStream> make_stream(const py::object& offsets, const py::objec
   if (chunk_steps <= 0 || chunk_steps > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("chunk_steps must be in [1, 2^31) (got " + std::to_string(chunk_steps) + ")");
   if (py::len(slots) < 1) throw std::invalid_argument("a schedule stream needs at least one buffer slot");
-  ScheduleInput in = schedule_input(offsets, items, order, n_items);
+  ScheduleInput in = schedule_input(offsets, items, order, n_items, true);
   auto ps = std::make_unique<PyStream>();
   ps->items = in.items;
   ps->lanes = std::min(batch_size, in.idx.size());
@@ -267,12 +267,10 @@ the end of the epoch; release(slot) hands the slot back.)doc")
       .def("release", [](PyStream& self, int64_t slot) { self.get().release(slot); }, py::arg("slot"))
       .def("close",
            [](PyStream& self) {
-             if (!self.stream) return;
-             {
-               py::gil_scoped_release nogil;
-               self.stream->close();
-             }
-             self.stream.reset();
+             // Stops and joins the producer but keeps the object: another Python thread may
+             // still be inside acquire() (it wakes up and raises "closed"). Freed with self.
+             py::gil_scoped_release nogil;
+             self.get().close();
            })
       .def_readonly("lanes", &PyStream::lanes)
       .def_readonly("chunk_steps", &PyStream::chunk_steps)

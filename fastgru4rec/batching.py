@@ -163,6 +163,8 @@ def build_schedule(offsets: np.ndarray, items: np.ndarray, batch_size: int, min_
     (the C++ batcher) or "auto" (native when the extension loads, else python)."""
     if backend not in ("auto", "python", "native"):
         raise ValueError(f"unknown schedule backend {backend!r} (auto, python, native)")
-    # The native batcher is wired in by the C++ batcher work; until then every backend is
-    # the reference.
+    if backend != "python":
+        from . import native   # imported here: native imports this module
+        if backend == "native" or native.available():
+            return native.epoch_schedule(offsets, items, batch_size, min_lanes)
     return session_parallel_schedule(offsets, items, batch_size, min_lanes)

@@ -25,6 +25,7 @@ from .data import SessionData, read_sessions, require_trainable
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_CUTOFFS, evaluate_model
 from .nn import GRU4RecModel
+from .ops.ranking import topk_scores
 from .train import EpochStats, Trainer
 
 _FORMAT = "fastgru4rec-model"
@@ -126,12 +127,12 @@ class GRU4Rec:
         hidden = self.model.init_hidden(1, self.device)
         for item in known:
             h_last, hidden = self.model(torch.tensor([item], device=self.device), hidden)
-        scores = self.model.score(h_last)[0]
-        if exclude_seen:
-            scores[torch.tensor(known, device=self.device)] = -float("inf")
-        k = min(int(k), scores.shape[0])
-        # torch.topk is not stable for ties; sort by (-score, index) so ties go to the lower index
-        order = torch.sort(scores, descending=True, stable=True).indices[:k].cpu().numpy()
+        k = min(int(k), len(self.item_ids))
+        seen = set(known) if exclude_seen else set()
+        # top-k over the catalog (ties to the lower index); ask for more when seen items drop out
+        _, order = topk_scores(h_last, self.model.item_weight, self.model.item_bias,
+                               min(k + len(seen), len(self.item_ids)))
+        order = [i for i in order[0].tolist() if i not in seen][:k]
         return [str(self.item_ids[i]) for i in order]
 
     # ------------------------------------------------------------------ persistence

@@ -6,7 +6,7 @@ event a target, ranked against ALL training items. Test sessions run session-par
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ import torch
 from .batching import build_schedule
 from .data import SessionData
 from .errors import DataError
-from .ops.ranking import RANK_MODES, rank_counts_from_hidden, ranks_from_counts
+from .ops.ranking import RANK_MODES, rank_counts, ranks_from_counts
 
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
 
@@ -103,8 +103,9 @@ def evaluate_model(model, test: SessionData, cutoffs: Sequence[int] = DEFAULT_CU
             hidden = [h * m for h in hidden]
         h_last, hidden = model(inp.to(device), hidden)
         state["hidden"] = hidden
-        return rank_counts_from_hidden(h_last, model.item_weight, model.item_bias,
-                                       tgt.to(device), max_score_elements)
+        # streaming rank over item tiles: plain torch on CPU, the Triton kernel on CUDA
+        return rank_counts(h_last, model.item_weight, model.item_bias, tgt.to(device),
+                           max_elements=max_score_elements)
 
     try:
         return evaluate_session_steps(step_counts, test, cutoffs, mode, batch_size, progress,

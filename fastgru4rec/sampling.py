@@ -6,6 +6,8 @@ training step, the whole store redrawn when used up).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from .errors import ConfigError
@@ -39,10 +41,18 @@ class SampleStore:
     supports: (N,) training counts; alpha: popularity exponent; store_size: ids drawn at once
     (at least one row). next() returns an int64 numpy array (n_sample,) (a view; do not keep
     it across a refill).
+
+    backend: "python" draws with numpy by binary search over the CDF (the reference);
+    "native" fills the store with the C++ alias sampler on n_threads threads (None: all cores;
+    the draws do not depend on it, but differ from numpy's); "auto" (default) is native when the
+    extension loads, else python.
     """
 
     def __init__(self, supports: np.ndarray, alpha: float, n_sample: int,
-                 store_size: int = 10_000_000, seed: int = 42):
+                 store_size: int = 10_000_000, seed: int = 42, backend: str = "auto",
+                 n_threads: Optional[int] = None):
+        if backend not in ("auto", "python", "native"):
+            raise ConfigError(f"unknown sampler backend {backend!r} (auto, python, native)")
         if int(n_sample) <= 0:
             raise ConfigError(f"n_sample must be positive for a sample store (got {n_sample})")
         if int(store_size) <= 0:
@@ -50,13 +60,24 @@ class SampleStore:
         self.cdf = sampling_cdf(supports, alpha)
         self.n_sample = int(n_sample)
         self.n_rows = max(1, int(store_size) // self.n_sample)
-        self.rng = np.random.default_rng(seed)
+        self._sampler = None
+        if backend != "python":
+            from . import native
+            if backend == "native" or native.available():
+                self._sampler = native.AliasSampler(supports, alpha, seed, n_threads)
+        self.backend = "python" if self._sampler is None else "native"
+        self.rng = np.random.default_rng(seed) if self._sampler is None else None
         self._store = None
         self._row = self.n_rows
 
     def _refill(self):
-        self._store = draw_negatives(self.cdf, self.n_rows * self.n_sample, self.rng).reshape(
-            self.n_rows, self.n_sample)
+        if self._sampler is not None:
+            if self._store is None:   # drawn into in place at every refill
+                self._store = np.empty((self.n_rows, self.n_sample), dtype=np.int64)
+            self._sampler.draw(self._store)
+        else:
+            self._store = draw_negatives(self.cdf, self.n_rows * self.n_sample, self.rng).reshape(
+                self.n_rows, self.n_sample)
         self._row = 0
 
     def next(self) -> np.ndarray:

@@ -23,7 +23,7 @@ from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows
-from .ops.scoring import logq_column_correction, positive_mask, sampled_loss, sampled_scores
+from .ops.scoring import fused_sampled_loss, logq_column_correction
 from .sampling import SampleStore
 
 
@@ -83,7 +83,6 @@ class Trainer:
         log_support = torch.log(torch.as_tensor(np.maximum(supports, 1), dtype=torch.float64))
         self.log_support = log_support.to(device=device, dtype=model.item_weight.dtype)
         self._dense = [(n, p) for n, p in model.named_parameters() if n not in self.opt.sparse]
-        self._pos_masks: Dict[tuple, torch.Tensor] = {}
 
     def schedule(self, data: SessionData) -> EpochSchedule:
         min_lanes = 2 if self.cfg.n_sample == 0 else 1
@@ -151,12 +150,6 @@ class Trainer:
         mean_loss = loss_sum.item() * self.cfg.batch_size / max(n_events, 1)
         return EpochStats(epoch + 1, mean_loss, n_events, n_steps, seconds)
 
-    def _pos_mask(self, b: int, C: int) -> torch.Tensor:
-        key = (b, C)
-        if key not in self._pos_masks:
-            self._pos_masks[key] = positive_mask(b, C, self.model.item_weight)
-        return self._pos_masks[key]
-
     def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor]):
         """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l).
         Returns (the step's loss / B, detached, and the new hidden state, detached)."""
@@ -167,7 +160,6 @@ class Trainer:
             Y = torch.cat([tgt, neg])
         else:
             Y = tgt
-        C = Y.shape[0]
 
         # Gather each item-indexed table's rows once (unique ids) as leaves of this step.
         W, bias = model.item_weight, model.item_bias
@@ -180,23 +172,24 @@ class Trainer:
         b_rows = bias.detach().index_select(0, b_rows_idx).requires_grad_()
         if model.embedding_mode == "shared":
             x = w_rows.index_select(0, w_inv[:b])
-            y_rows = w_rows.index_select(0, w_inv[b:])
+            y_idx = w_inv[b:]                       # (C,) rows of w_rows scored by the step
             in_name, in_rows_idx, in_rows = None, None, None
         else:
             in_name = model.input_table_name
             in_rows_idx, in_inv = torch.unique(inp, return_inverse=True)
             in_rows = getattr(model, in_name).detach().index_select(0, in_rows_idx).requires_grad_()
             x = in_rows.index_select(0, in_inv)
-            y_rows = w_rows.index_select(0, w_inv)
-        y_bias = b_rows.index_select(0, b_inv)
+            y_idx = w_inv
 
         h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
                                         self.generator)
-        R = sampled_scores(h_last, y_rows, y_bias)
         lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
               if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
-        loss = sampled_loss(R, cfg.loss, logq_per_column=lq, logq=cfg.logq, bpreg=cfg.bpreg,
-                            elu_param=cfg.elu_param, pos_mask=self._pos_mask(b, C))
+        # R = h · w_rows[y_idx]ᵀ + b_rows[b_inv] and the loss: plain torch on CPU, the fused
+        # Triton score+loss on CUDA (backend "auto").
+        loss = fused_sampled_loss(h_last, w_rows, b_rows, y_idx, cfg.loss, logq_per_column=lq,
+                                  logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
+                                  bias_index=b_inv)
         loss = loss / cfg.batch_size
 
         dense = [p for _, p in self._dense]

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastgru4rec.cli import main
 from fastgru4rec.config import GRU4RecConfig

@@ -1,7 +1,5 @@
 """Tests of fastgru4rec.config: defaults, validation, parameter strings and parameter files."""
 import json
-import math
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """The session-parallel schedule (REFERENCE §2) against the authors' golden schedule and
 hand-worked examples."""
-import io
 
 import numpy as np
 import pytest

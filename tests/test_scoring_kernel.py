@@ -6,7 +6,6 @@ Runs on a GPU, or on CPU in Triton's interpreter: TRITON_INTERPRET=1 must be set
 kernels are imported (Triton reads it when a kernel is decorated), so CI sets it for the run.
 """
 import os
-import warnings
 
 import numpy as np
 import pytest

@@ -10,6 +10,8 @@ from typing import Tuple
 
 import torch
 
+from .backend import load_kernels, resolve_backend
+
 RANK_MODES = ("standard", "conservative", "median")
 
 
@@ -69,25 +71,8 @@ def ranks_from_counts(n_greater: torch.Tensor, n_equal: torch.Tensor, mode: str)
 # CUDA tensors, torch otherwise). precision: tl.dot input precision of the Triton path; ranks
 # default to "ieee" (exact fp32 scores; "tf32x3" ≈ fp32 and faster, "tf32" fastest).
 
-BACKENDS = ("auto", "torch", "triton")
-
-
-def _resolve_backend(backend: str, t: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
-    if backend == "auto":
-        return "triton" if t.is_cuda else "torch"
-    return backend
-
-
 def _kernels_ranking():
-    """kernels/ranking.py, imported lazily. Installed wheel: fastgru4rec.kernels; source
-    checkout: the top-level kernels/ package."""
-    try:
-        from ..kernels import ranking as kr          # type: ignore[import-not-found]
-    except ImportError:
-        from kernels import ranking as kr            # type: ignore[import-not-found,no-redef]
-    return kr
+    return load_kernels("ranking")
 
 
 def rank_counts(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor,
@@ -97,7 +82,7 @@ def rank_counts(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Ten
     item_weight (N, H)ᵀ + item_bias (N,). torch: rank_counts_from_hidden (max_elements per
     tile); triton: streams item tiles with O(b) extra memory, the target's score taken from
     the same tile arithmetic as the others (the Triton path computes in fp32)."""
-    if _resolve_backend(backend, h) == "torch":
+    if resolve_backend(backend, h, "rank") == "torch":
         return rank_counts_from_hidden(h, item_weight, item_bias, targets, max_elements)
     return _kernels_ranking().rank_counts_fused(h, item_weight, item_bias, targets,
                                                 precision=precision)
@@ -122,6 +107,6 @@ def topk_scores(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Ten
     k = int(k)
     if not 0 < k <= N:
         raise ValueError(f"k must be in 1..{N} (got {k})")
-    if _resolve_backend(backend, h) == "torch":
+    if resolve_backend(backend, h, "rank") == "torch":
         return topk_scores_reference(h, item_weight, item_bias, k)
     return _kernels_ranking().topk_fused(h, item_weight, item_bias, k, precision=precision)

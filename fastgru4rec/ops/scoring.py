@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LOSSES
+from .backend import load_kernels, resolve_backend
 
 _EPS = 1e-24
 
@@ -81,40 +82,14 @@ def sampled_loss_reference(R: torch.Tensor, loss: str, *, logq_per_column: Optio
     return -F.logsigmoid(r_pos - R).sum() / C
 
 
-def sampled_loss(R, loss, *, backend: str = "auto", **kwargs):
-    """Loss of an already computed score matrix R: always the reference (the Triton path fuses
-    the scoring too: see fused_sampled_loss / fused_sampled_loss_and_grads)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"scoring backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
-    return sampled_loss_reference(R, loss, **kwargs)
-
-
 # ============================================================================ fused paths
 #
 # backend: "torch" (the references below), "triton" (kernels/scoring.py), "auto" (triton for
 # CUDA tensors, torch otherwise). precision: tl.dot input precision of the Triton path
 # ("ieee", "tf32", "tf32x3"; None = "tf32"), ignored by torch.
 
-BACKENDS = ("auto", "torch", "triton")
-
-
-def resolve_backend(backend: str, t: torch.Tensor) -> str:
-    """"auto" -> "triton" for CUDA tensors, "torch" otherwise."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
-    if backend == "auto":
-        return "triton" if t.is_cuda else "torch"
-    return backend
-
-
 def _kernels_scoring():
-    """kernels/scoring.py, imported lazily (Triton only when used). Installed wheel:
-    fastgru4rec.kernels; source checkout: the top-level kernels/ package."""
-    try:
-        from ..kernels import scoring as ks          # type: ignore[import-not-found]
-    except ImportError:
-        from kernels import scoring as ks            # type: ignore[import-not-found,no-redef]
-    return ks
+    return load_kernels("scoring")
 
 
 class SampledLossGrads(NamedTuple):

@@ -1,0 +1,124 @@
+"""Training benchmarks: one reference training step, and a short slice of an epoch.
+
+CPU: the reference step (fastgru4rec.train.Trainer.train_step) at the RSC15 setting (batch 32,
+100 units, 2048 shared negatives, cross-entropy with logQ) on synthetic data and on
+rsc15-sample, and a 60-step epoch slice (schedule included) on rsc15-sample.
+GPU (skipped without CUDA): the step at the engine issue's sizes
+(fastgru4rec.bench.GPU_TRAIN_SIZES), the reference loop on the device as the baseline and the
+fast engine when one exists, in one group so the speed-up is measured in the same run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgru4rec.bench import GPU_TRAIN_SIZES, PRESETS, available_engines
+from fastgru4rec.config import GRU4RecConfig
+from fastgru4rec.estimator import GRU4Rec
+
+
+def _trainer(data, params, device, engine="reference", store_steps=None):
+    cfg = GRU4RecConfig.from_dict(params)
+    if store_steps:   # a store just large enough: keeps the 10M-id draw out of setup time
+        cfg = cfg.replace(sample_store_size=max(cfg.n_sample, 1) * store_steps)
+    model = GRU4Rec(device=device, **cfg.to_dict()).build_model(data.n_items)
+    return available_engines()[engine](model, cfg, data.supports, torch.device(device))
+
+
+def _step_fn(trainer, data, device, sync=False):
+    """A closure running one full-width training step on consecutive schedule slices."""
+    sched = trainer.schedule(data)
+    B = trainer.cfg.batch_size
+    full = [t for t in range(sched.n_steps) if sched.width[t] == B]
+    dev = torch.device(device)
+    inputs = torch.from_numpy(sched.inputs.astype("int64")).to(dev)
+    targets = torch.from_numpy(sched.targets.astype("int64")).to(dev)
+    state = {"i": 0, "hidden": trainer.model.init_hidden(B)}
+
+    def step():
+        t = full[state["i"] % len(full)]
+        state["i"] += 1
+        lo, hi = int(sched.step_offsets[t]), int(sched.step_offsets[t + 1])
+        loss, state["hidden"] = trainer.train_step(inputs[lo:hi], targets[lo:hi], state["hidden"])
+        if sync:
+            torch.cuda.synchronize()
+        return loss
+
+    return step
+
+
+RSC15 = PRESETS["rsc15"]
+
+
+@pytest.mark.benchmark(group="cpu-train-step-b32-h100-s2048-ce")
+def test_step_reference_synthetic(benchmark, synthetic_data):
+    train, _ = synthetic_data
+    step = _step_fn(_trainer(train, RSC15, "cpu", store_steps=200), train, "cpu")
+    benchmark.extra_info.update(baseline="reference", data="synthetic", n_items=train.n_items)
+    benchmark.pedantic(step, rounds=40, iterations=1, warmup_rounds=5)
+
+
+@pytest.mark.benchmark(group="cpu-train-step-b32-h100-s2048-ce-rsc15")
+def test_step_reference_rsc15(benchmark, rsc15_sample):
+    train, _ = rsc15_sample
+    step = _step_fn(_trainer(train, RSC15, "cpu", store_steps=200), train, "cpu")
+    benchmark.extra_info.update(baseline="reference", data="rsc15-sample", n_items=train.n_items)
+    benchmark.pedantic(step, rounds=40, iterations=1, warmup_rounds=5)
+
+
+@pytest.mark.benchmark(group="cpu-epoch-slice-rsc15")
+def test_epoch_slice_reference_rsc15(benchmark, rsc15_sample):
+    """60 steps of train_epoch (schedule built each round): mini-batches/s in extra_info."""
+    train, _ = rsc15_sample
+    trainer = _trainer(train, RSC15, "cpu", store_steps=4 * 60 + 10)
+    steps = 60
+    stats = {}
+
+    def run():
+        stats["s"] = trainer.train_epoch(train, 0, progress=False, max_steps=steps)
+
+    benchmark.extra_info.update(baseline="reference", steps=steps, data="rsc15-sample")
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["batches_per_s_last_round"] = stats["s"].batches_per_s
+    benchmark.extra_info["events_per_s_last_round"] = stats["s"].events_per_s
+
+
+# ------------------------------------------------------------------------ GPU
+_ENGINES = ["reference", "fast"]
+
+
+@pytest.mark.parametrize("engine", _ENGINES)
+@pytest.mark.parametrize("size", [name for name, _ in GPU_TRAIN_SIZES])
+def test_step_cuda(benchmark, cuda, engine, size, synthetic_data, request):
+    engines = available_engines()
+    if engine not in engines:
+        pytest.skip(f"engine {engine!r} not present (available: {', '.join(engines)})")
+    params = dict(PRESETS["rsc15"], **dict(GPU_TRAIN_SIZES)[size])
+    benchmark.group = f"gpu-train-step-{size}"
+    train, _ = synthetic_data
+    trainer = _trainer(train, params, "cuda", engine=engine, store_steps=400)
+    step = _step_fn(trainer, train, "cuda", sync=True)
+    if engine == "reference":
+        benchmark.extra_info["baseline"] = "reference"
+    benchmark.extra_info.update(engine=engine, size=size, device=torch.cuda.get_device_name())
+    benchmark.pedantic(step, rounds=200, iterations=1, warmup_rounds=20)
+
+
+@pytest.mark.parametrize("engine", _ENGINES)
+def test_epoch_slice_cuda_rsc15(benchmark, cuda, engine, rsc15_sample):
+    engines = available_engines()
+    if engine not in engines:
+        pytest.skip(f"engine {engine!r} not present (available: {', '.join(engines)})")
+    train, _ = rsc15_sample
+    benchmark.group = "gpu-epoch-slice-rsc15"
+    trainer = _trainer(train, RSC15, "cuda", engine=engine, store_steps=4 * 500 + 10)
+    if engine == "reference":
+        benchmark.extra_info["baseline"] = "reference"
+    stats = {}
+
+    def run():
+        stats["s"] = trainer.train_epoch(train, 0, progress=False, max_steps=500)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["batches_per_s_last_round"] = stats["s"].batches_per_s

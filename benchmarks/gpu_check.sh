@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# The one-shot GPU check: everything a lent GPU machine should run, in one call, < 8 minutes.
+#
+#   bash benchmarks/gpu_check.sh            on a GPU machine (no network needed)
+#   bash benchmarks/gpu_check.sh --dry-run  anywhere: says what it would do, exits 0 (CI runs this)
+#
+# Without a GPU (no nvidia-smi, no GPU listed, or torch.cuda.is_available() False) it prints
+# "no GPU detected: <why>" and exits 0. On a GPU it:
+#   1. records nvidia-smi and library versions,
+#   2. installs the project without network (pip install --no-build-isolation --no-deps -e .),
+#   3. measures the device ceilings once (device-to-device copy bandwidth; fp32, tf32 and bf16
+#      matmul rates) for the floor computation,
+#   4. runs the test suite on the GPU (kernel tests included, TRITON_INTERPRET unset),
+#   5. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
+#      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max), with --compare-reference,
+#   6. runs every benchmarks/bench_*.py present (GPU benchmarks only; GPU_CHECK_ALL_BENCH=1
+#      for all) with --benchmark-json; expected files that are missing are reported, not fatal,
+#   7. writes $OUT/summary.md and $OUT/summary.json (benchmarks/report.py) and prints a short
+#      summary table last.
+# Every step runs under `timeout`, sized from what is left of GPU_CHECK_BUDGET_S (default 450 s),
+# so the whole script ends in under 8 minutes. Outputs ($OUT, default ./gpu_out): summary.md,
+# summary.json, summary.png (when matplotlib is there), gpu_check.log, raw.tar.gz (every raw
+# JSON and log); few files, as the lent machine returns at most 8.
+# Exit status: 0 when every step that ran passed (missing or skipped parts do not count), else 1.
+# GPU_CHECK_SIMULATE_CPU=1 runs the whole flow on the CPU (no install, small sizes, tests given by
+# GPU_CHECK_TEST_ARGS): a check of this script itself where no GPU is lent.
+set -uo pipefail
+
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+
+DRY_RUN=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (use --dry-run or --help)" >&2; exit 2 ;;
+  esac
+done
+
+T0=$(date +%s)       # the budget counts from here
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT" || exit 2
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if command -v python >/dev/null 2>&1; then PY=python; else PY=python3; fi
+fi
+
+# Benchmark files other issues deliver; each is run when present and reported when missing.
+EXPECTED_BENCH="bench_batcher.py bench_baselines.py bench_gru.py bench_scoring.py bench_train.py bench_eval.py"
+
+bench_files() {   # expected first, then any other bench_*.py present
+  local f seen=" "
+  for f in $EXPECTED_BENCH; do echo "$f"; seen="$seen$f "; done
+  for f in benchmarks/bench_*.py; do
+    [ -e "$f" ] || continue
+    f="$(basename "$f")"
+    case "$seen" in *" $f "*) ;; *) echo "$f" ;; esac
+  done
+}
+
+# ------------------------------------------------------------------ is there a GPU?
+REASON=""
+SIMULATE="${GPU_CHECK_SIMULATE_CPU:-0}"
+DEV=cuda
+if [ "$DRY_RUN" = 1 ]; then
+  REASON="--dry-run given"
+elif [ "$SIMULATE" = 1 ]; then
+  DEV=cpu
+elif ! command -v nvidia-smi >/dev/null 2>&1; then
+  REASON="nvidia-smi not found"
+elif ! timeout 30 nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then
+  REASON="nvidia-smi lists no GPU"
+elif ! timeout 60 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    >/dev/null 2>&1; then
+  REASON="torch.cuda.is_available() is False (or torch does not import with $PY)"
+fi
+if [ -n "$REASON" ]; then
+  echo "no GPU detected: $REASON; the GPU check was not run (it needs an NVIDIA GPU and CUDA torch)."
+  echo "It would: record nvidia-smi and versions; pip install --no-build-isolation --no-deps -e .;"
+  echo "measure copy bandwidth and matmul rates; run the tests on the GPU; run fastgru4rec bench"
+  echo "train --device cuda at B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max; run the"
+  echo "GPU benchmarks; write summary.md / summary.json under \$OUT (default ./gpu_out)."
+  for f in $(bench_files); do
+    if [ -f "benchmarks/$f" ]; then echo "  benchmarks/$f: present"; else echo "  benchmarks/$f: missing (would be reported)"; fi
+  done
+  exit 0
+fi
+
+# ------------------------------------------------------------------ on a GPU
+OUT="${OUT:-./gpu_out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+RAW="$OUT/raw"
+rm -rf "$RAW"; mkdir -p "$RAW"
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+STEPS="$RAW/steps.tsv"
+printf 'step\tstatus\tseconds\tdetail\n' > "$STEPS"
+BUDGET="${GPU_CHECK_BUDGET_S:-450}"
+RESERVE=25          # kept back for the report at the end
+FAILED=0
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+
+left() { echo $(( BUDGET - RESERVE - ($(date +%s) - T0) )); }
+say() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+
+# step NAME MAX_SECONDS CMD...: run CMD under timeout min(MAX, time left); record the outcome.
+step() {
+  local name="$1" max="$2"; shift 2
+  local avail; avail=$(left)
+  local t=$(( max < avail ? max : avail ))
+  if [ "$t" -lt 10 ]; then
+    printf '%s\tskipped\t0\tout of time\n' "$name" >> "$STEPS"
+    say "$name: skipped (out of time)"
+    return 0
+  fi
+  say "$name: running (timeout ${t}s)"
+  local s; s=$(date +%s)
+  timeout -k 10 "$t" "$@" >> "$RAW/$name.log" 2>&1
+  local rc=$?
+  local d=$(( $(date +%s) - s ))
+  local status=ok detail="rc=$rc"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=timeout; detail="killed after ${t}s"; FAILED=1
+  elif [ $rc -eq 5 ] && [ -n "${STEP_NONE_MEANS:-}" ]; then status=none; detail="$STEP_NONE_MEANS"
+  elif [ $rc -ne 0 ]; then status=failed; FAILED=1; fi
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$d" "$detail" >> "$STEPS"
+  say "$name: $status ($detail, ${d}s)"
+  { echo "----- $name (last 40 lines)"; tail -n 40 "$RAW/$name.log"; } >> "$LOG"
+  return 0
+}
+
+if [ "$SIMULATE" = 1 ]; then say "SIMULATION on the CPU (GPU_CHECK_SIMULATE_CPU=1); OUT=$OUT"
+else say "GPU found; OUT=$OUT, budget ${BUDGET}s"; fi
+STEPS_MAX=2000; STEPS_MAX_BIG=500; CEIL_N=28; CEIL_M=8192
+if [ "$SIMULATE" = 1 ]; then STEPS_MAX=60; STEPS_MAX_BIG=10; CEIL_N=22; CEIL_M=512; fi
+{ [ "$SIMULATE" = 1 ] && echo "simulation: no nvidia-smi" || { nvidia-smi; echo; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv; }; } \
+  > "$RAW/nvidia-smi.txt" 2>&1
+step env 60 "$PY" -c "
+import json, sys
+from fastgru4rec.bench import environment_info
+json.dump(environment_info(sys.argv[2]), open(sys.argv[1], 'w'), indent=1)
+" "$RAW/env.json" "$DEV"
+
+if [ "$SIMULATE" = 1 ]; then
+  printf 'install\tskipped\t0\tsimulation\n' >> "$STEPS"
+else
+  step install 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+fi
+
+step ceilings 60 "$PY" - "$RAW/ceilings.json" "$DEV" "$CEIL_N" "$CEIL_M" <<'EOF'
+import json, statistics, sys
+import torch
+
+import time
+dev, n, m = sys.argv[2], 1 << int(sys.argv[3]), int(sys.argv[4])
+
+def time_ms(fn, reps):
+    for _ in range(3):
+        fn()
+    if dev == "cpu":
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter(); fn(); out.append(1e3 * (time.perf_counter() - t))
+        return statistics.median(out)
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize()
+        out.append(a.elapsed_time(b))
+    return statistics.median(out)
+
+res = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
+# n fp32 = 1 GiB on the GPU, random (never zeros)
+src = torch.rand(n, device=dev); dst = torch.empty_like(src)
+ms = time_ms(lambda: dst.copy_(src), 20)
+res["copy_bytes"] = 2 * src.numel() * 4          # read + write
+res["copy_gb_s"] = res["copy_bytes"] / (ms * 1e-3) / 1e9
+del src, dst
+for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                          ("bf16", torch.bfloat16, False)):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    xs = [torch.randn(m, m, device=dev).to(dtype) for _ in range(2)]
+    ms = time_ms(lambda: xs[0] @ xs[1], 10)
+    res[f"matmul_{name}_tflop_s"] = 2 * m ** 3 / (ms * 1e-3) / 1e12
+torch.backends.cuda.matmul.allow_tf32 = False
+json.dump(res, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(res))
+EOF
+
+# shellcheck disable=SC2086
+step tests 170 "$PY" -m pytest ${GPU_CHECK_TEST_ARGS:-tests} -q -m "not slow" -p no:cacheprovider \
+  -rs --junitxml="$RAW/tests.xml"
+
+# End-to-end training throughput at the engine issue's sizes.
+DATA_ARGS=()
+RSC="$("$PY" -c "
+import os; from pathlib import Path
+e = os.environ.get('FASTGRU4REC_DATA'); root = Path(e) if e else Path('$ROOT').parent / 'shared' / 'data'
+p = root / 'rsc15-sample'
+print(p if (p / 'train_full.tsv').is_file() and (p / 'test.tsv').is_file() else '')
+" 2>/dev/null)"
+if [ "$SIMULATE" = 1 ]; then DATA_ARGS=(--synthetic n_sessions=2000,n_items=500 --threads 1)
+elif [ -n "$RSC" ]; then DATA_ARGS=("$RSC/train_full.tsv" --test "$RSC/test.tsv"); fi
+COMPARE=()
+if "$PY" -m fastgru4rec bench --help 2>/dev/null | grep -q -- "--compare-reference"; then
+  COMPARE=(--compare-reference)
+fi
+step train_b32_h100_ce 75 "$PY" -m fastgru4rec bench train "${DATA_ARGS[@]}" --device "$DEV" -q \
+  --preset rsc15 -ps batch_size=32,layers=100,n_sample=2048,loss=cross-entropy \
+  --max-steps "$STEPS_MAX" "${COMPARE[@]}" --label gpu-b32-h100-s2048-ce --json "$RAW/train_b32_h100_ce.json"
+step train_b128_h512_bprmax 75 "$PY" -m fastgru4rec bench train "${DATA_ARGS[@]}" --device "$DEV" -q \
+  --preset diginetica -ps batch_size=128,layers=512,n_sample=2048,loss=bpr-max \
+  --max-steps "$STEPS_MAX_BIG" "${COMPARE[@]}" --label gpu-b128-h512-s2048-bprmax \
+  --json "$RAW/train_b128_h512_bprmax.json"
+
+# Benchmark files, GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1.
+if [ "${GPU_CHECK_ALL_BENCH:-0}" = 1 ] || [ "$SIMULATE" = 1 ]; then export FASTGRU4REC_BENCH_GPU_ONLY=0; else export FASTGRU4REC_BENCH_GPU_ONLY=1; fi
+for f in $(bench_files); do
+  name="${f%.py}"
+  if [ ! -f "benchmarks/$f" ]; then
+    printf '%s\tmissing\t0\tbenchmarks/%s not present\n' "$name" "$f" >> "$STEPS"
+    say "$name: missing (benchmarks/$f not present)"
+    continue
+  fi
+  # pytest's exit status 5 (nothing selected): the file has no GPU benchmark
+  STEP_NONE_MEANS="no GPU benchmark in the file" step "$name" 80 "$PY" -m pytest "benchmarks/$f" \
+    -q -p no:cacheprovider -rs --benchmark-json="$RAW/$name.json" --benchmark-max-time=0.5
+done
+
+# Summary (printed last) and a tarball of the raw files.
+timeout -k 5 "$RESERVE" "$PY" benchmarks/report.py summary --raw "$RAW" --out "$OUT" >> "$LOG" 2>&1 \
+  || say "report: failed (see $RAW)"
+tar -czf "$OUT/raw.tar.gz" -C "$OUT" raw 2>/dev/null && [ "${GPU_CHECK_KEEP_RAW:-0}" != 1 ] && rm -rf "$RAW"
+say "done in $(( $(date +%s) - T0 ))s; outputs under $OUT"
+if [ -f "$OUT/summary.txt" ]; then cat "$OUT/summary.txt"; rm -f "$OUT/summary.txt"; fi
+exit "$FAILED"

@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Turn benchmark results into markdown tables and PNG charts.
+
+    python benchmarks/report.py render FILE.json [...] [--md OUT.md] [--png OUT.png]
+        a markdown table per kind of result (``fastgru4rec bench`` JSON, pytest-benchmark JSON,
+        gpu_check ceilings), printed, and written with --md; a chart with --png (matplotlib).
+    python benchmarks/report.py performance [--results benchmarks/results]
+        regenerate benchmarks/results/PERFORMANCE.md (+ performance.png) from the committed
+        results in that folder: the README's "Performance" section is this file.
+    python benchmarks/report.py summary --raw DIR --out DIR
+        used by gpu_check.sh: summary.md, summary.json (+ summary.png) and summary.txt (the short
+        table the script prints last) from the raw outputs of one GPU check.
+
+Only the standard library is needed (matplotlib for charts, skipped with a note when absent).
+Ratios inside a pytest-benchmark group come from the same run (see benchmarks/conftest.py).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fastgru4rec.bench import benchmark_ratios, write_json_atomic  # noqa: E402
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+# ------------------------------------------------------------------------ reading
+def load(path) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def kind_of(doc: Dict[str, Any]) -> str:
+    if str(doc.get("schema", "")).startswith("fastgru4rec-bench"):
+        return "train"
+    if str(doc.get("schema", "")).startswith("fastgru4rec-gpu-check"):
+        return "summary"
+    if "benchmarks" in doc and "machine_info" in doc:
+        return "pytest-benchmark"
+    if "copy_gb_s" in doc:
+        return "ceilings"
+    return "unknown"
+
+
+# ------------------------------------------------------------------------ formatting
+def md_table(head: List[str], rows: List[List[Any]], align: Optional[str] = None) -> str:
+    align = align or ("l" + "r" * (len(head) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fmt_time(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def fmt_num(x: Optional[float], digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def config_brief(cfg: Dict[str, Any]) -> str:
+    layers = "/".join(str(x) for x in cfg.get("layers", []))
+    return f"B{cfg.get('batch_size')} H{layers} S{cfg.get('n_sample')} {cfg.get('loss')}"
+
+
+def env_line(env: Dict[str, Any]) -> str:
+    parts = [str(env.get("device_name") or env.get("device"))]
+    if env.get("driver"):
+        parts.append(f"driver {env['driver']}")
+    if env.get("cuda_runtime"):
+        parts.append(f"CUDA {env['cuda_runtime']}")
+    parts.append(f"torch {env.get('torch')}")
+    parts.append(f"triton {env.get('triton')}")
+    parts.append(f"numpy {env.get('numpy')}")
+    parts.append(f"Python {env.get('python')}")
+    parts.append(f"{env.get('cpu_count')} CPUs ({env.get('cpu')}), "
+                 f"{env.get('torch_threads')} torch threads")
+    parts.append("native extension " + ("built" if env.get("native_extension") else "absent"))
+    if env.get("loadavg"):
+        parts.append(f"load average at start {env['loadavg'][0]}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------ floors
+def step_floor(cfg: Dict[str, Any], ceilings: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """The hardware floor of one training step (METHOD.md: operations over the matmul rate,
+    fewest bytes over the copy bandwidth; the larger one). Shared embedding assumed."""
+    if not ceilings or not ceilings.get("copy_gb_s") or not ceilings.get("matmul_fp32_tflop_s"):
+        return None
+    b, S = int(cfg["batch_size"]), int(cfg["n_sample"])
+    layers = [int(h) for h in cfg["layers"]]
+    C = b + S
+    H_out = layers[-1]
+    flops_fwd, dense_params, h_in = 0.0, 0, H_out
+    for H in layers:
+        flops_fwd += 2 * b * (h_in + H) * 3 * H
+        dense_params += 3 * H * (h_in + H) + 6 * H
+        h_in = H
+    flops_fwd += 2 * b * C * H_out
+    flops = 3 * flops_fwd                                    # forward + backward (~2x)
+    rows = min(C + b, 10 ** 9)
+    nbytes = 4 * (C * H_out + b * H_out                     # gathered rows
+                  + 3 * 2 * rows * (H_out + 1)               # rows of W, acc, vel (+ bias): r+w
+                  + 3 * 2 * dense_params)                    # dense params, acc, vel: r+w
+    t_flop = flops / (ceilings["matmul_fp32_tflop_s"] * 1e12)
+    t_byte = nbytes / (ceilings["copy_gb_s"] * 1e9)
+    return {"flops": flops, "bytes": nbytes, "t_flop_s": t_flop, "t_byte_s": t_byte,
+            "floor_s": max(t_flop, t_byte), "bound": "arithmetic" if t_flop > t_byte else "memory"}
+
+
+# ------------------------------------------------------------------------ tables
+def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: Optional[Dict] = None):
+    head = ["run", "device", "config", "data", "engine", "mb/s", "events/s", "ms/step",
+            "epoch s", "eval s", "speed-up vs ref."]
+    if ceilings:
+        head += ["floor µs/step", "gap"]
+    rows = []
+    for name, d in docs:
+        tr = (d.get("data") or {}).get("train") or {}
+        for r in d["runs"]:
+            sp = d.get("speedup_vs_reference") if r["engine"] == d.get("engine") else None
+            row = [d.get("label") or name, d["env"].get("device_name"), config_brief(d["config"]),
+                   f"{Path(str(tr.get('source', '?'))).name} ({tr.get('n_events', 0):,} ev)"
+                   + (f", {r['n_steps']} steps" if d.get("max_steps") else ""),
+                   r["engine"], fmt_num(r["batches_per_s"]), fmt_num(r["events_per_s"]),
+                   f"{r['ms_per_step']:.2f}", f"{r['epoch_seconds']:.1f}",
+                   f"{r['eval']['seconds']:.2f}" if r.get("eval") else "-",
+                   f"x{sp['train']:.2f}" if sp else "-"]
+            if ceilings:
+                fl = step_floor(d["config"], ceilings)
+                row += [f"{fl['floor_s'] * 1e6:.1f} ({fl['bound']})" if fl else "-",
+                        f"x{r['ms_per_step'] * 1e-3 / fl['floor_s']:.0f}" if fl else "-"]
+            rows.append(row)
+    return head, rows
+
+
+def bench_rows(doc: Dict[str, Any]):
+    """pytest-benchmark JSON -> rows (group, name, median, IQR, rounds, speed-up)."""
+    benches = doc.get("benchmarks", [])
+    ratios = doc.get("ratios")
+    if ratios is None:
+        ratios = benchmark_ratios(benches)
+    speed: Dict[str, List[str]] = {}
+    for r in ratios:
+        base = r["baseline"].split("[")[-1].rstrip("]") if "[" in r["baseline"] else r["baseline"]
+        speed.setdefault(r["name"], []).append(f"x{r['speedup']:.2f} vs {base}")
+    head = ["group", "benchmark", "median", "IQR", "rounds", "speed-up (same run)"]
+    rows = []
+    sizes: Dict[Any, int] = {}
+    for b in benches:
+        sizes[b.get("group")] = sizes.get(b.get("group"), 0) + 1
+    for b in sorted(benches, key=lambda b: (str(b.get("group")), b.get("name", ""))):
+        st = b.get("stats") or {}
+        is_base = bool((b.get("extra_info") or {}).get("baseline")) and sizes[b.get("group")] > 1
+        rows.append([b.get("group") or "-", b.get("name"), fmt_time(st.get("median")),
+                     fmt_time(st.get("iqr")), st.get("rounds", "-"),
+                     "; ".join(speed.get(b.get("name"), [])) or ("baseline" if is_base else "-")])
+    return head, rows
+
+
+def ceilings_table(c: Dict[str, Any]) -> str:
+    rows = [["device-to-device copy", f"{c['copy_gb_s']:.0f} GB/s (read + write)"]]
+    for k in ("fp32", "tf32", "bf16"):
+        if c.get(f"matmul_{k}_tflop_s"):
+            rows.append([f"matmul {k} (8192³)", f"{c[f'matmul_{k}_tflop_s']:.1f} TFLOP/s"])
+    return md_table(["ceiling (measured)", "value"], rows, "lr")
+
+
+def render(paths: List[str]) -> Tuple[str, List[Tuple[str, Dict]], List[Tuple[str, Dict]]]:
+    docs = [(Path(p).stem, load(p)) for p in paths]
+    trains = [(n, d) for n, d in docs if kind_of(d) == "train"]
+    pbs = [(n, d) for n, d in docs if kind_of(d) == "pytest-benchmark"]
+    ceilings = next((d for _, d in docs if kind_of(d) == "ceilings"), None)
+    out: List[str] = []
+    if ceilings:
+        out += [ceilings_table(ceilings), ""]
+    if trains:
+        head, rows = train_rows(trains, ceilings)
+        out += ["End-to-end training (`fastgru4rec bench train`):", "", md_table(head, rows, "lll"
+                + "l" + "l" + "r" * (len(head) - 5)), ""]
+    for name, d in pbs:
+        head, rows = bench_rows(d)
+        out += [f"Micro-benchmarks ({name}):", "", md_table(head, rows, "llrrrl"), ""]
+    unknown = [n for n, d in docs if kind_of(d) == "unknown"]
+    if unknown:
+        out += [f"(not a known result format: {', '.join(unknown)})", ""]
+    return "\n".join(out).rstrip() + "\n", trains, pbs
+
+
+# ------------------------------------------------------------------------ charts
+def chart(trains: List[Tuple[str, Dict]], pbs: List[Tuple[str, Dict]], path) -> Optional[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib not installed, no chart drawn", file=sys.stderr)
+        return None
+    panels = []
+    if trains:
+        labels, values = [], []
+        for name, d in trains:
+            for r in d["runs"]:
+                labels.append(f"{d.get('label') or name}\n{r['engine']}, "
+                              f"{config_brief(d['config'])}")
+                values.append(r["batches_per_s"])
+        panels.append(("training throughput (mini-batches/s)", labels, values))
+    ratio_rows = [r for _, d in pbs for r in (d.get("ratios") or benchmark_ratios(
+        d.get("benchmarks", [])))]
+    if ratio_rows:
+        panels.append(("speed-up over the group's baseline (same run)",
+                       [f"{r['group']}\n{r['name']}" for r in ratio_rows],
+                       [r["speedup"] for r in ratio_rows]))
+    if not panels:
+        return None
+    height = sum(0.45 * len(p[1]) + 1.0 for p in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, max(2.5, height)), squeeze=False)
+    for ax, (title, labels, values) in zip(axes[:, 0], panels):
+        ax.barh(range(len(values)), values, color="#4C72B0")
+        ax.set_yticks(range(len(values)))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
+        if "speed-up" in title:
+            ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------ PERFORMANCE.md
+def performance(results: Path, out: Optional[Path] = None) -> Path:
+    """Regenerate results/PERFORMANCE.md (and performance.png) from the committed results."""
+    out = out or results / "PERFORMANCE.md"
+    paths = sorted(p for p in glob.glob(str(results / "*.json")))
+    md, trains, pbs = render(paths) if paths else ("", [], [])
+    envs = {}
+    for name, d in trains:
+        envs[d["env"].get("device_name"), d["env"].get("torch")] = d["env"]
+    for name, d in pbs:
+        e = (d.get("machine_info") or {}).get("fastgru4rec_env")
+        if e:
+            envs.setdefault((e.get("device_name"), e.get("torch")), e)
+    lines = ["## Performance", "",
+             "<!-- generated by `python benchmarks/report.py performance` from "
+             "benchmarks/results/*.json; do not edit by hand -->", ""]
+    if not paths:
+        lines += ["No results committed yet.", ""]
+    else:
+        lines += ["Measured on:", ""]
+        lines += [f"- {env_line(e)}" for e in envs.values()] + [""]
+        if all(e.get("device") == "cpu" for e in envs.values()):
+            lines += ["No GPU results yet: these are CPU numbers of the plain-PyTorch reference "
+                      "path, measured on a shared 2-core machine whose other jobs make them noisy "
+                      "(compare ratios measured in the same run, not absolute numbers across "
+                      "runs). GPU results come from `benchmarks/gpu_check.sh` on a lent GPU.", ""]
+        lines += [md]
+        png = chart(trains, pbs, results / "performance.png")
+        if png:
+            lines += [f"![performance](benchmarks/results/{png.name})", ""]
+        lines += ["Reproduce: `fastgru4rec bench train --preset rsc15 TRAIN --test TEST "
+                  "--json benchmarks/results/NAME.json`, `python -m pytest benchmarks "
+                  "--benchmark-json benchmarks/results/NAME.json`, then "
+                  "`python benchmarks/report.py performance`.", ""]
+    text = "\n".join(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------------ gpu_check summary
+def _read_steps(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for line in lines[1:]:
+        parts = line.split("\t")
+        parts += [""] * (4 - len(parts))
+        rows.append(dict(step=parts[0], status=parts[1], seconds=parts[2], detail=parts[3]))
+    return rows
+
+
+def _read_junit(path: Path) -> Optional[Dict[str, int]]:
+    if not path.is_file():
+        return None
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:
+        return None
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    tot = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for s in suites:
+        for k in tot:
+            tot[k] += int(s.get(k, 0))
+    tot["passed"] = tot["tests"] - tot["failures"] - tot["errors"] - tot["skipped"]
+    return tot
+
+
+def summary(raw: Path, out: Path) -> Dict[str, Any]:
+    steps = _read_steps(raw / "steps.tsv")
+    env = load(raw / "env.json") if (raw / "env.json").is_file() else {}
+    ceilings = load(raw / "ceilings.json") if (raw / "ceilings.json").is_file() else None
+    tests = _read_junit(raw / "tests.xml")
+    json_paths = sorted(str(p) for p in raw.glob("*.json")
+                        if p.name not in ("env.json", "ceilings.json"))
+    docs = []
+    for p in json_paths:
+        try:
+            docs.append((Path(p).stem, load(p)))
+        except (OSError, json.JSONDecodeError):
+            pass
+    trains = [(n, d) for n, d in docs if kind_of(d) == "train"]
+    pbs = [(n, d) for n, d in docs if kind_of(d) == "pytest-benchmark"]
+
+    md = ["# GPU check", ""]
+    if env:
+        md += [f"Device: {env_line(env)}", ""]
+    md += [md_table(["step", "status", "seconds", "detail"],
+                    [[s["step"], s["status"], s["seconds"], s["detail"]] for s in steps], "llrl"),
+           ""]
+    if tests:
+        md += [f"Tests on the GPU: {tests['passed']} passed, {tests['failures']} failed, "
+               f"{tests['errors']} errors, {tests['skipped']} skipped.", ""]
+    if ceilings:
+        md += [ceilings_table(ceilings), ""]
+    if trains:
+        head, rows = train_rows(trains, ceilings)
+        md += ["## End-to-end training", "", md_table(head, rows, "lllll" + "r" * (len(head) - 5)),
+               ""]
+    for name, d in pbs:
+        head, rows = bench_rows(d)
+        md += [f"## {name}", "", md_table(head, rows, "llrrrl"), ""]
+    png = chart(trains, pbs, out / "summary.png")
+    if png:
+        md += ["![summary](summary.png)", ""]
+
+    result = {
+        "schema": "fastgru4rec-gpu-check/1",
+        "env": env, "steps": steps, "tests": tests, "ceilings": ceilings,
+        "train": {n: d for n, d in trains},
+        "benchmarks": {n: {"benchmarks": [{k: b.get(k) for k in ("group", "name", "extra_info")}
+                                          | {"median_s": (b.get("stats") or {}).get("median"),
+                                             "iqr_s": (b.get("stats") or {}).get("iqr"),
+                                             "rounds": (b.get("stats") or {}).get("rounds")}
+                                          for b in d.get("benchmarks", [])],
+                           "ratios": d.get("ratios") or benchmark_ratios(d.get("benchmarks", []))}
+                       for n, d in pbs},
+        "missing": [s["step"] for s in steps if s["status"] == "missing"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "summary.json", result)
+    (out / "summary.md").write_text("\n".join(md))
+
+    # the short table printed last
+    short = [f"GPU check on {env.get('device_name', '?')} (driver {env.get('driver', '?')}, "
+             f"torch {env.get('torch', '?')}, triton {env.get('triton', '?')})"]
+    w = max([len(s["step"]) for s in steps] + [4])
+    for s in steps:
+        short.append(f"  {s['step']:<{w}}  {s['status']:<8} {s['seconds']:>4}s  {s['detail']}")
+    if tests:
+        short.append(f"  tests: {tests['passed']} passed, {tests['failures']} failed, "
+                     f"{tests['errors']} errors, {tests['skipped']} skipped")
+    if ceilings:
+        short.append(f"  ceilings: copy {ceilings['copy_gb_s']:.0f} GB/s, fp32 "
+                     f"{ceilings.get('matmul_fp32_tflop_s', 0):.1f}, tf32 "
+                     f"{ceilings.get('matmul_tf32_tflop_s', 0):.1f}, bf16 "
+                     f"{ceilings.get('matmul_bf16_tflop_s', 0):.1f} TFLOP/s")
+    for name, d in trains:
+        for r in d["runs"]:
+            fl = step_floor(d["config"], ceilings) if ceilings else None
+            short.append(f"  train {config_brief(d['config']):<30} {r['engine']:<9} "
+                         f"{r['batches_per_s']:>8.1f} mb/s {r['events_per_s']:>10,.0f} ev/s "
+                         f"{r['ms_per_step']:>7.3f} ms/step"
+                         + (f" (floor {fl['floor_s'] * 1e6:.1f} µs)" if fl else "")
+                         + (f" eval {r['eval']['seconds']:.2f} s" if r.get("eval") else ""))
+        if d.get("speedup_vs_reference"):
+            short.append(f"    speed-up vs reference: x{d['speedup_vs_reference']['train']:.2f}")
+    for name, d in pbs:
+        for r in d.get("ratios") or benchmark_ratios(d.get("benchmarks", [])):
+            short.append(f"  {r['group']}: {r['name']} x{r['speedup']:.2f} vs {r['baseline']}")
+    (out / "summary.txt").write_text("\n".join(short) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------------ CLI
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="markdown tables (and a chart) from result JSON files")
+    r.add_argument("files", nargs="+")
+    r.add_argument("--md", help="also write the markdown here")
+    r.add_argument("--png", help="draw a chart here (matplotlib)")
+    f = sub.add_parser("performance", help="regenerate results/PERFORMANCE.md")
+    f.add_argument("--results", default=str(RESULTS_DIR))
+    f.add_argument("--out", default=None)
+    s = sub.add_parser("summary", help="gpu_check.sh's summary")
+    s.add_argument("--raw", required=True)
+    s.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    if args.cmd == "render":
+        missing = [x for x in args.files if not Path(x).is_file()]
+        if missing:
+            print(f"report.py: no such file: {', '.join(missing)}", file=sys.stderr)
+            return 2
+        md, trains, pbs = render(args.files)
+        print(md, end="")
+        if args.md:
+            Path(args.md).write_text(md)
+        if args.png:
+            chart(trains, pbs, args.png)
+        return 0
+    if args.cmd == "performance":
+        path = performance(Path(args.results), Path(args.out) if args.out else None)
+        print(f"wrote {path}")
+        return 0
+    summary(Path(args.raw), Path(args.out))
+    print((Path(args.out) / "summary.txt").read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

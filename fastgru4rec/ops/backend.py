@@ -1,0 +1,44 @@
+"""Which implementation an op runs: one rule for every op.
+
+backend "torch" is the plain-torch reference, "triton" the fused kernels in kernels/, and
+"auto" picks triton for CUDA tensors (when triton is installed) and torch otherwise. Setting
+the environment variable FASTGRU4REC_BACKEND=torch makes "auto" choose the reference
+everywhere (an escape hatch for a GPU stack the kernels have not been checked on).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+ENV_BACKEND = "FASTGRU4REC_BACKEND"
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, like: torch.Tensor, op: str = "op") -> str:
+    """"torch" or "triton" for an op whose main input is ``like``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op} backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        if os.environ.get(ENV_BACKEND, "").lower() == "torch":
+            return "torch"
+        return "triton" if like.is_cuda and triton_available() else "torch"
+    if backend == "triton" and not triton_available():
+        raise ValueError(f"{op} backend 'triton' is not available (triton is not installed)")
+    return backend
+
+
+def load_kernels(name: str) -> ModuleType:
+    """A launch module of kernels/, imported on first use (importing an op never imports
+    triton). Installed wheel: fastgru4rec.kernels.<name>; source checkout: kernels.<name>."""
+    try:
+        return importlib.import_module(f"fastgru4rec.kernels.{name}")
+    except ImportError:
+        return importlib.import_module(f"kernels.{name}")

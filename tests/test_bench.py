@@ -1,0 +1,174 @@
+"""The benchmark tooling: `fastgru4rec bench`, benchmarks/gpu_check.sh, benchmarks/report.py."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastgru4rec.bench import benchmark_ratios
+from fastgru4rec.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--synthetic", "n_sessions=150,n_items=40", "--max-steps", "6", "--warmup-steps", "2",
+        "-ps", "n_sample=16,batch_size=8,layers=16,sample_store_size=4096", "-q"]
+
+
+def _env():
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + old if old else "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out.json"
+    assert main(["bench", "train", *TINY, "--json", str(out), "--label", "tiny"]) == 0
+    return out
+
+
+def test_bench_train_writes_json_with_the_fields(bench_json, capsys):
+    d = json.loads(bench_json.read_text())
+    assert d["schema"].startswith("fastgru4rec-bench/") and d["kind"] == "train"
+    for key in ("batches_per_s", "events_per_s", "epoch_seconds", "eval_seconds"):
+        assert isinstance(d[key], float) and d[key] > 0, key
+    run = d["runs"][0]
+    assert run["engine"] == "reference" and run["n_steps"] == 6
+    assert run["n_events"] == sum(e["n_events"] for e in run["epochs"]) > 0
+    assert run["eval"]["n_points"] > 0 and set(run["eval"]["recall"]) == {"1", "5", "10", "20"}
+    assert d["config"]["batch_size"] == 8 and d["config"]["layers"] == [16]
+    assert d["data"]["train"]["source"] == "synthetic" and d["data"]["test"]["n_events"] > 0
+    env = d["env"]
+    for key in ("device", "device_name", "torch", "numpy", "triton", "cpu_count", "driver"):
+        assert key in env
+    assert env["device"] == "cpu" and env["cpu_count"] >= 1
+    assert d["label"] == "tiny"
+    assert not list(bench_json.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_bench_without_target_is_train_and_prints_a_table(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", *TINY, "--json", str(out), "--compare-reference"]) == 0
+    text = capsys.readouterr().out
+    assert "mb/s" in text and "events/s" in text and "reference" in text
+    d = json.loads(out.read_text())
+    assert d["kind"] == "train" and d["epochs"] == 1
+    if "fast" not in d["engines_available"]:
+        assert any("no fast engine" in n for n in d["notes"])
+
+
+def test_bench_preset_and_real_file(tmp_path, synthetic_tsv):
+    train, test = synthetic_tsv(n_items=30, n_sessions=80)
+    out = tmp_path / "r.json"
+    # options before the data path too (argparse alone would reject the late positional)
+    assert main(["bench", "train", "--preset", "rsc15", "--test", str(test), str(train),
+                 "-ps", "n_sample=16,layers=8,sample_store_size=2048", "--max-steps", "3",
+                 "--warmup-steps", "0", "-q", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["preset"] == "rsc15"
+    cfg = d["config"]
+    assert (cfg["batch_size"], cfg["learning_rate"], cfg["momentum"], cfg["logq"]) == \
+        (32, 0.2, 0.2, 1.0)
+    assert cfg["dropout_p_hidden"] == 0.4 and cfg["layers"] == [8]     # -ps overrides the preset
+    assert d["data"]["train"]["source"].endswith("train.tsv")
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "b.png"
+    assert main(["bench", *TINY, "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv", [["--max-steps", "0"], ["--epochs", "0"],
+                                  ["--synthetic", "bogus=1"], ["-ps", "loss=nope"],
+                                  ["--test", "x.tsv"], ["/no/such/file.tsv"]])
+def test_bench_bad_input_is_one_line_exit_2(argv, capsys):
+    assert main(["bench", *argv, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastgru4rec bench: error:") and "\n" not in err
+
+
+def test_gpu_check_dry_run_says_no_gpu():
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+                       capture_output=True, text=True, timeout=120, env=_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("no GPU detected:")
+    assert "bench_train.py: present" in r.stdout
+
+
+def test_gpu_check_without_gpu_exits_0():
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the real check would run")
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True,
+                       text=True, timeout=120, env=_env())
+    assert r.returncode == 0 and "no GPU detected: nvidia-smi not found" in r.stdout
+
+
+def _pytest_benchmark_doc():
+    def b(name, group, median, baseline=None):
+        return {"name": name, "group": group,
+                "extra_info": {"baseline": baseline} if baseline else {},
+                "stats": {"median": median, "iqr": median / 10, "rounds": 5}}
+    return {"machine_info": {"node": "x"}, "commit_info": {},
+            "benchmarks": [b("test_x[torch]", "g1", 0.004, baseline="torch"),
+                           b("test_x[triton]", "g1", 0.001), b("test_lonely", "g2", 2e-6)]}
+
+
+def test_benchmark_ratios():
+    rows = benchmark_ratios(_pytest_benchmark_doc()["benchmarks"])
+    assert len(rows) == 1
+    assert rows[0]["name"] == "test_x[triton]" and rows[0]["baseline"] == "test_x[torch]"
+    assert rows[0]["speedup"] == pytest.approx(4.0)
+    # without a mark, a benchmark named "reference" is the baseline
+    rows = benchmark_ratios([{"name": "step_reference", "group": "g", "stats": {"median": 3.0}},
+                             {"name": "step_fast", "group": "g", "stats": {"median": 1.0}}])
+    assert [r["speedup"] for r in rows] == [3.0]
+
+
+def test_report_renders_tables(bench_json, tmp_path):
+    pb = tmp_path / "micro.json"
+    pb.write_text(json.dumps(_pytest_benchmark_doc()))
+    md = tmp_path / "t.md"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "render",
+                        str(bench_json), str(pb), "--md", str(md)],
+                       capture_output=True, text=True, timeout=120, env=_env())
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "| run | device | config |" in out and "| tiny |" in out and "B8 H16 S16" in out
+    assert "| g1 | test_x[triton] | 1.00 ms |" in out and "x4.00 vs torch" in out
+    assert "2.0 µs" in out
+    assert md.read_text() == out
+
+
+def test_report_performance_and_summary(bench_json, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.pop(0)
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(bench_json, results / "cpu-tiny.json")
+    path = report.performance(results)
+    text = path.read_text()
+    assert text.startswith("## Performance") and "torch " in text and "| tiny |" in text
+    assert "No GPU results yet" in text
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    shutil.copy(bench_json, raw / "train_tiny.json")
+    (raw / "steps.tsv").write_text("step\tstatus\tseconds\tdetail\nenv\tok\t1\trc=0\n"
+                                   "bench_gru\tmissing\t0\tbenchmarks/bench_gru.py not present\n")
+    (raw / "ceilings.json").write_text(json.dumps(
+        {"device": "x", "copy_bytes": 1, "copy_gb_s": 3000.0, "matmul_fp32_tflop_s": 50.0}))
+    res = report.summary(raw, out)
+    assert res["missing"] == ["bench_gru"]
+    assert (out / "summary.md").is_file() and json.loads((out / "summary.json").read_text())
+    short = (out / "summary.txt").read_text()
+    assert "bench_gru" in short and "missing" in short and "mb/s" in short and "floor" in short
