@@ -60,7 +60,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .data import SessionData, read_sessions
+from .data import SessionData, as_session_data, read_sessions
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_CUTOFFS, evaluate_session_steps
 from .ops.ranking import RANK_MODES, rank_counts_from_scores
@@ -90,23 +90,6 @@ def _torch_threads(n: Optional[int]):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def _same_items(a: SessionData, b: SessionData) -> bool:
-    return a.item_ids is b.item_ids or (
-        a.n_items == b.n_items and bool(np.all(a.item_ids == b.item_ids)))
-
-
-def _as_data(data, item_map: Optional[SessionData] = None, **read_kw) -> SessionData:
-    """A SessionData (re-mapped through item_map when it was mapped with another one), or read
-    a path / DataFrame with read_sessions."""
-    if isinstance(data, SessionData):
-        if item_map is not None and not _same_items(data, item_map):
-            return SessionData.from_arrays(
-                np.repeat(data.session_ids, data.session_lengths), data.item_ids[data.items],
-                data.times, item_map=item_map, source=data.source)
-        return data
-    return read_sessions(data, item_map=item_map, **read_kw)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -157,7 +140,7 @@ class _Baseline:
     def fit(self, train, **read_kw) -> "_Baseline":
         """Fit on training events (a SessionData, a TSV/CSV/Parquet path or a DataFrame)."""
         t0 = time.perf_counter()
-        train = _as_data(train, **read_kw)
+        train = as_session_data(train, **read_kw)
         if train.n_events == 0 or train.n_items == 0:
             raise DataError(f"{train.source}: no training events")
         self.n_items = train.n_items
@@ -233,7 +216,7 @@ class _Baseline:
         self._require_fitted()
         if mode not in RANK_MODES:
             raise ConfigError(f"unknown evaluation mode {mode!r} (choose from {', '.join(RANK_MODES)})")
-        test = _as_data(test, item_map=self.item_map(), **read_kw)
+        test = as_session_data(test, item_map=self.item_map(), **read_kw)
         if test.n_items != self.n_items:
             raise DataError(f"{test.source}: mapped with a catalog of {test.n_items} items but "
                             f"{self.name} was fitted on {self.n_items}")
@@ -558,8 +541,8 @@ def run_baselines(train, test, names=None, cutoffs: Sequence[int] = DEFAULT_CUTO
             raise ConfigError(f"parameters given for baseline {k!r}, which is not selected")
     params = {resolve_names([k])[0]: v for k, v in params.items()}
     models = {k: make_baseline(k, **params.get(k, {})) for k in keys}   # check params first
-    train = _as_data(train, **read_kw)
-    test = _as_data(test, item_map=train, **read_kw)
+    train = as_session_data(train, **read_kw)
+    test = as_session_data(test, item_map=train, **read_kw)
     out = {}
     for k, model in models.items():
         model.fit(train)

@@ -36,10 +36,11 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .fileio import atomic_write
 
 SCHEMA = "fastgru4rec-bench/1"
 
@@ -364,24 +365,11 @@ def run_bench(train, test, config, device, engine: str = "auto", epochs: int = 1
 
 # ------------------------------------------------------------------------ output
 def write_json_atomic(path, obj) -> Path:
-    """Write JSON to path via a temporary file in the same folder and os.replace."""
+    """Write JSON to path atomically (fileio.atomic_write)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give it a normal file's mode
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
     return path
 
 

@@ -577,6 +577,24 @@ def _group_sessions(events: pa.Table, name: str, item_map: Optional[SessionData]
                        n_unknown_events=int(n_unknown), source=name)
 
 
+def as_session_data(data, item_map: Optional[SessionData] = None, **read_kw) -> SessionData:
+    """``data`` as SessionData: a SessionData is returned as it is, or mapped again through its
+    original item ids when it was mapped with another item map than ``item_map``; a path,
+    DataFrame or Table is read with read_sessions(data, item_map, **read_kw)."""
+    if isinstance(data, SessionData):
+        if item_map is not None and not _same_items(data, item_map):
+            return SessionData.from_arrays(
+                np.repeat(data.session_ids, data.session_lengths), data.item_ids[data.items],
+                data.times, item_map=item_map, source=data.source)
+        return data
+    return read_sessions(data, item_map=item_map, **read_kw)
+
+
+def _same_items(a: SessionData, b: SessionData) -> bool:
+    return a.item_ids is b.item_ids or (
+        a.n_items == b.n_items and bool(np.all(a.item_ids == b.item_ids)))
+
+
 def require_trainable(data: SessionData) -> None:
     """Raise DataError unless some session has at least 2 events (one training step)."""
     if data.n_sessions == 0 or int(data.session_lengths.max()) < 2:

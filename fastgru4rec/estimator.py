@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -21,8 +19,9 @@ import numpy as np
 import torch
 
 from .config import GRU4RecConfig
-from .data import SessionData, read_sessions, require_trainable
+from .data import SessionData, as_session_data, require_trainable
 from .errors import ConfigError, DataError
+from .fileio import atomic_write
 from .evaluate import DEFAULT_CUTOFFS, evaluate_model
 from .nn import GRU4RecModel
 from .ops.ranking import topk_scores
@@ -57,16 +56,6 @@ class GRU4Rec:
         self._train_map: Optional[SessionData] = None
 
     # ------------------------------------------------------------------ data
-    def _as_data(self, data, item_map: Optional[SessionData] = None, **read_kw) -> SessionData:
-        if isinstance(data, SessionData):
-            if item_map is not None and not _same_items(data, item_map):
-                # mapped with another item map: map it again through the original ids
-                return SessionData.from_arrays(
-                    np.repeat(data.session_ids, data.session_lengths), data.item_ids[data.items],
-                    data.times, item_map=item_map, source=data.source)
-            return data
-        return read_sessions(data, item_map=item_map, **read_kw)
-
     def _item_map(self) -> SessionData:
         self._require_fitted()
         if self._train_map is None:
@@ -90,7 +79,7 @@ class GRU4Rec:
             **read_kw) -> "GRU4Rec":
         """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame).
         read_kw: session_key / item_key / time_key / sep for files and DataFrames."""
-        train = self._as_data(data, **read_kw)
+        train = as_session_data(data, **read_kw)
         require_trainable(train)
         self.item_ids, self.supports = train.item_ids, train.supports
         self._train_map = None
@@ -106,7 +95,7 @@ class GRU4Rec:
         {"recall": {K: v}, "mrr": {K: v}, "n_events": evaluation points, "mode": mode,
         "n_unknown_events": test events dropped for items unknown to the model}."""
         self._require_fitted()
-        test = self._as_data(test, item_map=self._item_map(), **read_kw)
+        test = as_session_data(test, item_map=self._item_map(), **read_kw)
         res = evaluate_model(self.model, test, cutoffs, mode, batch_size, self.device, progress)
         res["n_unknown_events"] = test.n_unknown_events
         return res
@@ -148,18 +137,8 @@ class GRU4Rec:
             "item_ids": [str(i) for i in self.item_ids],
             "supports": torch.from_numpy(np.asarray(self.supports, dtype=np.int64)),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            torch.save(payload, f)
 
     @classmethod
     def load(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "GRU4Rec":
@@ -189,7 +168,3 @@ class GRU4Rec:
                             f"{str(e).splitlines()[0] if str(e) else 'missing entry'})") from None
         return est
 
-
-def _same_items(a: SessionData, b: SessionData) -> bool:
-    return a.item_ids is b.item_ids or (
-        a.n_items == b.n_items and bool(np.all(a.item_ids == b.item_ids)))

@@ -21,10 +21,8 @@ minute plus reading time. pandas is not needed.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time as _time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ import pyarrow.csv as pa_csv
 
 from .data import _dictionary_codes, _Keys, _normalize, _read_header, read_events
 from .errors import ConfigError, DataError
+from .fileio import atomic_write
 
 __all__ = ["preprocess_rsc15", "register_cli", "run", "format_stats"]
 
@@ -167,23 +166,12 @@ def _write_tsv(ev: _Events, mask: np.ndarray, path: Path) -> None:
         "ItemId": ev.i_dict.take(pa.array(ev.i_codes[idx])),
         "Time": _format_times(ev.times[idx]),
     })
-    # A unique name in the same folder (os.replace is atomic only within one file system);
-    # open() rather than mkstemp so the file gets the usual permissions (umask), not 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            # pyarrow always quotes the header it writes: write our own, then the rows.
-            f.write(b"SessionId\tItemId\tTime\n")
-            if table.num_rows:
-                pa_csv.write_csv(table, f, pa_csv.WriteOptions(
-                    include_header=False, delimiter="\t", quoting_style="none"))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        # pyarrow always quotes the header it writes: write our own, then the rows.
+        f.write(b"SessionId\tItemId\tTime\n")
+        if table.num_rows:
+            pa_csv.write_csv(table, f, pa_csv.WriteOptions(
+                include_header=False, delimiter="\t", quoting_style="none"))
 
 
 # --------------------------------------------------------------------------------------------
