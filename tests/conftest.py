@@ -30,6 +30,19 @@ if not _HAS_CUDA:
 HEADER = ("SessionId", "ItemId", "Time")
 
 
+def subprocess_env(**extra) -> dict:
+    """Environment for a child ``python -m fastgru4rec``: it imports the same fastgru4rec as
+    this process (the installed package, or a source checkout on PYTHONPATH), so the child
+    has the same native extension."""
+    import fastgru4rec
+
+    env = dict(os.environ)
+    where = str(Path(fastgru4rec.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = where + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
 def shared_data_dir() -> Path:
     """Where the real data lives: $FASTGRU4REC_DATA, else <repo>/../shared/data."""
     env = os.environ.get("FASTGRU4REC_DATA")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,16 +12,15 @@ import pytest
 from fastgru4rec.bench import benchmark_ratios
 from fastgru4rec.cli import main
 
+from conftest import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--synthetic", "n_sessions=150,n_items=40", "--max-steps", "6", "--warmup-steps", "2",
         "-ps", "n_sample=16,batch_size=8,layers=16,sample_store_size=4096", "-q"]
 
 
 def _env():
-    env = dict(os.environ)
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + old if old else "")
-    return env
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 Bad input must end with exit status 2 and ONE stderr line
 ``fastgru4rec <command>: error: ...`` that names the problem, never a traceback."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 from fastgru4rec.cli import main
 from fastgru4rec.config import GRU4RecConfig
 
-from conftest import one_torch_thread
+from conftest import one_torch_thread, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 # tiny and fast; n_epochs=2 so that the epoch list is checked
@@ -28,9 +27,7 @@ def _single_thread():
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["OMP_NUM_THREADS"] = "1"  # tiny models; see conftest.one_torch_thread
+    env = subprocess_env(OMP_NUM_THREADS="1")  # tiny models; see conftest.one_torch_thread
     env.pop("PYTHONWARNINGS", None)
     return env
 
