@@ -15,7 +15,6 @@ from fastgru4rec.config import GRU4RecConfig
 
 from conftest import one_torch_thread, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 # tiny and fast; n_epochs=2 so that the epoch list is checked
 PS = "layers=16,batch_size=16,n_sample=8,sample_store_size=4096,n_epochs=2,learning_rate=0.1"
 
