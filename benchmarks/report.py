@@ -289,11 +289,38 @@ def performance(results: Path, out: Optional[Path] = None) -> Path:
                   "--benchmark-json benchmarks/results/NAME.json`, then "
                   "`python benchmarks/report.py performance`.", ""]
     text = "\n".join(lines)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    _write_text_atomic(out, text)
+    readme = results.parents[1] / "README.md"
+    if readme.is_file():
+        splice_readme(readme, text)
     return out
+
+
+README_BEGIN = "<!-- PERFORMANCE:BEGIN -->"
+README_END = "<!-- PERFORMANCE:END -->"
+
+
+def splice_readme(readme: Path, text: str) -> bool:
+    """Put the Performance section into the README between its two markers (the README is
+    never edited by hand there). Returns False when the README has no markers."""
+    body = readme.read_text()
+    if README_BEGIN not in body or README_END not in body:
+        return False
+    head, rest = body.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    # the README's own heading levels: the section sits under "## Results"
+    section = text.replace("## Performance", "### Performance", 1)
+    _write_text_atomic(readme, f"{head}{README_BEGIN}\n{section}\n{README_END}{tail}")
+    return True
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    # report.py runs before the package may be installed (gpu_check.sh), so it keeps its own
+    # tiny atomic write instead of importing fastgru4rec.fileio.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------ gpu_check summary
