@@ -170,3 +170,25 @@ def test_report_performance_and_summary(bench_json, tmp_path):
     assert (out / "summary.md").is_file() and json.loads((out / "summary.json").read_text())
     short = (out / "summary.txt").read_text()
     assert "bench_gru" in short and "missing" in short and "mb/s" in short and "floor" in short
+
+
+def test_report_performance_splices_the_readme_between_markers(bench_json, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.pop(0)
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    shutil.copy(bench_json, results / "cpu-tiny.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nstale\n{report.README_END}\nafter\n")
+    report.performance(results)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
+    inside = text.split(report.README_BEGIN, 1)[1].split(report.README_END, 1)[0]
+    assert "stale" not in inside and "### Performance" in inside and "| tiny |" in inside
+    # a README without the markers is left alone
+    readme.write_text("# no markers\n")
+    report.performance(results)
+    assert readme.read_text() == "# no markers\n"
