@@ -84,18 +84,21 @@ struct StepOut {
 };
 
 // Resumable generator of one epoch's schedule. run(sink) writes steps until the sink is full
-// (the sink's fit() says how many steps fit) or the epoch ends. A round of m steps (m = the
-// smallest number of steps any lane has left) may be split across calls.
+// (the sink's fit() says how many steps fit) or the epoch ends.
 //
-// Bookkeeping is O(1) per session, not O(lanes) per round: lane j's cursor at absolute step t
-// is base[j] + t, and the step at which it runs out of targets, fin[j], files it in a bucket
-// queue (ring of P buckets, bucket fin % P, lanes chained through link_). The next refill point
-// is the first non-empty bucket; only the lanes found there are touched. The output costs
-// O(lanes) per step anyway; nothing else does.
+// One pass per step over the b lanes: at absolute step t lane j writes input items[base[j] + t]
+// and target items[base[j] + t + 1] and is listed as finished when t == last[j], its session's
+// last step (base and last are set once per session, so the pass stores nothing per lane but
+// the outputs and the branch-free finished list). The finished lanes, already in lane order,
+// are refilled right after the step. Between steps every lane has a target, so a call may stop
+// after any step. Cost: O(1) per event and per session; no queue, no sort.
 //
-// Equal to batching.session_parallel_schedule: finished lanes take new sessions in lane order;
-// a lane given a session of length <= 1 is finished again at once and, like the reference's
-// next (stepless) round, takes the next session after the other finished lanes have had theirs.
+// Equal to batching.session_parallel_schedule: the reference emits m steps at once (m = the
+// smallest number of steps any lane has left) and then refills; refilling after every step
+// instead changes nothing, as only the lanes that ran out are touched, in lane order. A lane
+// given a session of length <= 1 is finished again at once and, like the reference's next
+// (stepless) round, takes the next session after the other finished lanes have had theirs.
+// When sessions run out the finished lanes are dropped (the batch shrinks, lane order kept).
 //
 // Sink concept:
 //   int64_t fit(int64_t want, int64_t b, int64_t n_keep)  steps (<= want) of b lanes that fit
@@ -107,20 +110,15 @@ class ScheduleGen {
   // idx and items must outlive the generator. batch_size >= 1, min_lanes >= 0 (checked by caller).
   ScheduleGen(const SessionIndex& idx, const Item* items, int64_t batch_size, int64_t min_lanes)
       : idx_(idx), items_(items), min_lanes_(min_lanes) {
-    // Ring size: a power of two above the longest session, so that a bucket holds one step's
-    // lanes only (capped; longer sessions share buckets and are told apart by fin).
-    const int64_t span = std::min<int64_t>(idx.max_len, int64_t(1) << 16) + 1;
-    while (P_ < span) P_ <<= 1;
-    head_.assign(P_, -1);
     const int64_t b = std::min(batch_size, idx.size());
     base_.resize(b);
-    fin_.resize(b);
-    link_.resize(b);
-    reset_.assign(b, 0);
-    // Step 0: lanes 0..b-1 take sessions 0..b-1 in the same way as a refill of every lane.
+    last_.resize(b);
+    reset_list_.resize(b);
     finished_.resize(b);
+    again_.resize(b);
+    // Step 0: lanes 0..b-1 take sessions 0..b-1 in the same way as a refill of every lane.
     for (int64_t j = 0; j < b; ++j) finished_[j] = static_cast<int32_t>(j);
-    refill_lanes();
+    refill_lanes(b);
   }
 
   bool done() const { return done_; }
@@ -130,125 +128,92 @@ class ScheduleGen {
     int64_t written = 0;
     while (!done_) {
       const int64_t b = static_cast<int64_t>(base_.size());
-      if (b == 0 || b < min_lanes_) {
-        done_ = true;
-        break;
-      }
-      const int64_t m = next_fin() - t_;  // >= 1: every lane has a target at step t_
-      const int64_t take = sink.fit(m, b, has_pending_ ? b : 0);
+      // Every step writes >= 1 event: n_pairs_max bounds the steps (want for an unbounded sink).
+      const int64_t take = sink.fit(std::max<int64_t>(idx_.n_pairs_max, 1), b, has_pending_ ? b : 0);
       if (take <= 0) break;  // sink full
-      emit(sink, b, take);
-      written += take;
-      if (take < m) break;  // sink full mid-round: the round goes on in the next call
-      pop_finished();
-      refill_lanes();
+      // Steps at width b: until the sink is full, the epoch ends or the batch shrinks.
+      int64_t s = 0;
+      while (s < take && !done_) {
+        StepOut o = sink.begin_step(b, has_pending_ ? pending_keep_.data() : nullptr, has_pending_ ? b : 0);
+        has_pending_ = false;
+        const int64_t n_fin = step(o, b);
+        ++s;
+        if (n_fin > 0 && refill_lanes(n_fin)) break;  // width changed: fit again
+      }
+      written += s;
     }
     return written;
   }
 
  private:
-  void file(int64_t j) {  // puts lane j in the bucket of fin_[j]
-    const int64_t q = fin_[j] & (P_ - 1);
-    link_[j] = head_[q];
-    head_[q] = static_cast<int32_t>(j);
-  }
-
-  // The first step > t_ at which some lane runs out of targets.
-  int64_t next_fin() const {
-    for (int64_t d = 1; d <= P_; ++d) {
-      const int64_t step = t_ + d;
-      for (int32_t j = head_[step & (P_ - 1)]; j >= 0; j = link_[j])
-        if (fin_[j] == step) return step;
-    }
-    // Only lanes of sessions longer than the ring: the smallest fin.
-    int64_t f = std::numeric_limits<int64_t>::max();
-    for (int64_t v : fin_) f = std::min(f, v);
-    return f;
-  }
-
-  // Moves the lanes with fin == t_ out of their bucket into finished_, in lane order.
-  void pop_finished() {
-    finished_.clear();
-    int32_t* prev = &head_[t_ & (P_ - 1)];
-    for (int32_t j = *prev; j >= 0; j = *prev) {
-      if (fin_[j] == t_) {
-        *prev = link_[j];
-        finished_.push_back(j);
-      } else {
-        prev = &link_[j];
-      }
-    }
-    // Lane order: a few lanes are sorted; many (wide batches) are ordered by a branch-free
-    // pass over a flag per lane, O(b) instead of O(n log n).
-    const int64_t n = static_cast<int64_t>(finished_.size());
-    const int64_t b = static_cast<int64_t>(base_.size());
-    if (n <= 1) return;
-    if (n <= 4 || n * 16 < b) {  // (a sort mispredicts its branches: only for very few lanes)
-      std::sort(finished_.begin(), finished_.end());
-      return;
-    }
-    flag_.assign(b, 0);
-    for (int32_t j : finished_) flag_[j] = 1;
-    int64_t w = 0;
-    for (int64_t j = 0; j < b; ++j) {
-      finished_[w] = static_cast<int32_t>(j);  // n entries hold the n flagged lanes; w <= n - 1 until the last
-      w += flag_[j];
-      if (w == n) break;
-    }
-  }
-
-  template <class Sink>
-  void emit(Sink& sink, int64_t b, int64_t take) {
-    const Item* items = items_;
+  // Writes step t_ (b lanes) into o and moves on to the next step; lists the lanes left
+  // without a target (in lane order) in finished_[0..n) and returns n.
+  int64_t step(const StepOut& o, int64_t b) {
+    const int64_t t = t_;
+    const Item* items = items_ + t;  // lane j reads items[base[j] + t] and the next one
     const int64_t* base = base_.data();
-    for (int64_t s = 0; s < take; ++s) {
-      const bool first = (s == 0);
-      const bool with_keep = first && has_pending_;
-      StepOut o = sink.begin_step(b, with_keep ? pending_keep_.data() : nullptr, with_keep ? b : 0);
-      const int64_t t = t_ + s;
-      for (int64_t j = 0; j < b; ++j) {
-        const Item* p = items + base[j] + t;  // lane j's cursor at step t
-        o.inputs[j] = static_cast<int32_t>(p[0]);
-        o.targets[j] = static_cast<int32_t>(p[1]);
-      }
-      // Only a round's first step can reset (refills happen between rounds).
-      if (first)
-        std::memcpy(o.reset, reset_.data(), static_cast<size_t>(b));
-      else
-        std::memset(o.reset, 0, static_cast<size_t>(b));
+    const int64_t* last = last_.data();
+    int32_t* out_in = o.inputs;
+    int32_t* out_tg = o.targets;
+    int32_t* fin = finished_.data();
+    int64_t n = 0;
+    for (int64_t j = 0; j < b; ++j) {
+      const Item* p = items + base[j];
+      out_in[j] = static_cast<int32_t>(p[0]);
+      out_tg[j] = static_cast<int32_t>(p[1]);
+      fin[n] = static_cast<int32_t>(j);  // kept only if the lane has no target next step
+      n += (last[j] == t);
     }
-    for (int32_t j : reset_list_) reset_[j] = 0;
-    reset_list_.clear();
-    has_pending_ = false;
-    t_ += take;
+    // Resets: the lanes refilled since the last written step (few), then none until refilled.
+    std::memset(o.reset, 0, base_.size());
+    const int32_t* rl = reset_list_.data();
+    for (int64_t i = 0, nr = n_reset_; i < nr; ++i) o.reset[rl[i]] = 1;
+    n_reset_ = 0;
+    t_ = t + 1;
+    return n;
   }
 
-  // The lanes in finished_ (lane order) take the next unused sessions; when sessions run out
-  // the rest are dropped (the batch shrinks, lane order kept).
-  void refill_lanes() {
+  // The n lanes in finished_ (lane order) take the next unused sessions from step t_ on, pass
+  // after pass (lanes given a session of length <= 1 go again in the next pass); when sessions
+  // run out the rest are dropped. Returns true if lanes were dropped (the width changed; done_
+  // is set when fewer than min_lanes remain).
+  bool refill_lanes(int64_t n) {
     const int64_t S = idx_.size();
+    const int64_t* sb = idx_.begin;
+    const int64_t* se = idx_.end;
+    const int64_t t = t_;
+    int64_t* base = base_.data();
+    int64_t* last = last_.data();
+    int64_t k = next_session_;
+    // Every lane refilled now starts a session at step t; the first pass lists each once (a
+    // later pass only refills lanes of the pass before). The list was emptied by the last step.
+    std::copy(finished_.begin(), finished_.begin() + n, reset_list_.begin());  // (no memcpy: n = 0 with null buffers)
+    n_reset_ = n;
     dropped_.clear();
-    while (!finished_.empty()) {
-      again_.clear();
-      for (int32_t j : finished_) {
-        if (next_session_ >= S) {
-          dropped_.push_back(j);
-          continue;
-        }
-        const int64_t k = next_session_++;
-        const int64_t len = idx_.end[k] - idx_.begin[k];
-        base_[j] = idx_.begin[k] - t_;
-        fin_[j] = t_ + len - 1;
-        if (!reset_[j]) reset_list_.push_back(j);
-        reset_[j] = 1;
-        if (len <= 1)
-          again_.push_back(j);  // nothing to train on: finished again, in the next pass
-        else
-          file(j);
+    while (n > 0) {
+      const int32_t* fin = finished_.data();
+      int32_t* again = again_.data();
+      int64_t n_again = 0;
+      int64_t i = 0;
+      for (const int64_t n_fill = std::min(n, S - k); i < n_fill; ++i, ++k) {
+        const int32_t j = fin[i];
+        const int64_t len = se[k] - sb[k];
+        // Steps t .. t + len - 2 read inputs sb .. se - 2 (len <= 1: last < t, no target).
+        base[j] = sb[k] - t;
+        last[j] = t + len - 2;
+        again[n_again] = j;  // nothing to train on: finished again, in the next pass
+        n_again += (len <= 1);
       }
+      dropped_.insert(dropped_.end(), fin + i, fin + n);  // sessions ran out
       finished_.swap(again_);
+      n = n_again;
     }
-    if (!dropped_.empty()) compact();
+    next_session_ = k;
+    const bool shrank = !dropped_.empty();
+    if (shrank) compact();
+    const int64_t b = static_cast<int64_t>(base_.size());
+    if (b == 0 || b < min_lanes_) done_ = true;
+    return shrank;
   }
 
   // Removes the dropped lanes (only once sessions ran out: at most once per lane, so O(b^2)
@@ -256,48 +221,40 @@ class ScheduleGen {
   // several shrinks before the next written step compose.
   void compact() {
     const int64_t b = static_cast<int64_t>(base_.size());
-    std::vector<uint8_t> gone(b, 0);
-    for (int32_t j : dropped_) gone[j] = 1;
-    for (int64_t j = 0; j < b; ++j)
-      if (!gone[j]) head_[fin_[j] & (P_ - 1)] = -1;  // empty every bucket in use; refiled below
+    std::vector<int32_t> to(b, 0);  // new index of lane j, -1: dropped
+    for (int32_t j : dropped_) to[j] = -1;
     if (!has_pending_) pending_keep_.resize(b);
-    int64_t w = 0;
+    int32_t w = 0;
     for (int64_t j = 0; j < b; ++j) {
-      if (gone[j]) continue;
+      if (to[j] < 0) continue;
+      to[j] = w;
       base_[w] = base_[j];
-      fin_[w] = fin_[j];
-      reset_[w] = reset_[j];
+      last_[w] = last_[j];
       pending_keep_[w] = has_pending_ ? pending_keep_[j] : static_cast<int32_t>(j);
       ++w;
     }
     base_.resize(w);
-    fin_.resize(w);
-    link_.resize(w);
-    reset_.resize(w);
+    last_.resize(w);
     pending_keep_.resize(w);
     has_pending_ = true;
-    reset_list_.clear();
-    for (int64_t j = 0; j < w; ++j) {
-      file(j);
-      if (reset_[j]) reset_list_.push_back(static_cast<int32_t>(j));
-    }
+    int64_t r = 0;  // the reset list in the new lane numbers, order kept
+    for (int64_t i = 0; i < n_reset_; ++i)
+      if (to[reset_list_[i]] >= 0) reset_list_[r++] = to[reset_list_[i]];
+    n_reset_ = r;
   }
 
   const SessionIndex& idx_;
   const Item* items_;
   int64_t min_lanes_;
   int64_t next_session_ = 0;
-  int64_t t_ = 0;  // steps written so far
-  int64_t P_ = 1;  // ring size (power of two)
-  std::vector<int32_t> head_;          // (P,) first lane of each bucket, -1: empty
+  int64_t t_ = 0;                      // steps written so far: the next step is t_
   std::vector<int64_t> base_;          // (b,) lane j reads items[base[j] + t] at step t
-  std::vector<int64_t> fin_;           // (b,) first step at which lane j has no target
-  std::vector<int32_t> link_;          // (b,) next lane in the same bucket
-  std::vector<uint8_t> reset_;         // (b,) 1: the lane's next written step starts a session
-  std::vector<int32_t> reset_list_;    // lanes with reset_ set (cleared sparsely)
+  std::vector<int64_t> last_;          // (b,) lane j's last step with a target
+  std::vector<int32_t> reset_list_;    // (initial b,) the n_reset_ lanes whose next written step starts a session
+  int64_t n_reset_ = 0;
   std::vector<int32_t> pending_keep_;  // (b,) keep list for the next written step (if has_pending_)
-  std::vector<int32_t> finished_, again_, dropped_;  // scratch lane lists
-  std::vector<uint8_t> flag_;                        // scratch (b,)
+  std::vector<int32_t> finished_, again_;  // (initial b,) scratch lane lists of a refill
+  std::vector<int32_t> dropped_;           // lanes dropped by a refill
   bool has_pending_ = false;
   bool done_ = false;
 };
