@@ -47,18 +47,16 @@ def positive_mask(b: int, C: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def sampled_loss_reference(R: torch.Tensor, loss: str, *, logq_per_column: Optional[torch.Tensor] = None,
-                           logq: float = 0.0, bpreg: float = 0.0, elu_param: float = 0.0,
-                           pos_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           logq: float = 0.0, bpreg: float = 0.0, elu_param: float = 0.0
+                           ) -> torch.Tensor:
     """Sum over lanes of the per-lane loss for scores R (b, C), positives on the diagonal.
 
     logq_per_column: (C,) log q_j (see logq_column_correction), used by cross-entropy when
-    logq > 0. pos_mask: optional cached positive_mask(b, C).
+    logq > 0.
     """
     b, C = R.shape
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
-    if pos_mask is None:
-        pos_mask = positive_mask(b, C, R)
     if loss == "cross-entropy":
         if logq > 0:
             R = R - logq * logq_per_column
@@ -67,6 +65,8 @@ def sampled_loss_reference(R: torch.Tensor, loss: str, *, logq_per_column: Optio
     if loss in ("bpr-max", "top1-max") and elu_param > 0:
         R = F.elu(R, alpha=elu_param)
     r_pos = R[:, :b].diagonal().unsqueeze(1)                   # (b, 1)
+    if loss in ("bpr-max", "top1-max"):
+        pos_mask = positive_mask(b, C, R)                      # only the *-max losses need it
     if loss == "bpr-max":
         s = _softmax_negatives(R, pos_mask)
         return (-torch.log((s * torch.sigmoid(r_pos - R)).sum(dim=1) + _EPS)
