@@ -166,9 +166,8 @@ class _Baseline:
         """An event-less SessionData carrying the training item map (for read_sessions)."""
         self._require_fitted()
         if self._train_map is None:
-            self._train_map = SessionData(np.zeros(1, np.int64), np.zeros(0, np.int64),
-                                          np.zeros(0), np.zeros(0, object), self.item_ids,
-                                          self.supports, source=f"<{self.name} item map>")
+            self._train_map = SessionData.item_map_only(self.item_ids, self.supports,
+                                                        f"<{self.name} item map>")
         return self._train_map
 
     # ------------------------------------------------------------------ scoring

@@ -124,6 +124,13 @@ class SessionData:
 
     # --- construction helpers ----------------------------------------------------------------
     @classmethod
+    def item_map_only(cls, item_ids, supports, source: str = "<item map>") -> "SessionData":
+        """An event-less SessionData carrying a training item map and its supports: what a
+        trained model keeps to map test data (``read_sessions(path, item_map=...)``)."""
+        return cls(np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, object),
+                   item_ids, supports, source=source)
+
+    @classmethod
     def from_arrays(cls, session_ids, item_ids, times, item_map: "Optional[SessionData]" = None,
                     source: str = "<arrays>") -> "SessionData":
         """Build from three parallel event arrays (any element type; ids are converted to str).

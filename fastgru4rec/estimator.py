@@ -59,9 +59,8 @@ class GRU4Rec:
     def _item_map(self) -> SessionData:
         self._require_fitted()
         if self._train_map is None:
-            self._train_map = SessionData(np.zeros(1, np.int64), np.zeros(0, np.int64),
-                                          np.zeros(0), np.zeros(0, object), self.item_ids,
-                                          self.supports, source="<model item map>")
+            self._train_map = SessionData.item_map_only(self.item_ids, self.supports,
+                                                        "<model item map>")
         return self._train_map
 
     def _require_fitted(self):
