@@ -196,10 +196,8 @@ def cmd_demo(args) -> int:
 
 
 def _demo_baselines(train, test, cutoffs) -> Dict[str, Dict]:
-    try:
-        from .baselines import run_baselines
-    except ImportError:
-        return {}
+    from .baselines import run_baselines
+
     return run_baselines(train, test, cutoffs=cutoffs, mode="conservative", progress=False)
 
 
@@ -251,22 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_recommend)
 
-    for register in _optional_commands():
-        register(sub)
+    # Subcommands that live beside their implementation. Imported directly: a broken module
+    # must fail loudly, not drop its subcommand.
+    from . import baselines, bench, preprocess
+
+    for module in (preprocess, baselines, bench):
+        module.register_cli(sub)
     return p
-
-
-def _optional_commands():
-    """Subcommands that live beside their implementation (preprocess, baselines, bench)."""
-    import importlib
-
-    for module in ("preprocess", "baselines", "bench"):
-        try:
-            mod = importlib.import_module(f".{module}", __package__)
-        except ImportError:
-            continue
-        if hasattr(mod, "register_cli"):
-            yield mod.register_cli
 
 
 def main(argv: Optional[List[str]] = None) -> int:
