@@ -86,3 +86,17 @@ class SampleStore:
         row = self._store[self._row]
         self._row += 1
         return row
+
+    def next_rows(self, k: int) -> np.ndarray:
+        """The next k rows as one new int64 array (k, n_sample): the same ids, in the same
+        order, as k calls of next()."""
+        out = np.empty((int(k), self.n_sample), dtype=np.int64)
+        done = 0
+        while done < k:
+            if self._row >= self.n_rows:
+                self._refill()
+            take = min(k - done, self.n_rows - self._row)
+            out[done:done + take] = self._store[self._row:self._row + take]
+            self._row += take
+            done += take
+        return out

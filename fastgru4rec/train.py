@@ -68,13 +68,84 @@ class EpochStats:
         return self.n_steps / max(self.seconds, 1e-9)
 
 
+@dataclass
+class EpochOnDevice:
+    """An epoch's schedule moved to the device once (the steps slice views of it).
+    inputs / targets int64 (E,), not_reset float (E, 1) (0 where the lane's session restarts),
+    keep int64 (K,); step_off / keep_off host lists (n_steps + 1); has_reset host bools."""
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    not_reset: torch.Tensor
+    keep: torch.Tensor
+    step_off: List[int]
+    keep_off: List[int]
+    has_reset: List[bool]
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.step_off) - 1
+
+    @classmethod
+    def upload(cls, sched: EpochSchedule, device: torch.device) -> "EpochOnDevice":
+        def to_dev(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(device)
+        has_reset = (np.add.reduceat(sched.reset, sched.step_offsets[:-1]) > 0).tolist() \
+            if sched.n_steps else []
+        return cls(to_dev(sched.inputs, np.int64), to_dev(sched.targets, np.int64),
+                   to_dev(1.0 - sched.reset.astype(np.float32), np.float32).unsqueeze(1),
+                   to_dev(sched.keep, np.int64), sched.step_offsets.tolist(),
+                   sched.keep_offsets.tolist(), has_reset)
+
+
+class EpochProgress:
+    """The progress bar and the divergence check of an epoch: the loss stays on the device and
+    is read (one host sync) every ``report_every`` steps and at the end."""
+
+    def __init__(self, epoch: int, n_events: int, batch_size: int, progress: bool,
+                 report_every: int = 200):
+        from tqdm.auto import tqdm
+
+        self.epoch, self.n_events, self.batch_size = epoch, n_events, batch_size
+        self.report_every = report_every
+        self.bar = tqdm(total=n_events, desc=f"epoch {epoch + 1}", unit="ev",
+                        disable=not progress, leave=False, mininterval=0.5)
+        self.t0 = time.perf_counter()
+        self.done = 0
+
+    def after_step(self, steps_done: int, n_steps: int, events_done: int,
+                   loss_sum: torch.Tensor) -> None:
+        if steps_done % self.report_every and steps_done != n_steps:
+            return
+        value = loss_sum.item()
+        if not math.isfinite(value):
+            self.bar.close()
+            raise TrainingDiverged(
+                f"loss became {value} in epoch {self.epoch + 1} (step {steps_done}); "
+                "lower learning_rate or check the data")
+        self.bar.set_postfix(loss=f"{value * self.batch_size / max(events_done, 1):.4f}",
+                             ev_s=f"{events_done / (time.perf_counter() - self.t0):.0f}",
+                             refresh=False)
+        self.bar.update(events_done - self.done)
+        self.done = events_done
+
+    def close(self, n_steps: int, loss_sum: torch.Tensor) -> EpochStats:
+        self.bar.close()
+        seconds = time.perf_counter() - self.t0
+        mean_loss = loss_sum.item() * self.batch_size / max(self.n_events, 1)
+        return EpochStats(self.epoch + 1, mean_loss, self.n_events, n_steps, seconds)
+
+
 class Trainer:
     """Trains a GRU4RecModel on SessionData with the configuration's hyperparameters."""
 
     def __init__(self, model: GRU4RecModel, config: GRU4RecConfig, supports: np.ndarray,
-                 device: torch.device, schedule_backend: str = "auto"):
+                 device: torch.device, schedule_backend: str = "auto",
+                 precision: Optional[str] = None):
+        """precision: tl.dot precision of the Triton scoring on a GPU ("ieee" for exact fp32,
+        "tf32" / None the GPU default, "tf32x3"); ignored on CPU."""
         self.model, self.cfg, self.device = model, config, device
         self.schedule_backend = schedule_backend
+        self.precision = precision
         self.opt = AdagradMomentum(model, config.learning_rate, config.momentum)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.sampler = (SampleStore(supports, config.sample_alpha, config.n_sample,
@@ -102,53 +173,24 @@ class Trainer:
 
     def train_epoch(self, data: SessionData, epoch: int = 0, progress: bool = True,
                     max_steps: Optional[int] = None) -> EpochStats:
-        from tqdm.auto import tqdm
-
-        sched = self.schedule(data)
-        dev = self.device
-        # The whole epoch goes to torch once; steps below slice views (no per-step conversion).
-        inputs = torch.from_numpy(sched.inputs.astype(np.int64)).to(dev)
-        targets = torch.from_numpy(sched.targets.astype(np.int64)).to(dev)
-        not_reset = torch.from_numpy(1.0 - sched.reset.astype(np.float32)).to(dev).unsqueeze(1)
-        has_reset = np.add.reduceat(sched.reset, sched.step_offsets[:-1]) > 0 if sched.n_steps else []
-        keep = torch.from_numpy(sched.keep.astype(np.int64)).to(dev)
-        step_off, keep_off = sched.step_offsets.tolist(), sched.keep_offsets.tolist()
-
-        n_steps = sched.n_steps if max_steps is None else min(max_steps, sched.n_steps)
-        n_events = step_off[n_steps]
+        ep = EpochOnDevice.upload(self.schedule(data), self.device)
+        n_steps = ep.n_steps if max_steps is None else min(max_steps, ep.n_steps)
+        n_events = ep.step_off[n_steps]
         hidden = self.model.init_hidden(self.cfg.batch_size)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        bar = tqdm(total=n_events, desc=f"epoch {epoch + 1}", unit="ev", disable=not progress,
-                   leave=False, mininterval=0.5)
-        t0 = time.perf_counter()
-        report_every = 200
-        last_done = 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        bar = EpochProgress(epoch, n_events, self.cfg.batch_size, progress)
         for t in range(n_steps):
-            lo, hi = step_off[t], step_off[t + 1]
-            if keep_off[t + 1] > keep_off[t]:
-                k = keep[keep_off[t]:keep_off[t + 1]]
+            lo, hi = ep.step_off[t], ep.step_off[t + 1]
+            if ep.keep_off[t + 1] > ep.keep_off[t]:
+                k = ep.keep[ep.keep_off[t]:ep.keep_off[t + 1]]
                 hidden = [h.index_select(0, k) for h in hidden]
-            if has_reset[t]:
-                m = not_reset[lo:hi]
+            if ep.has_reset[t]:
+                m = ep.not_reset[lo:hi]
                 hidden = [h * m for h in hidden]
-            loss, hidden = self.train_step(inputs[lo:hi], targets[lo:hi], hidden)
+            loss, hidden = self.train_step(ep.inputs[lo:hi], ep.targets[lo:hi], hidden)
             loss_sum += loss
-            if (t + 1) % report_every == 0 or t + 1 == n_steps:
-                # one host sync every report_every steps: NaN check and the progress bar
-                value = loss_sum.item()
-                if not math.isfinite(value):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"loss became {value} in epoch {epoch + 1} (step {t + 1}); "
-                        "lower learning_rate or check the data")
-                bar.set_postfix(loss=f"{value * self.cfg.batch_size / max(hi, 1):.4f}",
-                                ev_s=f"{hi / (time.perf_counter() - t0):.0f}", refresh=False)
-                bar.update(hi - last_done)
-                last_done = hi
-        bar.close()
-        seconds = time.perf_counter() - t0
-        mean_loss = loss_sum.item() * self.cfg.batch_size / max(n_events, 1)
-        return EpochStats(epoch + 1, mean_loss, n_events, n_steps, seconds)
+            bar.after_step(t + 1, n_steps, hi, loss_sum)
+        return bar.close(n_steps, loss_sum)
 
     def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor]):
         """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l).
@@ -189,7 +231,7 @@ class Trainer:
         # Triton score+loss on CUDA (backend "auto").
         loss = fused_sampled_loss(h_last, w_rows, b_rows, y_idx, cfg.loss, logq_per_column=lq,
                                   logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
-                                  bias_index=b_inv)
+                                  bias_index=b_inv, precision=self.precision)
         loss = loss / cfg.batch_size
 
         dense = [p for _, p in self._dense]

@@ -57,7 +57,10 @@ def gru_step(gi, h, weight_hh, bias_hh, variant: str, backend: str = "auto"):
     """
     if _resolve_backend(backend, h) == "torch":
         return gru_step_reference(gi, h, weight_hh, bias_hh, variant)
-    return gru_step_fused(gi, h, None, None, weight_hh, bias_hh, variant, backend="triton")
+    # seed as a device tensor (no dropout here, its value is unused): no host-to-device copy,
+    # so a CUDA graph can capture the step
+    return gru_step_fused(gi, h, None, None, weight_hh, bias_hh, variant, backend="triton",
+                          seed=torch.zeros(1, dtype=torch.int64, device=h.device))
 
 
 # ============================================================================ fused step

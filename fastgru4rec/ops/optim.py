@@ -6,12 +6,19 @@ Item tables are updated sparsely: only the rows used in a step change, their acc
 velocity included (lazy momentum). Duplicate indices must be summed before squaring: callers
 pass UNIQUE row indices with the summed row gradients (a gather of unique rows as a leaf tensor
 gives exactly that from autograd).
+
+The fast engine's forms have fixed shapes and never wait for the device (so a CUDA graph can
+capture them): ``adagrad_momentum_scatter`` takes repeated ids and sums their gradients itself
+(sort, not torch.unique), with a one-launch Triton kernel on CUDA; ``adagrad_momentum_foreach``
+updates all dense parameters with a handful of multi-tensor launches.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
+
+from .backend import load_kernels, resolve_backend
 
 EPS = 1e-6
 
@@ -42,3 +49,54 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
         table.index_add_(0, rows, v)
     else:
         table.index_add_(0, rows, step, alpha=-lr)
+
+
+@torch.no_grad()
+def adagrad_momentum_foreach(params: List[torch.Tensor], grads: List[torch.Tensor],
+                             accs: List[torch.Tensor], vels: Optional[List[torch.Tensor]],
+                             lr: float, momentum: float) -> None:
+    """adagrad_momentum_dense on several parameters at once (torch._foreach_*: a few
+    multi-tensor launches instead of five per parameter); same arithmetic, same results."""
+    if not params:
+        return
+    torch._foreach_addcmul_(accs, grads, grads)
+    denom = torch._foreach_add(accs, EPS)
+    torch._foreach_rsqrt_(denom)
+    steps = torch._foreach_mul(grads, denom)
+    if momentum > 0:
+        torch._foreach_mul_(vels, momentum)
+        torch._foreach_add_(vels, steps, alpha=-lr)
+        torch._foreach_add_(params, vels)
+    else:
+        torch._foreach_add_(params, steps, alpha=-lr)
+
+
+@torch.no_grad()
+def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor,
+                             acc: torch.Tensor, vel: Optional[torch.Tensor], lr: float,
+                             momentum: float, backend: str = "auto") -> None:
+    """adagrad_momentum_rows for ids that may repeat: ids int64 (L,), grad (L, ...) one row per
+    id occurrence; the gradients of equal ids are summed, then each touched row is updated
+    once. Fixed shapes, no host sync. backend: "torch" | "triton" | "auto" (triton on CUDA)."""
+    sorted_ids, perm = torch.sort(ids)
+    if resolve_backend(backend, table, "optimizer") == "triton":
+        load_kernels("optim").adagrad_momentum_sorted_rows(
+            table, sorted_ids, perm, grad, acc, vel, lr, momentum, EPS)
+        return
+    # Reference: every sorted position computes its id's new row from the summed gradient;
+    # equal ids compute identical values, so their duplicate writes agree.
+    g = grad.index_select(0, perm)
+    first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    run = torch.cumsum(first, 0) - 1                      # (L,) index of each id's run
+    g = torch.zeros_like(g).index_add_(0, run, g).index_select(0, run)
+    acc_rows = acc.index_select(0, sorted_ids).addcmul_(g, g)
+    acc.index_copy_(0, sorted_ids, acc_rows)
+    step = g * torch.rsqrt(acc_rows + EPS)
+    if momentum > 0:
+        v = vel.index_select(0, sorted_ids).mul_(momentum).sub_(step, alpha=lr)
+        vel.index_copy_(0, sorted_ids, v)
+        table.index_copy_(0, sorted_ids, table.index_select(0, sorted_ids).add_(v))
+    else:
+        table.index_copy_(0, sorted_ids,
+                          table.index_select(0, sorted_ids).sub_(step, alpha=lr))

@@ -1,0 +1,265 @@
+"""The fast training engine: the reference loop's semantics with fixed-shape, sync-free steps
+and, on CUDA, the steady-state step captured in a CUDA graph.
+
+What differs from train.Trainer (and why):
+- No torch.unique (its output size is data-dependent: a host sync, and no CUDA graph). Each
+  step gathers the item-table rows it uses, one row per occurrence, as leaves; the optimizer
+  (ops.optim.adagrad_momentum_scatter) sums the gradients of repeated ids itself after a sort,
+  on CUDA in one Triton launch per table.
+- Dense parameters are updated with multi-tensor (torch._foreach_*) launches.
+- Negative samples are drawn ``chunk_steps`` steps at a time and moved to the device as one
+  block (the same ids, in the same order, as the reference's one row per step).
+- The hidden-state reset is always applied as a multiplication by the (b, 1) not-reset mask
+  (×1 leaves a row bit-identical), so every full-width step has the same shapes.
+- On CUDA, the full-width steps (all B lanes active: from the start of the epoch until the
+  first lane runs out of sessions) replay one captured CUDA graph: it reads its step's inputs,
+  targets, reset mask and samples through device-side counters, so nothing is copied or
+  synchronised per step. The first ``warmup_steps`` full-width steps run eagerly (they load
+  kernels, cuBLAS handles and the allocator's blocks before capture). The shrinking tail runs
+  eagerly through the same step function.
+
+Same seed, same results: the dropout masks come from the same generator calls in the same order
+(a CUDA graph replays the generator's Philox offsets, registered with the graph), so the fast
+and the reference loop train the same parameters up to the order of floating-point sums.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .config import GRU4RecConfig
+from .data import SessionData
+from .nn import GRU4RecModel
+from .ops.optim import adagrad_momentum_foreach, adagrad_momentum_scatter
+from .ops.scoring import fused_sampled_loss, logq_column_correction
+from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
+
+
+class FastTrainer(Trainer):
+    """Drop-in for Trainer (same constructor, ``train_epoch`` and ``fit``).
+
+    cuda_graph: "auto" (capture on CUDA, eager elsewhere), True (require CUDA), False (eager).
+    chunk_steps: steps of negative samples moved to the device at once.
+    optimizer_backend: backend of the sparse row update ("auto": triton on CUDA).
+    """
+
+    def __init__(self, model: GRU4RecModel, config: GRU4RecConfig, supports: np.ndarray,
+                 device: torch.device, schedule_backend: str = "auto",
+                 precision: Optional[str] = None, cuda_graph="auto", chunk_steps: int = 256,
+                 warmup_steps: int = 3, optimizer_backend: str = "auto"):
+        super().__init__(model, config, supports, device, schedule_backend, precision)
+        if cuda_graph not in ("auto", True, False):
+            raise ValueError(f"cuda_graph must be 'auto', True or False (got {cuda_graph!r})")
+        if cuda_graph is True and device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a CUDA device")
+        if int(chunk_steps) < 1 or int(warmup_steps) < 1:
+            raise ValueError("chunk_steps and warmup_steps must be at least 1")
+        self.use_graph = device.type == "cuda" and cuda_graph is not False
+        self.chunk_steps, self.warmup_steps = int(chunk_steps), int(warmup_steps)
+        self.optimizer_backend = optimizer_backend
+        #: how the last epoch's full-width steps ran: "graph", "eager" or "eager (reason)"
+        self.graph_status = "eager"
+        self._dense_params = [p for _, p in self._dense]
+        self._dense_acc = [self.opt.state[n][0] for n, _ in self._dense]
+        self._dense_vel = ([self.opt.state[n][1] for n, _ in self._dense]
+                           if config.momentum > 0 else None)
+        n_cols = 2 * config.batch_size + config.n_sample
+        # column ids 0..: the scoring reads the gathered leaves in order (no duplicates, so the
+        # kernels' gradient scatter has no atomic collisions)
+        self._cols = torch.arange(n_cols, dtype=torch.int64, device=device)
+        self._graph = None
+
+    # ------------------------------------------------------------------ one step
+    def fixed_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
+                   neg: Optional[torch.Tensor], hidden: List[torch.Tensor]):
+        """One training step on b lanes with shapes fixed by b alone: inp / tgt int64 (b,),
+        not_reset float (b, 1), neg int64 (n_sample,) or None, hidden list of (b, H_l).
+        Returns (loss / B (0-d, detached), new hidden list, detached). No host sync."""
+        cfg, model = self.cfg, self.model
+        b = inp.shape[0]
+        Y = torch.cat([tgt, neg]) if neg is not None else tgt          # (C,)
+        C = Y.shape[0]
+        W, bias = model.item_weight, model.item_bias
+        shared = model.embedding_mode == "shared"
+        # leaves: one gathered row per occurrence (shared: the b input rows, then the C columns)
+        w_ids = torch.cat([inp, Y]) if shared else Y
+        w_rows = W.detach().index_select(0, w_ids).requires_grad_()
+        b_rows = bias.detach().index_select(0, Y).requires_grad_()
+        if shared:
+            x, y_cols, in_rows, in_table = w_rows[:b], self._cols[b:b + C], None, None
+        else:
+            in_table = getattr(model, model.input_table_name)
+            in_rows = in_table.detach().index_select(0, inp).requires_grad_()
+            x, y_cols = in_rows, self._cols[:C]
+
+        hidden = [h * not_reset for h in hidden]
+        h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
+                                        self.generator)
+        lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
+              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
+        loss = fused_sampled_loss(h_last, w_rows, b_rows, y_cols, cfg.loss, logq_per_column=lq,
+                                  logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
+                                  bias_index=self._cols[:C], precision=self.precision)
+        loss = loss / cfg.batch_size
+
+        leaves = [w_rows, b_rows] + ([in_rows] if in_rows is not None else [])
+        grads = torch.autograd.grad(loss, self._dense_params + leaves, allow_unused=True)
+        n_dense = len(self._dense_params)
+        used = [i for i in range(n_dense) if grads[i] is not None]
+        adagrad_momentum_foreach(
+            [self._dense_params[i] for i in used], [grads[i] for i in used],
+            [self._dense_acc[i] for i in used],
+            [self._dense_vel[i] for i in used] if self._dense_vel is not None else None,
+            cfg.learning_rate, cfg.momentum)
+        self._update_rows("item_weight", W, w_ids, grads[n_dense])
+        self._update_rows("item_bias", bias, Y, grads[n_dense + 1])
+        if in_rows is not None:
+            self._update_rows(model.input_table_name, in_table, inp, grads[n_dense + 2])
+        return loss.detach(), [h.detach() for h in new_hidden]
+
+    def _update_rows(self, name: str, table: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor):
+        acc, vel = self.opt.state[name]
+        adagrad_momentum_scatter(table.data, ids, grad, acc, vel, self.cfg.learning_rate,
+                                 self.cfg.momentum, backend=self.optimizer_backend)
+
+    # ------------------------------------------------------------------ the epoch
+    def train_epoch(self, data: SessionData, epoch: int = 0, progress: bool = True,
+                    max_steps: Optional[int] = None) -> EpochStats:
+        ep = EpochOnDevice.upload(self.schedule(data), self.device)
+        B = self.cfg.batch_size
+        n_steps = ep.n_steps if max_steps is None else min(max_steps, ep.n_steps)
+        n_full = full_width_steps(ep, B, n_steps)
+        n_events = ep.step_off[n_steps]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        bar = EpochProgress(epoch, n_events, B, progress)
+
+        graphed = None
+        if self.use_graph and n_full > 0:
+            graphed = _GraphedSteps(self, ep, n_full, loss_sum)
+        hidden = self.model.init_hidden(B)
+        t = 0
+        while t < n_steps:
+            k = min(self.chunk_steps, n_steps - t)
+            neg_chunk = (torch.from_numpy(self.sampler.next_rows(k)).to(self.device)
+                         if self.sampler is not None else None)
+            if graphed is not None and t < n_full:
+                # full-width steps of this chunk through the graph (warm-up / capture inside)
+                k_full = min(k, n_full - t)
+                graphed.load_chunk(neg_chunk)
+                for i in range(k_full):
+                    graphed.step()
+                    bar.after_step(t + i + 1, n_steps, ep.step_off[t + i + 1], loss_sum)
+                if t + k_full == n_full:
+                    hidden = [h.clone() for h in graphed.hidden]
+            else:
+                k_full = 0
+            for i in range(k_full, k):
+                s = t + i
+                lo, hi = ep.step_off[s], ep.step_off[s + 1]
+                if ep.keep_off[s + 1] > ep.keep_off[s]:
+                    keep = ep.keep[ep.keep_off[s]:ep.keep_off[s + 1]]
+                    hidden = [h.index_select(0, keep) for h in hidden]
+                neg = neg_chunk[i] if neg_chunk is not None else None
+                loss, hidden = self.fixed_step(ep.inputs[lo:hi], ep.targets[lo:hi],
+                                               ep.not_reset[lo:hi], neg, hidden)
+                loss_sum += loss
+                bar.after_step(s + 1, n_steps, hi, loss_sum)
+            t += k
+        self.graph_status = "eager" if graphed is None else graphed.status
+        if self.use_graph and self.graph_status == "eager":
+            self.graph_status = (f"eager (not captured: {n_full} full-width steps, "
+                                 f"{self.warmup_steps} warm-up)")
+        return bar.close(n_steps, loss_sum)
+
+
+def full_width_steps(ep: EpochOnDevice, batch_size: int, n_steps: int) -> int:
+    """How many leading steps have all batch_size lanes and no compaction (the steps a CUDA
+    graph of one shape can replay)."""
+    widths = np.diff(np.asarray(ep.step_off[:n_steps + 1]))
+    kept = np.diff(np.asarray(ep.keep_off[:n_steps + 1]))
+    bad = np.flatnonzero((widths != batch_size) | (kept > 0))
+    return int(bad[0]) if bad.size else n_steps
+
+
+class _GraphedSteps:
+    """The full-width steps of one epoch: static views of the epoch's schedule as (n_full, B),
+    device counters for the step (t) and the row of the sample chunk (k), the hidden state in
+    static buffers, and one CUDA graph of ``body`` once warmed up."""
+
+    def __init__(self, trainer: FastTrainer, ep: EpochOnDevice, n_full: int,
+                 loss_sum: torch.Tensor):
+        B, dev = trainer.cfg.batch_size, trainer.device
+        self.trainer, self.loss_sum = trainer, loss_sum
+        self.inputs = ep.inputs[:n_full * B].view(n_full, B)
+        self.targets = ep.targets[:n_full * B].view(n_full, B)
+        self.not_reset = ep.not_reset[:n_full * B].view(n_full, B, 1)
+        self.t = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.k = torch.zeros(1, dtype=torch.int64, device=dev)
+        n_sample = trainer.cfg.n_sample
+        self.neg = (torch.zeros(trainer.chunk_steps, n_sample, dtype=torch.int64, device=dev)
+                    if trainer.sampler is not None else None)
+        self.hidden = trainer.model.init_hidden(B)
+        self.graph = None
+        self.side = None
+        self.done = 0
+        self.status = "eager"
+
+    def load_chunk(self, neg_chunk: Optional[torch.Tensor]) -> None:
+        if self.neg is not None:
+            self.neg[:neg_chunk.shape[0]].copy_(neg_chunk)
+        self.k.zero_()
+
+    def body(self) -> None:
+        """One full-width step reading step t's data through the device counters."""
+        inp = self.inputs.index_select(0, self.t).view(-1)
+        tgt = self.targets.index_select(0, self.t).view(-1)
+        nr = self.not_reset.index_select(0, self.t).view(-1, 1)
+        neg = self.neg.index_select(0, self.k).view(-1) if self.neg is not None else None
+        loss, new_hidden = self.trainer.fixed_step(inp, tgt, nr, neg, self.hidden)
+        for h, new in zip(self.hidden, new_hidden):
+            h.copy_(new)
+        self.loss_sum.add_(loss)
+        self.t.add_(1)
+        self.k.add_(1)
+
+    def step(self) -> None:
+        if self.graph is None and self.status == "eager" and self.done >= self.trainer.warmup_steps:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._eager_body()
+        self.done += 1
+
+    def _eager_body(self) -> None:
+        if not self.inputs.is_cuda:
+            self.body()
+            return
+        # warm-up on a side stream, as torch.cuda.graph's documentation asks
+        if self.side is None:
+            self.side = torch.cuda.Stream()
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            self.body()
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def _capture(self) -> None:
+        """Capture body() (nothing runs during capture); on failure, warn once and stay eager."""
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            if self.trainer.cfg.dropout_p_embed > 0 or self.trainer.cfg.dropout_p_hidden > 0:
+                graph.register_generator_state(self.trainer.generator)
+            with torch.cuda.graph(graph):
+                self.body()
+        except Exception as exc:   # an op that cannot be captured: fall back, keep training
+            torch.cuda.synchronize()
+            self.status = f"eager (CUDA graph capture failed: {type(exc).__name__}: {exc})"
+            warnings.warn(f"fastgru4rec: {self.status}; the fast engine runs eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return
+        self.graph = graph
+        self.status = "graph"
