@@ -192,13 +192,16 @@ class Trainer:
             bar.after_step(t + 1, n_steps, hi, loss_sum)
         return bar.close(n_steps, loss_sum)
 
-    def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor]):
-        """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l).
+    def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor],
+                   neg: Optional[torch.Tensor] = None):
+        """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l); neg: the step's
+        negative samples int64 (n_sample,) (default: the next row of the sample store).
         Returns (the step's loss / B, detached, and the new hidden state, detached)."""
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
         if self.sampler is not None:
-            neg = torch.from_numpy(self.sampler.next()).to(self.device, non_blocking=True)
+            if neg is None:
+                neg = torch.from_numpy(self.sampler.next()).to(self.device, non_blocking=True)
             Y = torch.cat([tgt, neg])
         else:
             Y = tgt
