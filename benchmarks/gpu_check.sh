@@ -216,6 +216,24 @@ step train_b128_h512_bprmax 75 "$PY" -m fastgru4rec bench train "${DATA_ARGS[@]}
   --max-steps "$STEPS_MAX_BIG" "${COMPARE[@]}" --label gpu-b128-h512-s2048-bprmax \
   --json "$RAW/train_b128_h512_bprmax.json"
 
+# A whole yoochoose1_64 epoch (the engine issue's epoch time), fast engine and reference loop in
+# the same run, each evaluated (Recall@20 / MRR@20 of the two should agree up to training noise).
+YC="$("$PY" -c "
+import os; from pathlib import Path
+e = os.environ.get('FASTGRU4REC_DATA'); root = Path(e) if e else Path('$ROOT').parent / 'shared' / 'data'
+p = root / 'yoochoose1_64'
+print(p if (p / 'train.tsv').is_file() and (p / 'test.tsv').is_file() else '')
+" 2>/dev/null)"
+if [ "$SIMULATE" = 1 ]; then
+  printf 'train_yoochoose1_64_epoch\tskipped\t0\tsimulation\n' >> "$STEPS"
+elif [ -z "$YC" ]; then
+  printf 'train_yoochoose1_64_epoch\tmissing\t0\tyoochoose1_64 data not found\n' >> "$STEPS"
+else
+  step train_yoochoose1_64_epoch 120 "$PY" -m fastgru4rec bench train "$YC/train.tsv" \
+    --test "$YC/test.tsv" --device "$DEV" -q --preset yoochoose --epochs 1 "${COMPARE[@]}" \
+    --label gpu-yoochoose1_64-epoch --json "$RAW/train_yoochoose1_64_epoch.json"
+fi
+
 # Benchmark files, GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1.
 if [ "${GPU_CHECK_ALL_BENCH:-0}" = 1 ] || [ "$SIMULATE" = 1 ]; then export FASTGRU4REC_BENCH_GPU_ONLY=0; else export FASTGRU4REC_BENCH_GPU_ONLY=1; fi
 for f in $(bench_files); do

@@ -132,7 +132,7 @@ def step_floor(cfg: Dict[str, Any], ceilings: Dict[str, Any]) -> Optional[Dict[s
 # ------------------------------------------------------------------------ tables
 def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: Optional[Dict] = None):
     head = ["run", "device", "config", "data", "engine", "mb/s", "events/s", "ms/step",
-            "epoch s", "eval s", "speed-up vs ref."]
+            "epoch s", "eval s", "R@20 / MRR@20", "speed-up vs ref."]
     if ceilings:
         head += ["floor µs/step", "gap"]
     rows = []
@@ -146,6 +146,7 @@ def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: Optional[Dict] 
                    r["engine"], fmt_num(r["batches_per_s"]), fmt_num(r["events_per_s"]),
                    f"{r['ms_per_step']:.2f}", f"{r['epoch_seconds']:.1f}",
                    f"{r['eval']['seconds']:.2f}" if r.get("eval") else "-",
+                   _recall_mrr(r.get("eval")),
                    f"x{sp['train']:.2f}" if sp else "-"]
             if ceilings:
                 fl = step_floor(d["config"], ceilings)
@@ -153,6 +154,12 @@ def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: Optional[Dict] 
                         f"x{r['ms_per_step'] * 1e-3 / fl['floor_s']:.0f}" if fl else "-"]
             rows.append(row)
     return head, rows
+
+
+def _recall_mrr(ev: Optional[Dict[str, Any]], k: str = "20") -> str:
+    if not ev or k not in (ev.get("recall") or {}):
+        return "-"
+    return f"{ev['recall'][k]:.4f} / {ev['mrr'][k]:.4f}"
 
 
 def bench_rows(doc: Dict[str, Any]):

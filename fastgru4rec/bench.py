@@ -275,6 +275,7 @@ def measure_training(train, test, config, device, engine: str = "reference",
         "events_per_s": events / max(seconds, 1e-9),
         "ms_per_step": 1e3 * seconds / max(steps, 1),
         "final_loss": epochs_out[-1]["loss"] if epochs_out else None,
+        "graph": getattr(trainer, "graph_status", None),   # the fast engine's CUDA-graph use
         "eval": None,
     }
     if test is not None:

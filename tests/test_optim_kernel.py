@@ -1,0 +1,36 @@
+"""The Triton sparse Adagrad-momentum row update (kernels/optim.py through
+fastgru4rec.ops.optim.adagrad_momentum_scatter) against the unique-row float64 reference: summed
+duplicate ids, momentum on and off, (N, H) and (N,) tables, untouched rows left bit-identical.
+
+Runs on a GPU, or on CPU in Triton's interpreter (TRITON_INTERPRET=1 set at process start; the
+test suite's conftest sets it when there is no CUDA).
+"""
+import os
+
+import pytest
+import torch
+
+if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start",
+                allow_module_level=True)
+pytest.importorskip("triton")
+
+from fastgru4rec.ops.backend import load_kernels  # noqa: E402
+from test_engine import SCATTER_CASES, check_scatter_update  # noqa: E402
+
+K = load_kernels("optim")
+DEV = "cuda" if torch.cuda.is_available() and not K.interpreting() else "cpu"
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+@pytest.mark.parametrize("L,N,H", SCATTER_CASES + [(300, 1000, 512), (7, 3, 33)])
+def test_triton_scatter_update_equals_unique_rows(momentum, L, N, H):
+    check_scatter_update("triton", momentum, L, N, H, device=DEV, dtype=torch.float32, tol=2e-6)
+
+
+def test_triton_scatter_update_rejects_strided_rows():
+    t = torch.randn(8, 6, device=DEV)[:, ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        K.adagrad_momentum_sorted_rows(t, torch.arange(2, device=DEV), torch.arange(2, device=DEV),
+                                       torch.randn(2, 3, device=DEV), torch.zeros_like(t), None,
+                                       0.1, 0.0, 1e-6)
