@@ -115,7 +115,8 @@ def cmd_train(args) -> int:
         _log(args, f"epoch {s.epoch:>3}: loss {s.loss:.4f}  {s.events_per_s:,.0f} events/s  "
                    f"{s.batches_per_s:,.0f} mb/s  ({s.seconds:.1f} s)")
 
-    model.fit(train, progress=not (args.json or args.quiet), on_epoch=on_epoch)
+    model.fit(train, progress=not (args.json or args.quiet), on_epoch=on_epoch,
+              engine=args.engine)
     out = {"config": model.config.to_dict(),
            "epochs": [dict(epoch=s.epoch, loss=s.loss, events_per_s=s.events_per_s,
                            batches_per_s=s.batches_per_s, seconds=s.seconds) for s in model.history]}
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter file: JSON, or Python assigning gru4rec_params = OrderedDict(...)")
     t.add_argument("-s", "--save-model", help="write the trained model to this file")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
+                   help="training loop: fast (CUDA graphs on a GPU; on the CPU the reference "
+                        "step, same results) or reference (the eager loop); auto = fast")
     t.add_argument("-q", "--quiet", action="store_true")
     _add_eval_args(t)
     _add_data_args(t)

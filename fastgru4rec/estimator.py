@@ -25,6 +25,7 @@ from .fileio import atomic_write
 from .evaluate import DEFAULT_CUTOFFS, evaluate_model
 from .nn import GRU4RecModel
 from .ops.ranking import topk_scores
+from .engine import FastTrainer
 from .train import EpochStats, Trainer
 
 _FORMAT = "fastgru4rec-model"
@@ -75,15 +76,22 @@ class GRU4Rec:
                             seed=cfg.seed).to(self.device)
 
     def fit(self, data, progress: bool = True, on_epoch=None, schedule_backend: str = "auto",
-            **read_kw) -> "GRU4Rec":
+            engine: str = "auto", **read_kw) -> "GRU4Rec":
         """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame).
-        read_kw: session_key / item_key / time_key / sep for files and DataFrames."""
+        read_kw: session_key / item_key / time_key / sep for files and DataFrames.
+        engine: "fast" (fastgru4rec.engine.FastTrainer: CUDA graphs on a GPU; on the CPU the
+        reference step with chunked sampling, same results), "reference" (train.Trainer, the
+        eager loop) or "auto" (fast)."""
+        if engine not in ("auto", "fast", "reference"):
+            raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         train = as_session_data(data, **read_kw)
         require_trainable(train)
         self.item_ids, self.supports = train.item_ids, train.supports
         self._train_map = None
         self.model = self.build_model(train.n_items)
-        trainer = Trainer(self.model, self.config, train.supports, self.device, schedule_backend)
+        trainer_cls = Trainer if engine == "reference" else FastTrainer
+        trainer = trainer_cls(self.model, self.config, train.supports, self.device,
+                              schedule_backend)
         self.history = trainer.fit(train, progress=progress, on_epoch=on_epoch)
         return self
 

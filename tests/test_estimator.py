@@ -395,3 +395,16 @@ def test_load_rejects_inconsistent_payload_with_data_error(fitted, tmp_path, how
     with pytest.raises(DataError) as ei:
         GRU4Rec.load(path)
     assert "\n" not in str(ei.value) and str(path) in str(ei.value)
+
+
+def test_fit_engines_agree_on_cpu(small):
+    """On the CPU the fast engine runs the reference step (samples moved in chunks): the same
+    seed gives bit-identical parameters to the eager reference loop."""
+    train, _ = small
+    fast = GRU4Rec(**{**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}).fit(
+        train, progress=False, engine="fast")
+    ref = GRU4Rec(**{**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}).fit(
+        train, progress=False, engine="reference")
+    assert _states_equal(_state(fast), _state(ref))
+    with pytest.raises(ValueError, match="unknown engine"):
+        GRU4Rec(**FAST).fit(train, progress=False, engine="turbo")
