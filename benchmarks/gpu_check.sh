@@ -10,12 +10,14 @@
 #   2. installs the project without network (pip install --no-build-isolation --no-deps -e .),
 #   3. measures the device ceilings once (device-to-device copy bandwidth; fp32, tf32 and bf16
 #      matmul rates) for the floor computation,
-#   4. runs the test suite on the GPU (kernel tests included, TRITON_INTERPRET unset),
-#   5. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
-#      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max), with --compare-reference,
-#   6. runs every benchmarks/bench_*.py present (GPU benchmarks only; GPU_CHECK_ALL_BENCH=1
+#   4. runs the device tests on the GPU (kernels, engine, training step; TRITON_INTERPRET unset),
+#   5. runs the kernel benchmarks (bench_gru.py, bench_scoring.py),
+#   6. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
+#      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max) and a whole yoochoose1_64 epoch,
+#      each with --compare-reference (the eager reference loop in the same run),
+#   7. runs the other benchmarks/bench_*.py present (GPU benchmarks only; GPU_CHECK_ALL_BENCH=1
 #      for all) with --benchmark-json; expected files that are missing are reported, not fatal,
-#   7. writes $OUT/summary.md and $OUT/summary.json (benchmarks/report.py) and prints a short
+#   8. writes $OUT/summary.md and $OUT/summary.json (benchmarks/report.py) and prints a short
 #      summary table last.
 # Every step runs under `timeout`, sized from what is left of GPU_CHECK_BUDGET_S (default 450 s),
 # so the whole script ends in under 8 minutes. Outputs ($OUT, default ./gpu_out): summary.md,
@@ -26,7 +28,7 @@
 # GPU_CHECK_TEST_ARGS): a check of this script itself where no GPU is lent.
 set -uo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY_RUN=0
 for arg in "$@"; do
@@ -190,9 +192,32 @@ json.dump(res, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(res))
 EOF
 
+# The tests that touch the device: the kernel tests, the engine (its CUDA-graph test), the
+# training step. The rest of the suite is CPU-only and runs in CI (GPU_CHECK_TEST_ARGS=tests for
+# all of it).
+GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_engine.py tests/test_train.py"
 # shellcheck disable=SC2086
-step tests 170 "$PY" -m pytest ${GPU_CHECK_TEST_ARGS:-tests} -q -m "not slow" -p no:cacheprovider \
+step tests 150 "$PY" -m pytest ${GPU_CHECK_TEST_ARGS:-$GPU_TESTS} -q -m "not slow" -p no:cacheprovider \
   -rs --junitxml="$RAW/tests.xml"
+
+# Benchmark files: GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1. run_bench FILE MAX_SECONDS
+if [ "${GPU_CHECK_ALL_BENCH:-0}" = 1 ] || [ "$SIMULATE" = 1 ]; then export FASTGRU4REC_BENCH_GPU_ONLY=0; else export FASTGRU4REC_BENCH_GPU_ONLY=1; fi
+BENCH_DONE=" "
+run_bench() {
+  local f="$1" max="$2" name="${1%.py}"
+  BENCH_DONE="$BENCH_DONE$f "
+  if [ ! -f "benchmarks/$f" ]; then
+    printf '%s\tmissing\t0\tbenchmarks/%s not present\n' "$name" "$f" >> "$STEPS"
+    say "$name: missing (benchmarks/$f not present)"
+    return 0
+  fi
+  # pytest's exit status 5 (nothing selected): the file has no GPU benchmark
+  STEP_NONE_MEANS="no GPU benchmark in the file" step "$name" "$max" "$PY" -m pytest "benchmarks/$f" \
+    -q -p no:cacheprovider -rs --benchmark-json="$RAW/$name.json" --benchmark-max-time=0.5
+}
+# the kernel issues' benchmarks first: each has only this one chance at a GPU
+run_bench bench_gru.py 70
+run_bench bench_scoring.py 80
 
 # End-to-end training throughput at the engine issue's sizes.
 DATA_ARGS=()
@@ -234,19 +259,15 @@ else
     --label gpu-yoochoose1_64-epoch --json "$RAW/train_yoochoose1_64_epoch.json"
 fi
 
-# Benchmark files, GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1.
-if [ "${GPU_CHECK_ALL_BENCH:-0}" = 1 ] || [ "$SIMULATE" = 1 ]; then export FASTGRU4REC_BENCH_GPU_ONLY=0; else export FASTGRU4REC_BENCH_GPU_ONLY=1; fi
+# the rest of the benchmark files (bench_train's GPU part repeats the bench train steps above
+# through pytest-benchmark: last)
+run_bench bench_eval.py 60
 for f in $(bench_files); do
-  name="${f%.py}"
-  if [ ! -f "benchmarks/$f" ]; then
-    printf '%s\tmissing\t0\tbenchmarks/%s not present\n' "$name" "$f" >> "$STEPS"
-    say "$name: missing (benchmarks/$f not present)"
-    continue
-  fi
-  # pytest's exit status 5 (nothing selected): the file has no GPU benchmark
-  STEP_NONE_MEANS="no GPU benchmark in the file" step "$name" 80 "$PY" -m pytest "benchmarks/$f" \
-    -q -p no:cacheprovider -rs --benchmark-json="$RAW/$name.json" --benchmark-max-time=0.5
+  case "$BENCH_DONE" in *" $f "*) continue ;; esac
+  [ "$f" = bench_train.py ] && continue
+  run_bench "$f" 60
 done
+case "$BENCH_DONE" in *" bench_train.py "*) ;; *) run_bench bench_train.py 80 ;; esac
 
 # Summary (printed last) and a tarball of the raw files.
 timeout -k 5 "$RESERVE" "$PY" benchmarks/report.py summary --raw "$RAW" --out "$OUT" >> "$LOG" 2>&1 \
