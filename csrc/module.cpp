@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "optim.hpp"
 #include "sampler.hpp"
 #include "schedule.hpp"
 #include "stream.hpp"
@@ -226,11 +227,73 @@ std::unique_ptr<PyStream> make_stream(const py::object& offsets, const py::objec
   return ps;
 }
 
+// adagrad_momentum_rows(table, acc, vel or None, rows, grad, lr, momentum, eps): float32 or
+// float64 C-contiguous arrays; table / acc / vel of one shape (N, ...) and dtype; grad
+// (len(rows), ...) with the same row width; rows int64 in [0, N).
+template <class T>
+void adagrad_rows_typed(py::handle table_o, py::handle acc_o, py::handle vel_o, py::handle rows_o,
+                        py::handle grad_o, double lr, double momentum, double eps) {
+  auto table = checked_array<T>(table_o, "table", true, true);
+  auto acc = checked_array<T>(acc_o, "acc", true, true);
+  auto rows = checked_array<int64_t>(rows_o, "rows", false);
+  auto grad = checked_array<T>(grad_o, "grad", false, true);
+  if (table.ndim() < 1) throw std::invalid_argument("table must have at least one dimension");
+  const int64_t n = table.shape(0);
+  const int64_t width = n > 0 ? table.size() / n : 0;
+  auto same_shape = [&](const py::array& a, const std::string& what) {
+    if (a.ndim() != table.ndim()) throw std::invalid_argument(what + " must have the table's shape");
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+      if (a.shape(d) != table.shape(d)) throw std::invalid_argument(what + " must have the table's shape");
+  };
+  same_shape(acc, "acc");
+  T* vel_ptr = nullptr;
+  py::array_t<T> vel;
+  if (!vel_o.is_none()) {
+    vel = checked_array<T>(vel_o, "vel", true, true);
+    same_shape(vel, "vel");
+    vel_ptr = vel.mutable_data();
+  }
+  const int64_t n_rows = rows.shape(0);
+  if (grad.ndim() < 1 || grad.shape(0) != n_rows || grad.size() != n_rows * width)
+    throw std::invalid_argument("grad must have one row of the table's width per row id (got " +
+                                describe(grad_o) + " for " + std::to_string(n_rows) + " rows)");
+  const int64_t* r = rows.data();
+  for (int64_t u = 0; u < n_rows; ++u)
+    if (r[u] < 0 || r[u] >= n)
+      throw std::invalid_argument("row id " + std::to_string(r[u]) + " is out of range [0, " +
+                                  std::to_string(n) + ")");
+  T* t = table.mutable_data();
+  T* a = acc.mutable_data();
+  const T* g = grad.data();
+  py::gil_scoped_release release;
+  adagrad_momentum_rows<T>(t, a, vel_ptr, r, n_rows, g, width, static_cast<T>(lr),
+                           static_cast<T>(momentum), static_cast<T>(eps));
+}
+
+void adagrad_rows(py::handle table, py::handle acc, py::handle vel, py::handle rows,
+                  py::handle grad, double lr, double momentum, double eps) {
+  if (py::isinstance<py::array_t<float>>(table))
+    adagrad_rows_typed<float>(table, acc, vel, rows, grad, lr, momentum, eps);
+  else if (py::isinstance<py::array_t<double>>(table))
+    adagrad_rows_typed<double>(table, acc, vel, rows, grad, lr, momentum, eps);
+  else
+    throw std::invalid_argument("table must be a float32 or float64 numpy array (got " +
+                                describe(table) + ")");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "fastgru4rec native code (session batcher, negative sampler)";
-  m.attr("abi_version") = 1;
+  m.doc() = "fastgru4rec native code (session batcher, negative sampler, sparse optimizer)";
+  m.attr("abi_version") = 2;
+
+  m.def("adagrad_momentum_rows", &adagrad_rows, py::arg("table"), py::arg("acc"), py::arg("vel"),
+        py::arg("rows"), py::arg("grad"), py::arg("lr"), py::arg("momentum"), py::arg("eps"),
+        R"doc(Sparse Adagrad with momentum on the listed (unique) rows, in place, one pass per row.
+
+table, acc, vel (or None): float32/float64 C-contiguous arrays of one shape (N, ...); rows int64
+(U,) in [0, N); grad (U, ...) one gradient row per id. acc += g*g; v = momentum*v -
+lr*g/sqrt(acc + eps); table += v (without vel: table -= lr*g/sqrt(acc + eps)).)doc");
 
   m.def("epoch_schedule", &epoch_schedule, py::arg("offsets"), py::arg("items"), py::arg("batch_size"),
         py::arg("min_lanes") = 1, py::arg("order") = py::none(), py::arg("n_items") = -1,

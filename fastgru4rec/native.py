@@ -15,6 +15,7 @@ Public API
                    buffers=None, order=None, n_items=None)   iterate -> EpochSchedule chunks
     stream_buffers(chunk_steps, lanes, n_slots=3, empty=numpy.empty) -> list of slot dicts
     AliasSampler(supports, alpha, seed=42, n_threads=None)    .draw(out) / .sample(n)
+    adagrad_momentum_rows(table, acc, vel, rows, grad, lr, momentum, eps)   in place, numpy
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 from .batching import EpochSchedule
 from .errors import ConfigError, DataError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _module = None
 _error: Optional[BaseException] = None
@@ -307,3 +308,18 @@ class AliasSampler:
     @property
     def n_threads(self) -> int:
         return self._s.n_threads
+
+
+def adagrad_momentum_rows(table: np.ndarray, acc: np.ndarray, vel: Optional[np.ndarray],
+                          rows: np.ndarray, grad: np.ndarray, lr: float, momentum: float,
+                          eps: float) -> None:
+    """Sparse Adagrad with momentum on the unique ``rows`` of ``table`` in place, one C++ pass
+    per row (csrc/optim.hpp): acc += g²; v = momentum·v - lr·g/sqrt(acc + eps); table += v
+    (vel None: table -= lr·g/sqrt(acc + eps)). float32/float64 C-contiguous arrays; table, acc,
+    vel of one shape (N, ...); rows int64 (U,) in [0, N); grad (U, ...). Raises DataError."""
+    mod = _require()
+    try:
+        mod.adagrad_momentum_rows(table, acc, vel, rows, grad, float(lr), float(momentum),
+                                  float(eps))
+    except ValueError as e:
+        raise DataError(f"adagrad_momentum_rows: {e}") from None

@@ -49,5 +49,5 @@ env LD_PRELOAD="$LIBASAN $LIBSTDCXX" \
   FASTGRU4REC_HYPOTHESIS_EXAMPLES="${FASTGRU4REC_HYPOTHESIS_EXAMPLES:-40}" \
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
   "$PY" -m pytest -q -p no:cacheprovider -p no:randomly \
-    tests/test_native_batcher.py tests/test_native_sampler.py \
+    tests/test_native_batcher.py tests/test_native_sampler.py tests/test_native_optim.py \
     -k "not keeps_up and not releases_gil and not torch_tensors"

@@ -49,7 +49,7 @@ def _unique_reference(ids, table, acc, vel, grad, lr, momentum):
     summed = torch.zeros((rows.shape[0],) + grad.shape[1:], dtype=grad.dtype)
     for j in range(ids.shape[0]):                      # literal loop: an independent sum
         summed[inv[j]] += grad[j]
-    adagrad_momentum_rows(table, rows, summed, acc, vel, lr, momentum)
+    adagrad_momentum_rows(table, rows, summed, acc, vel, lr, momentum, backend="torch")
     return table, acc, vel
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastgru4rec import native
 from fastgru4rec.ops.optim import adagrad_momentum_dense, adagrad_momentum_rows
 
 from golden import golden
@@ -17,8 +18,12 @@ def dense_reference(P, acc, vel, G, lr, mu):
     return P + vel, acc, vel
 
 
+BACKENDS = ["torch", "native"] if native.available() else ["torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mu", [0.0, 0.3])
-def test_sparse_rows_equal_dense_on_touched_rows(mu):
+def test_sparse_rows_equal_dense_on_touched_rows(mu, backend):
     rng = np.random.default_rng(1)
     N, D, lr = 12, 4, 0.05
     P = rng.normal(size=(N, D))
@@ -36,9 +41,38 @@ def test_sparse_rows_equal_dense_on_touched_rows(mu):
         # sparse semantics: untouched rows keep value, accumulator AND velocity
         P[touched], acc[touched], vel[touched] = P_new[touched], acc_new[touched], vel_new[touched]
         rows = torch.tensor(touched)
-        adagrad_momentum_rows(T, rows, torch.tensor(G[touched]), A, V, lr, mu)
+        adagrad_momentum_rows(T, rows, torch.tensor(G[touched]), A, V, lr, mu, backend=backend)
         np.testing.assert_allclose(T.numpy(), P, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(A.numpy(), acc, rtol=1e-12)
+        if V is not None:
+            np.testing.assert_allclose(V.numpy(), vel, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.skipif(not native.available(), reason="the native extension did not load")
+@pytest.mark.parametrize("mu", [0.0, 0.4])
+@pytest.mark.parametrize("shape", [(300, 100), (50,), (20, 3, 5)])
+def test_native_rows_equal_torch_rows_float32(mu, shape):
+    """The C++ pass against the torch form in float32, item-table sized rows and a bias vector;
+    rows not listed stay bit-identical."""
+    g = torch.Generator().manual_seed(len(shape) * 10 + int(mu * 10))
+    N = shape[0]
+    rows = torch.randperm(N, generator=g)[: N // 2]
+    out = {}
+    for backend in ("torch", "native"):
+        T = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        A = torch.rand(shape, generator=torch.Generator().manual_seed(2))
+        V = torch.randn(shape, generator=torch.Generator().manual_seed(3)) if mu else None
+        for k in range(3):
+            G = torch.randn((len(rows),) + shape[1:], generator=torch.Generator().manual_seed(k))
+            adagrad_momentum_rows(T, rows, G, A, V, 0.2, mu, backend=backend)
+        out[backend] = (T, A, V)
+    for a, b in zip(out["native"], out["torch"]):
+        if b is not None:
+            assert ((a - b).norm() / b.norm()).item() < 1e-6
+    untouched = torch.ones(N, dtype=torch.bool)
+    untouched[rows] = False
+    start = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out["native"][0][untouched], start[untouched])
 
 
 def test_dense_step_formula():

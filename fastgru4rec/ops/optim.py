@@ -35,11 +35,46 @@ def adagrad_momentum_dense(param: torch.Tensor, grad: torch.Tensor, acc: torch.T
         param.sub_(step, alpha=lr)
 
 
+def _native_rows_ok(table: torch.Tensor, tensors) -> bool:
+    """The C++ row update applies: CPU float32/float64 tensors, rows contiguous, and the
+    extension loads."""
+    if table.is_cuda or table.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t is not None and (t.device != table.device or t.dtype != table.dtype
+                              or not t.is_contiguous()) for t in tensors):
+        return False
+    from .. import native
+    return native.available()
+
+
 @torch.no_grad()
 def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor,
                           acc: torch.Tensor, vel: Optional[torch.Tensor], lr: float,
-                          momentum: float) -> None:
-    """Update table[rows] (rows: int64 (u,), unique) with grad_rows (u, ...)."""
+                          momentum: float, backend: str = "auto") -> None:
+    """Update table[rows] (rows: int64 (u,), unique) with grad_rows (u, ...).
+
+    backend: "torch" (the reference below), "native" (one C++ pass per row, CPU), "auto"
+    (native for contiguous CPU float tensors when the extension loads, else torch)."""
+    if backend not in ("auto", "torch", "native"):
+        raise ValueError(f"optimizer backend {backend!r} is unknown (auto, torch, native)")
+    vel = vel if momentum > 0 else None
+    if backend == "native" or (backend == "auto" and _native_rows_ok(
+            table, (acc, vel, grad_rows))):
+        from .. import native
+        native.adagrad_momentum_rows(table.numpy(), acc.numpy(),
+                                     vel.numpy() if vel is not None else None,
+                                     rows.to(torch.int64).contiguous().numpy(),
+                                     grad_rows.contiguous().numpy(), lr, momentum, EPS)
+        return
+    adagrad_momentum_rows_reference(table, rows, grad_rows, acc, vel, lr, momentum)
+
+
+@torch.no_grad()
+def adagrad_momentum_rows_reference(table: torch.Tensor, rows: torch.Tensor,
+                                    grad_rows: torch.Tensor, acc: torch.Tensor,
+                                    vel: Optional[torch.Tensor], lr: float,
+                                    momentum: float) -> None:
+    """Plain-torch adagrad_momentum_rows."""
     acc_rows = acc.index_select(0, rows).addcmul_(grad_rows, grad_rows)
     acc.index_copy_(0, rows, acc_rows)
     step = grad_rows * torch.rsqrt(acc_rows + EPS)
