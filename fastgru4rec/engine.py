@@ -12,7 +12,8 @@ What the CUDA path changes against train.Trainer (and why):
   on CUDA in one Triton launch per table.
 - Dense parameters are updated with multi-tensor (torch._foreach_*) launches.
 - Negative samples are drawn ``chunk_steps`` steps at a time and moved to the device as one
-  block (the same ids, in the same order, as the reference's one row per step).
+  block through pinned buffers, asynchronously (the same ids, in the same order, as the
+  reference's one row per step).
 - The hidden-state reset is always applied as a multiplication by the (b, 1) not-reset mask
   (×1 leaves a row bit-identical), so every full-width step has the same shapes.
 - On CUDA, the full-width steps (all B lanes active: from the start of the epoch until the
@@ -128,6 +129,30 @@ class FastTrainer(Trainer):
             self._update_rows(model.input_table_name, in_table, inp, grads[n_dense + 2])
         return loss.detach(), [h.detach() for h in new_hidden]
 
+    def _sample_chunk(self, k: int) -> torch.Tensor:
+        """The next k steps' samples (k, n_sample) int64 on the device. On CUDA they go through
+        two alternating pinned host buffers with asynchronous copies (a buffer is refilled only
+        after its previous copy has finished), so the upload overlaps the running steps."""
+        rows = self.sampler.next_rows(k)
+        if self.device.type != "cuda":
+            return torch.from_numpy(rows)
+        if getattr(self, "_pinned", None) is None:
+            shape = (self.chunk_steps, self.cfg.n_sample)
+            self._pinned = [torch.empty(shape, dtype=torch.int64, pin_memory=True)
+                            for _ in range(2)]
+            self._pinned_done = [None, None]
+            self._pinned_next = 0
+        i = self._pinned_next
+        self._pinned_next = 1 - i
+        if self._pinned_done[i] is not None:
+            self._pinned_done[i].synchronize()
+        host = self._pinned[i][:k]
+        host.numpy()[:] = rows
+        out = host.to(self.device, non_blocking=True)
+        self._pinned_done[i] = torch.cuda.Event()
+        self._pinned_done[i].record()
+        return out
+
     def _update_rows(self, name: str, table: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor):
         acc, vel = self.opt.state[name]
         adagrad_momentum_scatter(table.data, ids, grad, acc, vel, self.cfg.learning_rate,
@@ -151,8 +176,7 @@ class FastTrainer(Trainer):
         t = 0
         while t < n_steps:
             k = min(self.chunk_steps, n_steps - t)
-            neg_chunk = (torch.from_numpy(self.sampler.next_rows(k)).to(self.device)
-                         if self.sampler is not None else None)
+            neg_chunk = self._sample_chunk(k) if self.sampler is not None else None
             if graphed is not None and t < n_full:
                 # full-width steps of this chunk through the graph (warm-up / capture inside)
                 k_full = min(k, n_full - t)
