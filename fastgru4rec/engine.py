@@ -39,7 +39,6 @@ from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_foreach, adagrad_momentum_scatter
-from .ops.scoring import fused_sampled_loss, logq_column_correction
 from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
 
 
@@ -105,14 +104,7 @@ class FastTrainer(Trainer):
             x, y_cols = in_rows, self._cols[:C]
 
         hidden = [h * not_reset for h in hidden]
-        h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
-                                        self.generator)
-        lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
-              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
-        loss = fused_sampled_loss(h_last, w_rows, b_rows, y_cols, cfg.loss, logq_per_column=lq,
-                                  logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
-                                  bias_index=self._cols[:C], precision=self.precision)
-        loss = loss / cfg.batch_size
+        loss, new_hidden = self.step_loss(x, hidden, Y, w_rows, y_cols, b_rows, self._cols[:C])
 
         leaves = [w_rows, b_rows] + ([in_rows] if in_rows is not None else [])
         grads = torch.autograd.grad(loss, self._dense_params + leaves, allow_unused=True)

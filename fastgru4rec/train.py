@@ -192,12 +192,31 @@ class Trainer:
             bar.after_step(t + 1, n_steps, hi, loss_sum)
         return bar.close(n_steps, loss_sum)
 
+    def step_loss(self, x: torch.Tensor, hidden: List[torch.Tensor], Y: torch.Tensor,
+                  item_rows: torch.Tensor, item_cols: torch.Tensor, bias_rows: torch.Tensor,
+                  bias_cols: torch.Tensor):
+        """The forward of a step from gathered rows: GRU layers (with dropout) on the input rows
+        x (b, ·), then the sampled loss / B of R = h · item_rows[item_cols]ᵀ +
+        bias_rows[bias_cols] (columns for the item ids Y (C,)): plain torch on the CPU, the fused
+        Triton score + loss on CUDA (backend "auto"). Returns (loss, new hidden list)."""
+        cfg = self.cfg
+        h_last, new_hidden = self.model.step(x, hidden, cfg.dropout_p_embed,
+                                             cfg.dropout_p_hidden, self.generator)
+        lq = (logq_column_correction(self.log_support.index_select(0, Y), x.shape[0],
+                                     cfg.sample_alpha)
+              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
+        loss = fused_sampled_loss(h_last, item_rows, bias_rows, item_cols, cfg.loss,
+                                  logq_per_column=lq, logq=cfg.logq, bpreg=cfg.bpreg,
+                                  elu_param=cfg.elu_param, bias_index=bias_cols,
+                                  precision=self.precision)
+        return loss / cfg.batch_size, new_hidden
+
     def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor],
                    neg: Optional[torch.Tensor] = None):
         """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l); neg: the step's
         negative samples int64 (n_sample,) (default: the next row of the sample store).
         Returns (the step's loss / B, detached, and the new hidden state, detached)."""
-        cfg, model = self.cfg, self.model
+        model = self.model
         b = inp.shape[0]
         if self.sampler is not None:
             if neg is None:
@@ -226,16 +245,7 @@ class Trainer:
             x = in_rows.index_select(0, in_inv)
             y_idx = w_inv
 
-        h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
-                                        self.generator)
-        lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
-              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
-        # R = h · w_rows[y_idx]ᵀ + b_rows[b_inv] and the loss: plain torch on CPU, the fused
-        # Triton score+loss on CUDA (backend "auto").
-        loss = fused_sampled_loss(h_last, w_rows, b_rows, y_idx, cfg.loss, logq_per_column=lq,
-                                  logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
-                                  bias_index=b_inv, precision=self.precision)
-        loss = loss / cfg.batch_size
+        loss, new_hidden = self.step_loss(x, hidden, Y, w_rows, y_idx, b_rows, b_inv)
 
         dense = [p for _, p in self._dense]
         leaves = [w_rows, b_rows] + ([in_rows] if in_rows is not None else [])

@@ -16,7 +16,6 @@ from fastgru4rec.sampling import SampleStore
 from fastgru4rec.synthetic import synthetic_split
 from fastgru4rec.train import EpochOnDevice, Trainer
 from conftest import one_torch_thread
-from test_train import _dense_reference_step
 
 CPU = torch.device("cpu")
 
@@ -126,29 +125,6 @@ def test_full_width_steps_counts_leading_full_steps():
     assert full_width_steps(ep, 4, 2) == 2
     ep = EpochOnDevice.upload(Sched([4, 4, 4, 4], [0, 0, 4, 0]), CPU)   # compaction at full width
     assert full_width_steps(ep, 4, 4) == 2
-
-
-# ------------------------------------------------------------------ one step
-@pytest.mark.parametrize("mode,loss", [("shared", "cross-entropy"), ("separate", "bpr-max"),
-                                       ("onehot", "top1-max"), ("shared", "bpr")])
-def test_fixed_step_equals_dense_autograd(mode, loss):
-    N = 40
-    cfg = GRU4RecConfig(layers=(6, 5) if mode != "onehot" else (6,), loss=loss, batch_size=4,
-                        n_sample=7, learning_rate=0.1, momentum=0.3, logq=1.0, bpreg=0.5,
-                        elu_param=0.5, embedding=8 if mode == "separate" else 0,
-                        constrained_embedding=(mode == "shared"))
-    model = GRU4RecModel(N, cfg.layers, mode, 8, seed=3).double()
-    supports = np.random.default_rng(0).integers(1, 20, size=N)
-    trainer = FastTrainer(model, cfg, supports, CPU)
-    neg = torch.tensor([5, 9, 5, 1, 30, 9, 2])          # duplicates, and overlaps with targets
-    inp, tgt = torch.tensor([1, 2, 2, 7]), torch.tensor([9, 3, 4, 2])
-    hidden = [torch.randn(4, H, dtype=torch.float64) for H in cfg.layers]
-    ref_model, ref_loss = _dense_reference_step(model, cfg, inp, tgt, neg, hidden, supports)
-    loss_value, _ = trainer.fixed_step(inp, tgt, torch.ones(4, 1, dtype=torch.float64), neg,
-                                       hidden)
-    assert loss_value.item() == pytest.approx(ref_loss, rel=1e-12)
-    for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
-        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), name
 
 
 # ------------------------------------------------------------------ whole loop

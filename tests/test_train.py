@@ -8,6 +8,7 @@ import torch
 
 from fastgru4rec.config import GRU4RecConfig
 from fastgru4rec.data import SessionData
+from fastgru4rec.engine import FastTrainer
 from fastgru4rec.nn import GRU4RecModel
 from fastgru4rec.ops.scoring import logq_column_correction, sampled_loss_reference
 from fastgru4rec.train import Trainer
@@ -42,9 +43,12 @@ def _dense_reference_step(model, cfg, inp, tgt, neg, hidden, supports):
     return model, loss.item()
 
 
+@pytest.mark.parametrize("step", ["reference", "fixed-shape"])
 @pytest.mark.parametrize("mode,loss", [("shared", "cross-entropy"), ("separate", "bpr-max"),
                                        ("onehot", "top1-max"), ("shared", "bpr")])
-def test_sparse_step_equals_dense_autograd(mode, loss):
+def test_sparse_step_equals_dense_autograd(mode, loss, step):
+    """Trainer.train_step (unique rows) and FastTrainer.fixed_step (one row per occurrence,
+    sort-based sparse update: the GPU engine's step) against dense autograd."""
     N = 40
     cfg = GRU4RecConfig(layers=(6, 5) if mode != "onehot" else (6,), loss=loss, batch_size=4,
                         n_sample=7, learning_rate=0.1, momentum=0.3, logq=1.0, bpreg=0.5,
@@ -53,13 +57,18 @@ def test_sparse_step_equals_dense_autograd(mode, loss):
     model = GRU4RecModel(N, cfg.layers, mode, 8, seed=3).double()
     rng = np.random.default_rng(0)
     supports = rng.integers(1, 20, size=N)
-    trainer = Trainer(model, cfg, supports, torch.device("cpu"))
     neg = torch.tensor([5, 9, 5, 1, 30, 9, 2])          # duplicates, and overlaps with targets
-    trainer.sampler.next = lambda: neg.numpy()
     inp, tgt = torch.tensor([1, 2, 2, 7]), torch.tensor([9, 3, 4, 2])
     hidden = [torch.randn(4, H, dtype=torch.float64) for H in cfg.layers]
     ref_model, ref_loss = _dense_reference_step(model, cfg, inp, tgt, neg, hidden, supports)
-    loss_value, _ = trainer.train_step(inp, tgt, hidden)
+    if step == "reference":
+        trainer = Trainer(model, cfg, supports, torch.device("cpu"))
+        trainer.sampler.next = lambda: neg.numpy()
+        loss_value, _ = trainer.train_step(inp, tgt, hidden)
+    else:
+        trainer = FastTrainer(model, cfg, supports, torch.device("cpu"))
+        loss_value, _ = trainer.fixed_step(inp, tgt, torch.ones(4, 1, dtype=torch.float64), neg,
+                                           hidden)
     assert loss_value.item() == pytest.approx(ref_loss, rel=1e-12)
     for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), name

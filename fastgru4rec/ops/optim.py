@@ -75,15 +75,21 @@ def adagrad_momentum_rows_reference(table: torch.Tensor, rows: torch.Tensor,
                                     vel: Optional[torch.Tensor], lr: float,
                                     momentum: float) -> None:
     """Plain-torch adagrad_momentum_rows."""
-    acc_rows = acc.index_select(0, rows).addcmul_(grad_rows, grad_rows)
+    _update_rows(table, rows, grad_rows, acc, vel, lr, momentum)
+
+
+def _update_rows(table, rows, g, acc, vel, lr, momentum) -> None:
+    """Gather rows, update, write back. ``rows`` may repeat only where the ``g`` rows of the
+    repeats are equal (then every copy computes, and writes, the same values)."""
+    acc_rows = acc.index_select(0, rows).addcmul_(g, g)
     acc.index_copy_(0, rows, acc_rows)
-    step = grad_rows * torch.rsqrt(acc_rows + EPS)
+    step = g * torch.rsqrt(acc_rows + EPS)
     if momentum > 0:
         v = vel.index_select(0, rows).mul_(momentum).sub_(step, alpha=lr)
         vel.index_copy_(0, rows, v)
-        table.index_add_(0, rows, v)
+        table.index_copy_(0, rows, table.index_select(0, rows).add_(v))
     else:
-        table.index_add_(0, rows, step, alpha=-lr)
+        table.index_copy_(0, rows, table.index_select(0, rows).sub_(step, alpha=lr))
 
 
 @torch.no_grad()
@@ -125,13 +131,4 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
     first[1:] = sorted_ids[1:] != sorted_ids[:-1]
     run = torch.cumsum(first, 0) - 1                      # (L,) index of each id's run
     g = torch.zeros_like(g).index_add_(0, run, g).index_select(0, run)
-    acc_rows = acc.index_select(0, sorted_ids).addcmul_(g, g)
-    acc.index_copy_(0, sorted_ids, acc_rows)
-    step = g * torch.rsqrt(acc_rows + EPS)
-    if momentum > 0:
-        v = vel.index_select(0, sorted_ids).mul_(momentum).sub_(step, alpha=lr)
-        vel.index_copy_(0, sorted_ids, v)
-        table.index_copy_(0, sorted_ids, table.index_select(0, sorted_ids).add_(v))
-    else:
-        table.index_copy_(0, sorted_ids,
-                          table.index_select(0, sorted_ids).sub_(step, alpha=lr))
+    _update_rows(table, sorted_ids, g, acc, vel, lr, momentum)
