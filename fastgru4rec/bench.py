@@ -235,7 +235,7 @@ def measure_training(train, test, config, device, engine: str = "reference",
     engine_cls = available_engines()[engine]
     if warmup_steps > 0:
         # a throw-away model with a small sample store: compiles, loads, allocates
-        wcfg = config.replace(sample_store_size=max(config.n_sample, 1) * (warmup_steps + 1))
+        wcfg = config.replace(sample_store_size=max(config.n_extra_samples, 1) * (warmup_steps + 1))
         wmodel = _build_model(wcfg, train.n_items, device)
         wtrainer = _make_trainer(engine_cls, wmodel, wcfg, train.supports, device)
         wtrainer.train_epoch(train, 0, False, max_steps=warmup_steps)

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Union
 
 from .errors import ConfigError
 
@@ -33,7 +33,8 @@ class GRU4RecConfig:
     learning_rate: float = 0.05
     momentum: float = 0.0
     sample_alpha: float = 0.5             # negatives drawn with p ~ support^alpha
-    n_sample: int = 2048                  # extra negatives shared by a step (0: in-batch only)
+    n_sample: Union[int, str] = 2048      # extra negatives shared by a step (0: in-batch only;
+                                          # "all": cross-entropy over every item, no sampling)
     embedding: int = 0                    # >0: separate input embedding of this size
     constrained_embedding: bool = True    # shared: the output table is the input embedding
     n_epochs: int = 10
@@ -62,9 +63,18 @@ class GRU4RecConfig:
         for name in ("batch_size", "n_epochs", "sample_store_size"):
             if int(getattr(self, name)) <= 0:
                 bad(name, "must be a positive integer")
+        if self.full_catalog:
+            if self.loss != "cross-entropy":
+                bad("loss", "n_sample=all (every item scored) is defined for cross-entropy only")
+            if self.logq != 0:
+                bad("logq", "must be 0 with n_sample=all (every item is scored: no sampling "
+                            "to correct)")
+        if isinstance(self.n_sample, str) and not self.full_catalog:
+            bad("n_sample", 'must be zero, a positive integer or "all"')
         for name in ("n_sample", "embedding"):
-            if int(getattr(self, name)) < 0:
-                bad(name, "must be zero or a positive integer")
+            if getattr(self, name) != "all" and int(getattr(self, name)) < 0:
+                bad(name, "must be zero or a positive integer" +
+                    (' (or "all")' if name == "n_sample" else ""))
         for name in ("dropout_p_embed", "dropout_p_hidden", "momentum"):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
@@ -86,6 +96,16 @@ class GRU4RecConfig:
         if self.constrained_embedding:
             return "shared"
         return "separate" if self.embedding > 0 else "onehot"
+
+    @property
+    def full_catalog(self) -> bool:
+        """n_sample = "all": every step scores the whole catalog (full-catalog cross-entropy)."""
+        return self.n_sample == "all"
+
+    @property
+    def n_extra_samples(self) -> int:
+        """Sampled extra negatives per step (0 with n_sample = "all")."""
+        return 0 if self.full_catalog else int(self.n_sample)
 
     def layer_variant(self, layer: int) -> str:
         """GRU variant of a layer; 'auto' follows the authors' code: the one-hot first layer
@@ -124,6 +144,10 @@ def _as_layers(value) -> Tuple[int, ...]:
 
 def _coerce(key: str, value: Any, type_name: Any, where: str) -> Any:
     type_name = str(type_name)
+    if "Union" in type_name:   # n_sample: an integer or "all"
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return "all"
+        type_name = "int"
     try:
         if "Tuple" in type_name:
             return _as_layers(value)

@@ -74,7 +74,7 @@ class FastTrainer(Trainer):
         self._dense_acc = [self.opt.state[n][0] for n, _ in self._dense]
         self._dense_vel = ([self.opt.state[n][1] for n, _ in self._dense]
                            if config.momentum > 0 else None)
-        n_cols = 2 * config.batch_size + config.n_sample
+        n_cols = 2 * config.batch_size + config.n_extra_samples
         # column ids 0..: the scoring reads the gathered leaves in order (no duplicates, so the
         # kernels' gradient scatter has no atomic collisions)
         self._cols = torch.arange(n_cols, dtype=torch.int64, device=device)
@@ -86,6 +86,8 @@ class FastTrainer(Trainer):
         """One training step on b lanes with shapes fixed by b alone: inp / tgt int64 (b,),
         not_reset float (b, 1), neg int64 (n_sample,) or None, hidden list of (b, H_l).
         Returns (loss / B (0-d, detached), new hidden list, detached). No host sync."""
+        if self.cfg.full_catalog:
+            return self.full_catalog_step(inp, tgt, [h * not_reset for h in hidden])
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
         Y = torch.cat([tgt, neg]) if neg is not None else tgt          # (C,)
@@ -129,7 +131,7 @@ class FastTrainer(Trainer):
         if self.device.type != "cuda":
             return torch.from_numpy(rows)
         if getattr(self, "_pinned", None) is None:
-            shape = (self.chunk_steps, self.cfg.n_sample)
+            shape = (self.chunk_steps, self.cfg.n_extra_samples)
             self._pinned = [torch.empty(shape, dtype=torch.int64, pin_memory=True)
                             for _ in range(2)]
             self._pinned_done = [None, None]
@@ -229,7 +231,7 @@ class _GraphedSteps:
         self.not_reset = ep.not_reset[:n_full * B].view(n_full, B, 1)
         self.t = torch.zeros(1, dtype=torch.int64, device=dev)
         self.k = torch.zeros(1, dtype=torch.int64, device=dev)
-        n_sample = trainer.cfg.n_sample
+        n_sample = trainer.cfg.n_extra_samples
         self.neg = (torch.zeros(trainer.chunk_steps, n_sample, dtype=torch.int64, device=dev)
                     if trainer.sampler is not None else None)
         self.hidden = trainer.model.init_hidden(B)

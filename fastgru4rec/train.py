@@ -22,8 +22,9 @@ from .batching import EpochSchedule, build_schedule
 from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
-from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows
-from .ops.scoring import fused_sampled_loss, logq_column_correction
+from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows, adagrad_momentum_scatter
+from .ops.scoring import (full_catalog_cross_entropy, fused_sampled_loss,
+                          logq_column_correction)
 from .sampling import SampleStore
 
 
@@ -148,14 +149,15 @@ class Trainer:
         self.precision = precision
         self.opt = AdagradMomentum(model, config.learning_rate, config.momentum)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.sampler = (SampleStore(supports, config.sample_alpha, config.n_sample,
+        self.sampler = (SampleStore(supports, config.sample_alpha, config.n_extra_samples,
                                     config.sample_store_size, seed=config.seed + 1)
-                        if config.n_sample > 0 else None)
+                        if config.n_extra_samples > 0 else None)
         log_support = torch.log(torch.as_tensor(np.maximum(supports, 1), dtype=torch.float64))
         self.log_support = log_support.to(device=device, dtype=model.item_weight.dtype)
         self._dense = [(n, p) for n, p in model.named_parameters() if n not in self.opt.sparse]
 
     def schedule(self, data: SessionData) -> EpochSchedule:
+        # in-batch negatives only: a step needs a second lane
         min_lanes = 2 if self.cfg.n_sample == 0 else 1
         return build_schedule(data.offsets, data.items, self.cfg.batch_size, min_lanes,
                               backend=self.schedule_backend)
@@ -211,11 +213,44 @@ class Trainer:
                                   precision=self.precision)
         return loss / cfg.batch_size, new_hidden
 
+    def full_catalog_step(self, inp: torch.Tensor, tgt: torch.Tensor,
+                          hidden: List[torch.Tensor]):
+        """A step with n_sample = "all": cross-entropy over every item (on CUDA the tiled Triton
+        kernel: the (b, N) scores are never held). Every item row is scored, so the item table
+        and bias get dense gradients and dense updates; the input rows of the separate and
+        one-hot modes are gathered one per occurrence and updated sparsely (repeats summed).
+        Fixed shapes, no host sync. Returns (loss / B, new hidden), detached."""
+        cfg, model = self.cfg, self.model
+        W, bias = model.item_weight, model.item_bias
+        if model.embedding_mode == "shared":
+            x, in_rows, in_table = W.index_select(0, inp), None, None   # W's gradient: dense
+        else:
+            in_table = getattr(model, model.input_table_name)
+            in_rows = in_table.detach().index_select(0, inp).requires_grad_()
+            x = in_rows
+        h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
+                                        self.generator)
+        loss = full_catalog_cross_entropy(h_last, W, bias, tgt,
+                                          precision=self.precision) / cfg.batch_size
+        named = self._dense + [("item_weight", W), ("item_bias", bias)]
+        leaves = [in_rows] if in_rows is not None else []
+        grads = torch.autograd.grad(loss, [p for _, p in named] + leaves, allow_unused=True)
+        for (name, p), g in zip(named, grads):
+            if g is not None:
+                self.opt.step_dense(name, p.data, g)
+        if in_rows is not None:
+            acc, vel = self.opt.state[model.input_table_name]
+            adagrad_momentum_scatter(in_table.data, inp, grads[-1], acc, vel, cfg.learning_rate,
+                                     cfg.momentum)
+        return loss.detach(), [h.detach() for h in new_hidden]
+
     def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor],
                    neg: Optional[torch.Tensor] = None):
         """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l); neg: the step's
         negative samples int64 (n_sample,) (default: the next row of the sample store).
         Returns (the step's loss / B, detached, and the new hidden state, detached)."""
+        if self.cfg.full_catalog:
+            return self.full_catalog_step(inp, tgt, hidden)
         model = self.model
         b = inp.shape[0]
         if self.sampler is not None:

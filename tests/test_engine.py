@@ -144,6 +144,11 @@ CONFIGS = {
 }
 
 
+# n_sample = "all": full-catalog cross-entropy, dense item-table updates, scattered input rows
+FULL_CATALOG = dict(loss="cross-entropy", layers=(16,), embedding=10, n_sample="all", logq=0.0,
+                    dropout_p_hidden=0.2, momentum=0.2, constrained_embedding=False)
+
+
 def _train(cls, split, params, max_steps, fixed_shapes=None, **kw):
     cfg = GRU4RecConfig(batch_size=16, n_sample=40, learning_rate=0.1, sample_alpha=0.5,
                         sample_store_size=40 * 37, seed=5, **params)
@@ -218,15 +223,17 @@ def test_fast_trainer_rejects_bad_options():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CUDA-graph path)")
-@pytest.mark.parametrize("name", ["shared-ce", "separate-bprmax"])
+@pytest.mark.parametrize("name", ["shared-ce", "separate-bprmax", "separate-ce-all"])
 def test_cuda_graph_engine_equals_reference(small_split, name):
     """On a GPU: the captured CUDA graph (plus the eager tail) against the eager reference loop
     on the same device, exact fp32 dot products, over a whole epoch."""
     dev = torch.device("cuda")
     out = {}
     for cls in (Trainer, FastTrainer):
-        cfg = GRU4RecConfig(batch_size=16, n_sample=40, learning_rate=0.1, sample_alpha=0.5,
-                            sample_store_size=40 * 37, seed=5, **CONFIGS[name])
+        params = dict(batch_size=16, n_sample=40, learning_rate=0.1, sample_alpha=0.5,
+                      sample_store_size=40 * 37, seed=5)
+        params.update(CONFIGS[name] if name in CONFIGS else FULL_CATALOG)
+        cfg = GRU4RecConfig(**params)
         variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
         model = GRU4RecModel(small_split[0].n_items, cfg.layers, cfg.embedding_mode,
                              cfg.embedding, variants, seed=cfg.seed).to(dev)
