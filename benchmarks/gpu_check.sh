@@ -15,6 +15,7 @@
 #   6. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
 #      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max) and a whole yoochoose1_64 epoch,
 #      each with --compare-reference (the eager reference loop in the same run),
+#      then profiles a run of steps of each engine (benchmarks/profile_step.py),
 #   7. runs the other benchmarks/bench_*.py present (GPU benchmarks only; GPU_CHECK_ALL_BENCH=1
 #      for all) with --benchmark-json; expected files that are missing are reported, not fatal,
 #   8. writes $OUT/summary.md and $OUT/summary.json (benchmarks/report.py) and prints a short
@@ -135,8 +136,8 @@ step() {
 
 if [ "$SIMULATE" = 1 ]; then say "SIMULATION on the CPU (GPU_CHECK_SIMULATE_CPU=1); OUT=$OUT"
 else say "GPU found; OUT=$OUT, budget ${BUDGET}s"; fi
-STEPS_MAX=2000; STEPS_MAX_BIG=500; CEIL_N=28; CEIL_M=8192
-if [ "$SIMULATE" = 1 ]; then STEPS_MAX=60; STEPS_MAX_BIG=10; CEIL_N=22; CEIL_M=512; fi
+STEPS_MAX=2000; STEPS_MAX_BIG=500; CEIL_N=28; CEIL_M=8192; PROFILE_STEPS=100
+if [ "$SIMULATE" = 1 ]; then STEPS_MAX=60; STEPS_MAX_BIG=10; CEIL_N=22; CEIL_M=512; PROFILE_STEPS=10; fi
 { [ "$SIMULATE" = 1 ] && echo "simulation: no nvidia-smi" || { nvidia-smi; echo; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv; }; } \
   > "$RAW/nvidia-smi.txt" 2>&1
 step env 60 "$PY" -c "
@@ -258,6 +259,10 @@ else
     --test "$YC/test.tsv" --device "$DEV" -q --preset yoochoose --epochs 1 "${COMPARE[@]}" \
     --label gpu-yoochoose1_64-epoch --json "$RAW/train_yoochoose1_64_epoch.json"
 fi
+
+# Where the step's time goes (launches per step, top ops by device time), for the next change.
+step profile_step 45 "$PY" benchmarks/profile_step.py --device "$DEV" --steps "$PROFILE_STEPS" \
+  --json "$RAW/profile_step.json"
 
 # the rest of the benchmark files (bench_train's GPU part repeats the bench train steps above
 # through pytest-benchmark: last)

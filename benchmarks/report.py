@@ -49,7 +49,22 @@ def kind_of(doc: Dict[str, Any]) -> str:
         return "pytest-benchmark"
     if "copy_gb_s" in doc:
         return "ceilings"
+    if isinstance(doc.get("engines"), list) and all("top_ops" in e for e in doc["engines"]):
+        return "profile"
     return "unknown"
+
+
+def profile_md(doc: Dict[str, Any], top: int = 10) -> List[str]:
+    """benchmarks/profile_step.py output: per engine, launches per step and the top ops."""
+    md = []
+    for e in doc["engines"]:
+        md += [f"{e['engine']}: {e['ms_per_step_profiled']:.3f} ms/step under the profiler, "
+               f"device launches per step: {e.get('device_launches_per_step')}", ""]
+        rows = [[o["op"], f"{o['calls_per_step']:.1f}", f"{o['self_cpu_us_per_step']:.1f}",
+                 f"{o['self_device_us_per_step']:.1f}"] for o in e["top_ops"][:top]]
+        md += [md_table(["op", "calls/step", "host µs/step", "device µs/step"], rows, "lrrr"),
+               ""]
+    return md
 
 
 # ------------------------------------------------------------------------ formatting
@@ -394,6 +409,9 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
     for name, d in pbs:
         head, rows = bench_rows(d)
         md += [f"## {name}", "", md_table(head, rows, "llrrrl"), ""]
+    for name, d in docs:
+        if kind_of(d) == "profile":
+            md += ["## Where a step's time goes (benchmarks/profile_step.py)", ""] + profile_md(d)
     png = chart(trains, pbs, out / "summary.png")
     if png:
         md += ["![summary](summary.png)", ""]
