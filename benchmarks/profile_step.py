@@ -13,7 +13,6 @@ Default data: the built-in synthetic set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
