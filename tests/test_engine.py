@@ -150,8 +150,9 @@ FULL_CATALOG = dict(loss="cross-entropy", layers=(16,), embedding=10, n_sample="
 
 
 def _train(cls, split, params, max_steps, fixed_shapes=None, **kw):
-    cfg = GRU4RecConfig(batch_size=16, n_sample=40, learning_rate=0.1, sample_alpha=0.5,
-                        sample_store_size=40 * 37, seed=5, **params)
+    cfg = GRU4RecConfig(**{**dict(batch_size=16, n_sample=40, learning_rate=0.1,
+                                  sample_alpha=0.5, sample_store_size=40 * 37, seed=5),
+                           **params})
     train = split[0]
     variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
     model = GRU4RecModel(train.n_items, cfg.layers, cfg.embedding_mode, cfg.embedding, variants,
@@ -244,3 +245,52 @@ def test_cuda_graph_engine_equals_reference(small_split, name):
     assert stats.n_steps == ref_stats.n_steps
     _assert_same_params(fast, ref, 1e-4)
     assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-4)
+
+
+class _NoHostSync(torch.overrides.TorchFunctionMode):
+    """Raises on torch calls that read device data on the host or make shapes depend on data
+    (each a host sync on CUDA, and impossible inside a CUDA graph capture)."""
+
+    FORBIDDEN = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
+                 torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+                 torch.unique, torch.Tensor.unique, torch._unique2, torch.nonzero,
+                 torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
+                 torch.unique_consecutive}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FORBIDDEN:
+            raise AssertionError(f"host sync in the step: {getattr(func, '__name__', func)}")
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1] if len(args) > 1 else None
+            for ix in (index if isinstance(index, tuple) else (index,)):
+                if isinstance(ix, torch.Tensor) and ix.dtype == torch.bool:
+                    raise AssertionError("boolean-mask indexing in the step (data-dependent shape)")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("params", [CONFIGS["shared-ce"], CONFIGS["separate-bprmax"],
+                                    CONFIGS["onehot-top1max"], FULL_CATALOG],
+                         ids=["shared-ce", "separate-bprmax", "onehot-top1max", "full-catalog"])
+def test_graph_body_has_no_host_sync(small_split, params):
+    """What a CUDA graph captures (the graph body: counters, fixed_step, optimizer updates) makes
+    no host-synchronising or data-dependent-shape torch call (torch paths, on the CPU)."""
+    model, _, trainer = _train(FastTrainer, small_split, params, 3, fixed_shapes=True)
+    from fastgru4rec.engine import _GraphedSteps
+    ep = EpochOnDevice.upload(trainer.schedule(small_split[0]), CPU)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    graphed = _GraphedSteps(trainer, ep, full_width_steps(ep, trainer.cfg.batch_size, 50),
+                            loss_sum)
+    if trainer.sampler is not None:
+        graphed.load_chunk(torch.from_numpy(trainer.sampler.next_rows(trainer.chunk_steps)))
+    before = [p.detach().clone() for p in model.parameters()]
+    with _NoHostSync():
+        for _ in range(3):
+            graphed.body()
+    assert int(graphed.t) == 3 and int(graphed.k) == 3
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters())
+               if a.dim() == 2)
+    if trainer.cfg.full_catalog:
+        return          # its reference step is the same sync-free step
+    # the mode does catch syncs: the reference step's torch.unique
+    with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
+        trainer.train_step(ep.inputs[:16], ep.targets[:16], trainer.model.init_hidden(16))
