@@ -39,6 +39,8 @@ from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_foreach, adagrad_momentum_scatter
+from .ops.scoring import logq_column_correction
+from .ops.train_step import dense_params, shared_step_grads
 from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
 
 
@@ -48,13 +50,29 @@ class FastTrainer(Trainer):
     cuda_graph: "auto" (capture on CUDA, eager elsewhere), True (require CUDA), False (eager).
     chunk_steps: steps of negative samples moved to the device at once.
     optimizer_backend: backend of the sparse row update ("auto": triton on CUDA).
+    step: the fixed-shape step's form: "autograd" (gathered rows as autograd leaves; the same
+    dropout draws as the reference loop), "fused" (shared embedding, sampled negatives: the
+    explicit-backward kernel step of ops.train_step, about half the launches, dropout masks
+    from a counter-based hash of a device seed), "auto" (fused on CUDA where it applies).
+    step_backend: backend of the fused step ("auto": triton on CUDA; "torch": its autograd
+    oracle).
     """
 
     def __init__(self, model: GRU4RecModel, config: GRU4RecConfig, supports: np.ndarray,
                  device: torch.device, schedule_backend: str = "auto",
                  precision: Optional[str] = None, cuda_graph="auto", chunk_steps: int = 256,
-                 warmup_steps: int = 3, optimizer_backend: str = "auto"):
+                 warmup_steps: int = 3, optimizer_backend: str = "auto", step: str = "auto",
+                 step_backend: str = "auto"):
         super().__init__(model, config, supports, device, schedule_backend, precision)
+        if step not in ("auto", "autograd", "fused"):
+            raise ValueError(f"step must be 'auto', 'autograd' or 'fused' (got {step!r})")
+        fusable = model.embedding_mode == "shared" and not config.full_catalog
+        if step == "fused" and not fusable:
+            raise ValueError("the fused step needs the shared embedding (constrained_embedding) "
+                             "and sampled negatives (not n_sample='all')")
+        #: fixed-shape steps go through fused_step (True) or the autograd fixed_step
+        self.fused = step == "fused" or (step == "auto" and fusable and device.type == "cuda")
+        self.step_backend = step_backend
         if cuda_graph not in ("auto", True, False):
             raise ValueError(f"cuda_graph must be 'auto', True or False (got {cuda_graph!r})")
         if cuda_graph is True and device.type != "cuda":
@@ -79,6 +97,15 @@ class FastTrainer(Trainer):
         # kernels' gradient scatter has no atomic collisions)
         self._cols = torch.arange(n_cols, dtype=torch.int64, device=device)
         self._graph = None
+        # the fused step: its dense parameters in ops.train_step order with their optimizer
+        # state, and the dropout seed (a device tensor advanced by one per step)
+        self._fused_params = dense_params(model.gru) if fusable else []
+        names = {id(p): n for n, p in model.named_parameters()}
+        states = [self.opt.state[names[id(p)]] for p in self._fused_params]
+        self._fused_acc = [a for a, _ in states]
+        self._fused_vel = [v for _, v in states] if config.momentum > 0 else None
+        self._seed = torch.tensor([(config.seed * 1_000_003 + 7) & 0x7FFFFFFF],
+                                  dtype=torch.int64, device=device)
 
     # ------------------------------------------------------------------ one step
     def fixed_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
@@ -88,6 +115,8 @@ class FastTrainer(Trainer):
         Returns (loss / B (0-d, detached), new hidden list, detached). No host sync."""
         if self.cfg.full_catalog:
             return self.full_catalog_step(inp, tgt, [h * not_reset for h in hidden])
+        if self.fused:
+            return self.fused_step(inp, tgt, not_reset, neg, hidden)
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
         Y = torch.cat([tgt, neg]) if neg is not None else tgt          # (C,)
@@ -122,6 +151,28 @@ class FastTrainer(Trainer):
         if in_rows is not None:
             self._update_rows(model.input_table_name, in_table, inp, grads[n_dense + 2])
         return loss.detach(), [h.detach() for h in new_hidden]
+
+    def fused_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
+                   neg: Optional[torch.Tensor], hidden: List[torch.Tensor]):
+        """fixed_step's contract through ops.train_step.shared_step_grads (explicit backward,
+        fused kernels on CUDA), then the same optimizer updates. No host sync."""
+        cfg, model = self.cfg, self.model
+        b = inp.shape[0]
+        Y = torch.cat([tgt, neg]) if neg is not None else tgt
+        lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
+              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
+        g = shared_step_grads(model.item_weight, model.item_bias, model.gru, inp, Y, hidden,
+                              not_reset.view(-1) == 0, self._seed, loss=cfg.loss,
+                              batch_size=cfg.batch_size, dropout_embed=cfg.dropout_p_embed,
+                              dropout_hidden=cfg.dropout_p_hidden, logq_per_column=lq,
+                              logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
+                              backend=self.step_backend, precision=self.precision)
+        adagrad_momentum_foreach(self._fused_params, g.dense, self._fused_acc, self._fused_vel,
+                                 cfg.learning_rate, cfg.momentum)
+        self._update_rows("item_weight", model.item_weight, g.item_ids, g.item_grads)
+        self._update_rows("item_bias", model.item_bias, g.bias_ids, g.bias_grads)
+        self._seed.add_(1)
+        return g.loss, g.new_hidden
 
     def _sample_chunk(self, k: int) -> torch.Tensor:
         """The next k steps' samples (k, n_sample) int64 on the device. On CUDA they go through

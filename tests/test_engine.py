@@ -238,7 +238,8 @@ def test_cuda_graph_engine_equals_reference(small_split, name):
         variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
         model = GRU4RecModel(small_split[0].n_items, cfg.layers, cfg.embedding_mode,
                              cfg.embedding, variants, seed=cfg.seed).to(dev)
-        trainer = cls(model, cfg, small_split[0].supports, dev, precision="ieee")
+        kw = {"step": "autograd"} if cls is FastTrainer else {}   # the reference's dropout draws
+        trainer = cls(model, cfg, small_split[0].supports, dev, precision="ieee", **kw)
         out[cls] = (model, trainer.train_epoch(small_split[0], progress=False), trainer)
     (ref, ref_stats, _), (fast, stats, trainer) = out[Trainer], out[FastTrainer]
     assert trainer.graph_status == "graph"
@@ -268,13 +269,19 @@ class _NoHostSync(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("params", [CONFIGS["shared-ce"], CONFIGS["separate-bprmax"],
-                                    CONFIGS["onehot-top1max"], FULL_CATALOG],
-                         ids=["shared-ce", "separate-bprmax", "onehot-top1max", "full-catalog"])
-def test_graph_body_has_no_host_sync(small_split, params):
-    """What a CUDA graph captures (the graph body: counters, fixed_step, optimizer updates) makes
-    no host-synchronising or data-dependent-shape torch call (torch paths, on the CPU)."""
-    model, _, trainer = _train(FastTrainer, small_split, params, 3, fixed_shapes=True)
+@pytest.mark.parametrize("params,step", [(CONFIGS["shared-ce"], "autograd"),
+                                         (CONFIGS["shared-ce"], "fused"),
+                                         (CONFIGS["separate-bprmax"], "autograd"),
+                                         (CONFIGS["onehot-top1max"], "autograd"),
+                                         (FULL_CATALOG, "autograd")],
+                         ids=["shared-ce", "shared-ce-fused", "separate-bprmax",
+                              "onehot-top1max", "full-catalog"])
+def test_graph_body_has_no_host_sync(small_split, params, step):
+    """What a CUDA graph captures (the graph body: counters, fixed_step or fused_step, optimizer
+    updates) makes no host-synchronising or data-dependent-shape torch call (torch paths, on the
+    CPU)."""
+    model, _, trainer = _train(FastTrainer, small_split, params, 3, fixed_shapes=True,
+                               step=step, step_backend="torch")
     from fastgru4rec.engine import _GraphedSteps
     ep = EpochOnDevice.upload(trainer.schedule(small_split[0]), CPU)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -294,3 +301,47 @@ def test_graph_body_has_no_host_sync(small_split, params):
     # the mode does catch syncs: the reference step's torch.unique
     with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
         trainer.train_step(ep.inputs[:16], ep.targets[:16], trainer.model.init_hidden(16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CUDA-graph path)")
+def test_cuda_graph_of_the_fused_step_equals_its_eager_run(small_split):
+    """On a GPU: the fused kernel step replayed from a CUDA graph against the same step run
+    eagerly (same hashed dropout), over a whole epoch."""
+    dev = torch.device("cuda")
+    cfg = GRU4RecConfig(batch_size=16, n_sample=40, learning_rate=0.1, sample_alpha=0.5,
+                        sample_store_size=40 * 37, seed=5, **CONFIGS["shared-ce"])
+    models, statuses = [], []
+    for graph in (True, False):
+        model = GRU4RecModel(small_split[0].n_items, cfg.layers, "shared", seed=cfg.seed).to(dev)
+        trainer = FastTrainer(model, cfg, small_split[0].supports, dev, precision="ieee",
+                              cuda_graph="auto" if graph else False)
+        assert trainer.fused
+        trainer.train_epoch(small_split[0], progress=False)
+        models.append(model)
+        statuses.append(trainer.graph_status)
+    assert statuses[0] == "graph"
+    _assert_same_params(models[0], models[1], 1e-5)
+
+
+def test_fused_step_engine_learns_like_the_reference():
+    """The fused step (its torch form, through the graph code path run eagerly) trains as well
+    as the reference loop: other dropout masks, so close metrics rather than equal ones."""
+    train, test = synthetic_split(n_items=200, n_sessions=1500, seed=7)
+    cfg = GRU4RecConfig(layers=(32,), batch_size=32, n_sample=16, learning_rate=0.1,
+                        momentum=0.1, dropout_p_hidden=0.2, logq=1.0, sample_store_size=20000)
+    results = {}
+    for name in ("reference", "fused"):
+        model = GRU4RecModel(train.n_items, cfg.layers, "shared", seed=cfg.seed)
+        if name == "reference":
+            trainer = Trainer(model, cfg, train.supports, CPU)
+        else:
+            trainer = FastTrainer(model, cfg, train.supports, CPU, step="fused",
+                                  step_backend="torch", warmup_steps=10 ** 9)
+            trainer.use_graph, trainer.fixed_shapes = True, True
+        for epoch in range(3):
+            trainer.train_epoch(train, epoch, progress=False)
+        results[name] = evaluate_model(model, test, (20,), "conservative", 256, CPU)
+    ref, fused = results["reference"], results["fused"]
+    assert fused["recall"][20] > 3 * 20 / train.n_items
+    assert abs(fused["recall"][20] - ref["recall"][20]) < 0.03
+    assert abs(fused["mrr"][20] - ref["mrr"][20]) < 0.03

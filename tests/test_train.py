@@ -43,12 +43,15 @@ def _dense_reference_step(model, cfg, inp, tgt, neg, hidden, supports):
     return model, loss.item()
 
 
-@pytest.mark.parametrize("step", ["reference", "fixed-shape"])
+@pytest.mark.parametrize("step", ["reference", "fixed-shape", "fused"])
 @pytest.mark.parametrize("mode,loss", [("shared", "cross-entropy"), ("separate", "bpr-max"),
                                        ("onehot", "top1-max"), ("shared", "bpr")])
 def test_sparse_step_equals_dense_autograd(mode, loss, step):
-    """Trainer.train_step (unique rows) and FastTrainer.fixed_step (one row per occurrence,
-    sort-based sparse update: the GPU engine's step) against dense autograd."""
+    """Trainer.train_step (unique rows), FastTrainer.fixed_step (one row per occurrence,
+    sort-based sparse update) and FastTrainer.fused_step (explicit-backward step of
+    ops.train_step, its torch form; shared embedding only) against dense autograd."""
+    if step == "fused" and mode != "shared":
+        pytest.skip("the fused step is for the shared embedding")
     N = 40
     cfg = GRU4RecConfig(layers=(6, 5) if mode != "onehot" else (6,), loss=loss, batch_size=4,
                         n_sample=7, learning_rate=0.1, momentum=0.3, logq=1.0, bpreg=0.5,
@@ -66,7 +69,9 @@ def test_sparse_step_equals_dense_autograd(mode, loss, step):
         trainer.sampler.next = lambda: neg.numpy()
         loss_value, _ = trainer.train_step(inp, tgt, hidden)
     else:
-        trainer = FastTrainer(model, cfg, supports, torch.device("cpu"))
+        trainer = FastTrainer(model, cfg, supports, torch.device("cpu"),
+                              step="fused" if step == "fused" else "autograd",
+                              step_backend="torch")
         loss_value, _ = trainer.fixed_step(inp, tgt, torch.ones(4, 1, dtype=torch.float64), neg,
                                            hidden)
     assert loss_value.item() == pytest.approx(ref_loss, rel=1e-12)
