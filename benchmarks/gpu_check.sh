@@ -196,7 +196,7 @@ EOF
 # The tests that touch the device: the kernel tests, the engine (its CUDA-graph test), the
 # training step. The rest of the suite is CPU-only and runs in CI (GPU_CHECK_TEST_ARGS=tests for
 # all of it).
-GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_engine.py tests/test_train.py"
+GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_fused_step_kernel.py tests/test_engine.py tests/test_train.py"
 # shellcheck disable=SC2086
 step tests 150 "$PY" -m pytest ${GPU_CHECK_TEST_ARGS:-$GPU_TESTS} -q -m "not slow" -p no:cacheprovider \
   -rs --junitxml="$RAW/tests.xml"

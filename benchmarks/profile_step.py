@@ -4,7 +4,9 @@
     python benchmarks/profile_step.py [--device cuda] [--steps 100] [--data TRAIN.tsv]
                                       [--preset rsc15] [-ps k=v,...] [--json OUT.json]
 
-For the fast engine the steps run eagerly (cuda_graph=False), so every launch is visible: the
+On a GPU, the fast engine's two step forms (fused kernels; autograd) and the reference loop; on
+the CPU the reference loop. The fast engine's steps run eagerly (cuda_graph=False) with its
+fixed-shape step, so every launch is visible: the
 table gives launches per step (a CUDA graph replays the same launches, so their count bounds
 what the graph can save) and the ops with the most device and host time. A GPU check runs it
 after the timings (benchmarks/gpu_check.sh), so one lent GPU also says what to fix next.
@@ -38,9 +40,8 @@ def _device_time(evt) -> float:
     return 0.0
 
 
-def profile_engine(name, cls, data, cfg, device, steps, top):
+def profile_engine(name, cls, data, cfg, device, steps, top, **kw):
     model = _build_model(cfg, data.n_items, device)
-    kw = {"cuda_graph": False} if cls is FastTrainer else {}
     trainer = cls(model, cfg, data.supports, device, **kw)
     trainer.train_epoch(data, 0, False, max_steps=20)          # warm-up: compile, allocate
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -85,11 +86,19 @@ def main(argv=None) -> int:
     else:
         from fastgru4rec.synthetic import synthetic_split
         data = synthetic_split(n_items=3000, n_sessions=8000, seed=7)[0]
+    runs = [("fast, fused step (eager, no graph)", FastTrainer,
+             dict(cuda_graph=False, step="fused")),
+            ("fast, autograd step (eager, no graph)", FastTrainer,
+             dict(cuda_graph=False, step="autograd")),
+            ("reference", Trainer, {})]
+    if device.type != "cuda":   # the CPU engine runs the reference step: one run says it all
+        runs = runs[2:]
+    elif cfg.embedding_mode != "shared" or cfg.full_catalog:
+        runs = runs[1:]
     out = {"device": str(device), "config": cfg.to_dict(),
            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "engines": [profile_engine(n, c, data, cfg, device, args.steps, args.top)
-                       for n, c in (("fast (eager, no graph)", FastTrainer),
-                                    ("reference", Trainer))]}
+           "engines": [profile_engine(n, c, data, cfg, device, args.steps, args.top, **kw)
+                       for n, c, kw in runs]}
     for e in out["engines"]:
         print(f"\n{e['engine']}: {e['ms_per_step_profiled']:.3f} ms/step under the profiler, "
               f"device launches/step: {e['device_launches_per_step']}")
