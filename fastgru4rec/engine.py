@@ -6,6 +6,9 @@ there and gathers fewer rows; measured faster than the fixed-shape step) with th
 in chunks. On CUDA every step is the fixed-shape step below.
 
 What the CUDA path changes against train.Trainer (and why):
+- With the shared embedding (all the published settings) the step is the fused one
+  (``fused_step``: ops.train_step, explicit backward over the fused GRU and scoring kernels, no
+  autograd). Otherwise (``fixed_step``):
 - No torch.unique (its output size is data-dependent: a host sync, and no CUDA graph). Each
   step gathers the item-table rows it uses, one row per occurrence, as leaves; the optimizer
   (ops.optim.adagrad_momentum_scatter) sums the gradients of repeated ids itself after a sort,
@@ -23,9 +26,12 @@ What the CUDA path changes against train.Trainer (and why):
   kernels, cuBLAS handles and the allocator's blocks before capture). The shrinking tail runs
   eagerly through the same step function.
 
-Same seed, same results: the dropout masks come from the same generator calls in the same order
-(a CUDA graph replays the generator's Philox offsets, registered with the graph), so the fast
-and the reference loop train the same parameters up to the order of floating-point sums.
+Same seed, same results, for the autograd step: its dropout masks come from the same generator
+calls in the same order as the reference loop's (a CUDA graph replays the generator's Philox
+offsets, registered with the graph), so both train the same parameters up to the order of
+floating-point sums (which the RSC15 setting amplifies chaotically: see README "Results"). The
+fused step draws its masks from a counter hash of a device seed instead: the same distribution,
+other masks, so it matches the reference loop in metrics, not in parameters.
 """
 from __future__ import annotations
 
@@ -52,8 +58,8 @@ class FastTrainer(Trainer):
     optimizer_backend: backend of the sparse row update ("auto": triton on CUDA).
     step: the fixed-shape step's form: "autograd" (gathered rows as autograd leaves; the same
     dropout draws as the reference loop), "fused" (shared embedding, sampled negatives: the
-    explicit-backward kernel step of ops.train_step, about half the launches, dropout masks
-    from a counter-based hash of a device seed), "auto" (fused on CUDA where it applies).
+    explicit-backward kernel step of ops.train_step, fewer launches, dropout masks from a
+    counter-based hash of a device seed), "auto" (fused on CUDA where it applies).
     step_backend: backend of the fused step ("auto": triton on CUDA; "torch": its autograd
     oracle).
     """
