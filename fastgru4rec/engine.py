@@ -172,7 +172,8 @@ class FastTrainer(Trainer):
                               batch_size=cfg.batch_size, dropout_embed=cfg.dropout_p_embed,
                               dropout_hidden=cfg.dropout_p_hidden, logq_per_column=lq,
                               logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
-                              backend=self.step_backend, precision=self.precision)
+                              backend=self.step_backend, precision=self.precision,
+                              columns=self._cols[:Y.shape[0]])
         adagrad_momentum_foreach(self._fused_params, g.dense, self._fused_acc, self._fused_vel,
                                  cfg.learning_rate, cfg.momentum)
         self._update_rows("item_weight", model.item_weight, g.item_ids, g.item_grads)

@@ -59,14 +59,16 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
                       dropout_embed: float, dropout_hidden: float,
                       logq_per_column: Optional[torch.Tensor] = None, logq: float = 0.0,
                       bpreg: float = 0.0, elu_param: float = 0.0, backend: str = "auto",
-                      precision: Optional[str] = None) -> StepGrads:
+                      precision: Optional[str] = None,
+                      columns: Optional[torch.Tensor] = None) -> StepGrads:
     """The step's loss, new hidden state and gradients (see the module docstring).
 
     W (N, H_L) item table = input embedding, bias (N,); layers: GRULayer modules (weight_ih
     (3H_l, E_l), ...); inp / Y int64 (b,) / (C,) with Y[:b] the targets; hidden list of (b, H_l);
     reset bool (b,) lanes starting a new session; seed int64 (1,) device tensor.
     logq_per_column (C,): log q_j for cross-entropy with logq > 0. precision: the Triton dots'
-    ("ieee", "tf32", "tf32x3"; None: ieee for the GRU, tf32 for the scoring, as the ops)."""
+    ("ieee", "tf32", "tf32x3"; None: ieee for the GRU, tf32 for the scoring, as the ops).
+    columns: optional int64 arange(C) on the device (a caller's cached one saves a launch)."""
     if resolve_backend(backend, W, "training step") == "torch":
         return _step_torch(W, bias, layers, inp, Y, hidden, reset, seed, loss, batch_size,
                            dropout_embed, dropout_hidden, logq_per_column, logq, bpreg,
@@ -87,7 +89,8 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
         saves.append(save)
         outs.append(out)
         x, idx = out, None
-    cols = torch.arange(C, dtype=torch.int64, device=W.device)
+    cols = columns if columns is not None else torch.arange(C, dtype=torch.int64,
+                                                            device=W.device)
     g = fused_sampled_loss_and_grads(x, W.detach(), bias.detach(), Y, loss,
                                      logq_per_column=logq_per_column, logq=logq, bpreg=bpreg,
                                      elu_param=elu_param, scale=1.0 / batch_size,
