@@ -151,3 +151,22 @@ def shared_file(shared_data):
         return path
 
     return get
+
+
+def kernel_test_setup(kernels_name: str):
+    """For a Triton kernel test module: skip the whole module unless CUDA is there or
+    TRITON_INTERPRET=1 was set at process start (this conftest sets it without CUDA); returns
+    (the kernels' launch module, the device its tests use: "cuda", or "cpu" when interpreting)."""
+    import os
+
+    import pytest
+    import torch
+
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start",
+                    allow_module_level=True)
+    pytest.importorskip("triton")
+    from fastgru4rec.ops.backend import load_kernels
+
+    kernels = load_kernels(kernels_name)
+    return kernels, ("cuda" if torch.cuda.is_available() and not kernels.interpreting() else "cpu")

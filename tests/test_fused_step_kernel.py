@@ -8,27 +8,21 @@ engine with the fused step: triton vs torch form after a few steps.
 Runs on a GPU, or on CPU in Triton's interpreter (TRITON_INTERPRET=1 set at process start; the
 suite's conftest does when there is no CUDA).
 """
-import os
-
 import numpy as np
 import pytest
 import torch
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from conftest import kernel_test_setup
+
+K, DEV = kernel_test_setup("gru_step")
 
 from fastgru4rec.config import GRU4RecConfig  # noqa: E402
 from fastgru4rec.engine import FastTrainer  # noqa: E402
 from fastgru4rec.nn import GRU4RecModel  # noqa: E402
-from fastgru4rec.ops.backend import load_kernels  # noqa: E402
 from fastgru4rec.ops.scoring import logq_column_correction  # noqa: E402
 from fastgru4rec.ops.train_step import shared_step_grads  # noqa: E402
 from fastgru4rec.synthetic import synthetic_split  # noqa: E402
 
-K = load_kernels("gru_step")
-DEV = "cuda" if torch.cuda.is_available() and not K.interpreting() else "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # interpreter exp overflow
 
 

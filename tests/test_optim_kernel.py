@@ -5,21 +5,14 @@ duplicate ids, momentum on and off, (N, H) and (N,) tables, untouched rows left 
 Runs on a GPU, or on CPU in Triton's interpreter (TRITON_INTERPRET=1 set at process start; the
 test suite's conftest sets it when there is no CUDA).
 """
-import os
-
 import pytest
 import torch
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from conftest import kernel_test_setup
 
-from fastgru4rec.ops.backend import load_kernels  # noqa: E402
+K, DEV = kernel_test_setup("optim")
+
 from test_engine import SCATTER_CASES, check_scatter_update  # noqa: E402
-
-K = load_kernels("optim")
-DEV = "cuda" if torch.cuda.is_available() and not K.interpreting() else "cpu"
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
