@@ -15,18 +15,11 @@ Interpreter rules (DESIGN.md): fp32 arithmetic, no libdevice, one configuration.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    try:
-        return bool(triton.knobs.runtime.interpret)
-    except AttributeError:   # older triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+from .scoring import interpreting  # noqa: F401  (re-exported: tests ask this module)
 
 
 @triton.jit
