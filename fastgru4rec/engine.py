@@ -94,7 +94,6 @@ class FastTrainer(Trainer):
         self.optimizer_backend = optimizer_backend
         #: how the last epoch's full-width steps ran: "graph", "eager" or "eager (reason)"
         self.graph_status = "eager"
-        self._dense_params = [p for _, p in self._dense]
         self._dense_acc = [self.opt.state[n][0] for n, _ in self._dense]
         self._dense_vel = ([self.opt.state[n][1] for n, _ in self._dense]
                            if config.momentum > 0 else None)
@@ -103,13 +102,12 @@ class FastTrainer(Trainer):
         # kernels' gradient scatter has no atomic collisions)
         self._cols = torch.arange(n_cols, dtype=torch.int64, device=device)
         self._graph = None
-        # the fused step: its dense parameters in ops.train_step order with their optimizer
-        # state, and the dropout seed (a device tensor advanced by one per step)
-        self._fused_params = dense_params(model.gru) if fusable else []
-        names = {id(p): n for n, p in model.named_parameters()}
-        states = [self.opt.state[names[id(p)]] for p in self._fused_params]
-        self._fused_acc = [a for a, _ in states]
-        self._fused_vel = [v for _, v in states] if config.momentum > 0 else None
+        # the fused step's gradients come in ops.train_step.dense_params order: with the shared
+        # embedding that is the model's own order of its dense parameters (the GRU layers')
+        if fusable and [id(p) for p in dense_params(model.gru)] != [id(p) for p in
+                                                                    self._dense_params]:
+            raise AssertionError("GRU parameter order differs from ops.train_step.dense_params")
+        # the fused step's dropout seed: a device tensor advanced by one per step
         self._seed = torch.tensor([(config.seed * 1_000_003 + 7) & 0x7FFFFFFF],
                                   dtype=torch.int64, device=device)
 
@@ -174,7 +172,7 @@ class FastTrainer(Trainer):
                               logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
                               backend=self.step_backend, precision=self.precision,
                               columns=self._cols[:Y.shape[0]])
-        adagrad_momentum_foreach(self._fused_params, g.dense, self._fused_acc, self._fused_vel,
+        adagrad_momentum_foreach(self._dense_params, g.dense, self._dense_acc, self._dense_vel,
                                  cfg.learning_rate, cfg.momentum)
         self._update_rows("item_weight", model.item_weight, g.item_ids, g.item_grads)
         self._update_rows("item_bias", model.item_bias, g.bias_ids, g.bias_grads)

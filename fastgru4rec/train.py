@@ -155,6 +155,7 @@ class Trainer:
         log_support = torch.log(torch.as_tensor(np.maximum(supports, 1), dtype=torch.float64))
         self.log_support = log_support.to(device=device, dtype=model.item_weight.dtype)
         self._dense = [(n, p) for n, p in model.named_parameters() if n not in self.opt.sparse]
+        self._dense_params = [p for _, p in self._dense]
 
     def schedule(self, data: SessionData) -> EpochSchedule:
         # in-batch negatives only: a step needs a second lane
@@ -282,13 +283,12 @@ class Trainer:
 
         loss, new_hidden = self.step_loss(x, hidden, Y, w_rows, y_idx, b_rows, b_inv)
 
-        dense = [p for _, p in self._dense]
         leaves = [w_rows, b_rows] + ([in_rows] if in_rows is not None else [])
-        grads = torch.autograd.grad(loss, dense + leaves, allow_unused=True)
+        grads = torch.autograd.grad(loss, self._dense_params + leaves, allow_unused=True)
         for (name, p), g in zip(self._dense, grads):
             if g is not None:
                 self.opt.step_dense(name, p.data, g)
-        g_w, g_b = grads[len(dense)], grads[len(dense) + 1]
+        g_w, g_b = grads[len(self._dense)], grads[len(self._dense) + 1]
         self.opt.step_rows("item_weight", W.data, w_rows_idx, g_w)
         self.opt.step_rows("item_bias", bias.data, b_rows_idx, g_b)
         if in_rows is not None:
