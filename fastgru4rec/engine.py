@@ -179,6 +179,15 @@ class FastTrainer(Trainer):
         self._seed.add_(1)
         return g.loss, g.new_hidden
 
+    def lanes_step(self, ep: EpochOnDevice, t: int, hidden: List[torch.Tensor],
+                   neg: Optional[torch.Tensor] = None):
+        """Trainer.lanes_step, through the fixed-shape step when fixed_shapes is on."""
+        if not self.fixed_shapes:
+            return super().lanes_step(ep, t, hidden, neg)
+        lo, hi = ep.step_off[t], ep.step_off[t + 1]
+        return self.fixed_step(ep.inputs[lo:hi], ep.targets[lo:hi], ep.not_reset[lo:hi], neg,
+                               hidden)
+
     def _sample_chunk(self, k: int) -> torch.Tensor:
         """The next k steps' samples (k, n_sample) int64 on the device. On CUDA they go through
         two alternating pinned host buffers with asynchronous copies (a buffer is refilled only
@@ -239,23 +248,10 @@ class FastTrainer(Trainer):
             else:
                 k_full = 0
             for i in range(k_full, k):
-                s = t + i
-                lo, hi = ep.step_off[s], ep.step_off[s + 1]
-                if ep.keep_off[s + 1] > ep.keep_off[s]:
-                    keep = ep.keep[ep.keep_off[s]:ep.keep_off[s + 1]]
-                    hidden = [h.index_select(0, keep) for h in hidden]
                 neg = neg_chunk[i] if neg_chunk is not None else None
-                if self.fixed_shapes:
-                    loss, hidden = self.fixed_step(ep.inputs[lo:hi], ep.targets[lo:hi],
-                                                   ep.not_reset[lo:hi], neg, hidden)
-                else:
-                    if ep.has_reset[s]:
-                        m = ep.not_reset[lo:hi]
-                        hidden = [h * m for h in hidden]
-                    loss, hidden = self.train_step(ep.inputs[lo:hi], ep.targets[lo:hi], hidden,
-                                                   neg)
+                loss, hidden = self.step_at(ep, t + i, hidden, neg)
                 loss_sum += loss
-                bar.after_step(s + 1, n_steps, hi, loss_sum)
+                bar.after_step(t + i + 1, n_steps, ep.step_off[t + i + 1], loss_sum)
             t += k
         self.graph_status = "eager" if graphed is None else graphed.status
         if self.use_graph and self.graph_status == "eager":

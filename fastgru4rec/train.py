@@ -183,17 +183,28 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = EpochProgress(epoch, n_events, self.cfg.batch_size, progress)
         for t in range(n_steps):
-            lo, hi = ep.step_off[t], ep.step_off[t + 1]
-            if ep.keep_off[t + 1] > ep.keep_off[t]:
-                k = ep.keep[ep.keep_off[t]:ep.keep_off[t + 1]]
-                hidden = [h.index_select(0, k) for h in hidden]
-            if ep.has_reset[t]:
-                m = ep.not_reset[lo:hi]
-                hidden = [h * m for h in hidden]
-            loss, hidden = self.train_step(ep.inputs[lo:hi], ep.targets[lo:hi], hidden)
+            loss, hidden = self.step_at(ep, t, hidden)
             loss_sum += loss
-            bar.after_step(t + 1, n_steps, hi, loss_sum)
+            bar.after_step(t + 1, n_steps, ep.step_off[t + 1], loss_sum)
         return bar.close(n_steps, loss_sum)
+
+    def step_at(self, ep: EpochOnDevice, t: int, hidden: List[torch.Tensor],
+                neg: Optional[torch.Tensor] = None):
+        """Step t of an uploaded epoch: keep the hidden rows of the lanes that go on (when some
+        ran out of sessions), then train the step's lanes (lanes_step)."""
+        if ep.keep_off[t + 1] > ep.keep_off[t]:
+            keep = ep.keep[ep.keep_off[t]:ep.keep_off[t + 1]]
+            hidden = [h.index_select(0, keep) for h in hidden]
+        return self.lanes_step(ep, t, hidden, neg)
+
+    def lanes_step(self, ep: EpochOnDevice, t: int, hidden: List[torch.Tensor],
+                   neg: Optional[torch.Tensor] = None):
+        """Zero the state of lanes starting a session, then train_step on the step's lanes."""
+        lo, hi = ep.step_off[t], ep.step_off[t + 1]
+        if ep.has_reset[t]:
+            m = ep.not_reset[lo:hi]
+            hidden = [h * m for h in hidden]
+        return self.train_step(ep.inputs[lo:hi], ep.targets[lo:hi], hidden, neg)
 
     def step_loss(self, x: torch.Tensor, hidden: List[torch.Tensor], Y: torch.Tensor,
                   item_rows: torch.Tensor, item_cols: torch.Tensor, bias_rows: torch.Tensor,

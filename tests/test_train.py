@@ -86,7 +86,7 @@ class _RecordingTrainer(Trainer):
     """Replaces the step: the new state is the old state + 1, so a lane's state counts the
     steps its session has taken since its reset."""
 
-    def train_step(self, inp, tgt, hidden):
+    def train_step(self, inp, tgt, hidden, neg=None):
         self.seen.append((inp.clone(), hidden[0][:, 0].clone()))
         return torch.zeros(()), [h + 1 for h in hidden]
 
