@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fastgru4rec.bench import benchmark_ratios, write_json_atomic  # noqa: E402
+from fastgru4rec.fileio import atomic_write  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
@@ -337,13 +337,10 @@ def splice_readme(readme: Path, text: str) -> bool:
     return True
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    # report.py runs before the package may be installed (gpu_check.sh), so it keeps its own
-    # tiny atomic write instead of importing fastgru4rec.fileio.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_text_atomic(path, text: str) -> None:
+    # fastgru4rec imports from the source tree too (ROOT on sys.path above), installed or not
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 # ------------------------------------------------------------------------ gpu_check summary
@@ -431,7 +428,7 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", result)
-    (out / "summary.md").write_text("\n".join(md))
+    _write_text_atomic(out / "summary.md", "\n".join(md))
 
     # the short table printed last
     short = [f"GPU check on {env.get('device_name', '?')} (driver {env.get('driver', '?')}, "
@@ -460,7 +457,7 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
     for name, d in pbs:
         for r in d.get("ratios") or benchmark_ratios(d.get("benchmarks", [])):
             short.append(f"  {r['group']}: {r['name']} x{r['speedup']:.2f} vs {r['baseline']}")
-    (out / "summary.txt").write_text("\n".join(short) + "\n")
+    _write_text_atomic(out / "summary.txt", "\n".join(short) + "\n")
     return result
 
 
@@ -488,7 +485,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         md, trains, pbs = render(args.files)
         print(md, end="")
         if args.md:
-            Path(args.md).write_text(md)
+            _write_text_atomic(args.md, md)
         if args.png:
             chart(trains, pbs, args.png)
         return 0
