@@ -115,23 +115,3 @@ def test_train_cuda(benchmark, cuda, engine, size, rsc15_sample):
                                 steps=steps,
                                 batches_per_s_last_round=stats["s"].batches_per_s,
                                 graph=getattr(trainer, "graph_status", None))
-
-
-@pytest.mark.parametrize("engine", _ENGINES)
-def test_epoch_slice_cuda_rsc15(benchmark, cuda, engine, rsc15_sample):
-    engines = available_engines()
-    if engine not in engines:
-        pytest.skip(f"engine {engine!r} not present (available: {', '.join(engines)})")
-    train, _ = rsc15_sample
-    benchmark.group = "gpu-epoch-slice-rsc15"
-    trainer = _trainer(train, RSC15, "cuda", engine=engine, store_steps=4 * 500 + 10)
-    if engine == "reference":
-        benchmark.extra_info["baseline"] = "reference"
-    stats = {}
-
-    def run():
-        stats["s"] = trainer.train_epoch(train, 0, progress=False, max_steps=500)
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["batches_per_s_last_round"] = stats["s"].batches_per_s
