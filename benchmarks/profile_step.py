@@ -49,11 +49,9 @@ def profile_engine(name, cls, data, cfg, device, steps, top, **kw):
         stats = trainer.train_epoch(data, 0, False, max_steps=steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    n_kernels = 0
-    for evt in prof.events():
-        if str(getattr(evt, "device_type", "")).endswith("CUDA") and _device_time(evt) >= 0 \
-                and getattr(evt, "device_index", -1) >= 0 and not evt.cpu_children:
-            n_kernels += 1
+    # device-side events (kernels, memcpy / memset) are the profiler's CUDA-typed events
+    n_kernels = sum(1 for evt in prof.events()
+                    if getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA)
     avgs = prof.key_averages()
     rows = sorted(avgs, key=lambda e: (_device_time(e), e.self_cpu_time_total), reverse=True)
     ops = [{"op": e.key, "calls_per_step": e.count / max(stats.n_steps, 1),
