@@ -101,7 +101,6 @@ class FastTrainer(Trainer):
         # column ids 0..: the scoring reads the gathered leaves in order (no duplicates, so the
         # kernels' gradient scatter has no atomic collisions)
         self._cols = torch.arange(n_cols, dtype=torch.int64, device=device)
-        self._graph = None
         # the fused step's gradients come in ops.train_step.dense_params order: with the shared
         # embedding that is the model's own order of its dense parameters (the GRU layers')
         if fusable and [id(p) for p in dense_params(model.gru)] != [id(p) for p in

@@ -59,7 +59,7 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
         raise ValueError(f"optimizer backend {backend!r} is unknown (auto, torch, native)")
     vel = vel if momentum > 0 else None
     if backend == "native" or (backend == "auto" and _native_rows_ok(
-            table, (acc, vel, grad_rows))):
+            table, (table, acc, vel, grad_rows))):
         from .. import native
         native.adagrad_momentum_rows(table.numpy(), acc.numpy(),
                                      vel.numpy() if vel is not None else None,
