@@ -33,16 +33,13 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
+
 # Tests set this: every output and scratch buffer is filled with NaN before each launch, so
 # an element a kernel forgets to write fails the comparison.
 POISON = False
 
 _MASK31 = 0x7FFFFFFF
-
-
-def interpreting() -> bool:
-    """True when this module's kernels were created under TRITON_INTERPRET=1."""
-    return type(_gru_fwd_cell_kernel).__name__ == "InterpretedFunction"
 
 
 def dropout_salt(stream: int, which: int) -> int:
@@ -557,7 +554,7 @@ def _blocks(B: int, H: int, E: int, variant: str):
     """(BM, BN, BK, num_warps) of the step kernels. The interpreter pays per program and per
     op, not per flop: large blocks there. GPU: small row blocks for parallelism (the step is
     latency bound); to be tuned on the GPU."""
-    if interpreting():
+    if launch.interpreting():
         return _np2(B, 16, 512), _np2(H, 16, 512), _np2(max(H, E), 16, 128), 4
     if variant == "original":
         return 16, _np2(H, 16, 64), 32, 4
@@ -568,13 +565,6 @@ def _poisoned(t: torch.Tensor) -> torch.Tensor:
     if POISON:
         t.fill_(float("nan"))
     return t
-
-
-def _check_device(*ts):
-    for t in ts:
-        if t is not None and not t.is_cuda and not interpreting():
-            raise ValueError("the triton GRU step needs CUDA tensors (or TRITON_INTERPRET=1 set "
-                             "before the kernels are imported)")
 
 
 def _dropout_args(p: float, stream: int, which: int):
@@ -594,7 +584,7 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
     projection rows with weight_ih None; idx (b,) int rows of x (None: n = b); h (b, H);
     weight_hh (3H, H); biases (3H,) or None; reset (b,) bool/uint8 or None; seed int64 (1,).
     Returns (h' after output dropout (b, H) in h's dtype, saved gates (b, 4H) fp32)."""
-    _check_device(x, h)
+    launch.require_cuda("the triton GRU step", x, h)
     B, H = h.shape
     proj = weight_ih is not None
     E = weight_ih.shape[1] if proj else 3 * H
@@ -664,7 +654,7 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
         _gru_bwd_cell_kernel[grid](*args, **meta)
     else:
         _gru_bwd_original_kernel[(triton.cdiv(B, BM),)](*args, **meta)
-    if interpreting():
+    if launch.interpreting():
         BI, BJ, BB = _np2(3 * H, 16, 512), _np2(max(H, E), 16, 512), _np2(B, 16, 512)
     else:
         BI, BJ, BB = 64, 64, 32

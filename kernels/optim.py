@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .scoring import interpreting  # noqa: F401  (re-exported: tests ask this module)
+from . import launch
 
 
 @triton.jit
@@ -74,8 +74,7 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
     for name, t in (("table", table2), ("acc", acc2), ("vel", vel2), ("grad", grad2)):
         if t.stride(1) != 1:
             raise ValueError(f"adagrad rows kernel: {name} rows must be contiguous")
-        if not t.is_cuda and not interpreting():
-            raise ValueError("the triton optimizer needs CUDA tensors (or TRITON_INTERPRET=1)")
+    launch.require_cuda("the triton optimizer", table2, acc2, vel2, grad2, sorted_ids, perm)
     if acc2.stride(0) != table2.stride(0) or vel2.stride(0) != table2.stride(0):
         raise ValueError("adagrad rows kernel: table, acc and vel must have the same layout")
     _adagrad_momentum_rows_kernel[(L,)](

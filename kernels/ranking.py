@@ -16,11 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .scoring import _pow2, _score_tile, _split_plan, interpreting, new_output, resolve_precision
+from . import launch
+from .scoring import _pow2, _score_tile, _split_plan, new_output, resolve_precision
 
 
 def _blocks(b: int, H: int):
-    if interpreting():
+    if launch.interpreting():
         return min(32, _pow2(b)), 256, min(64, _pow2(H))   # little padding: see kernels/scoring.py
     return 64, 128, 32
 
@@ -70,6 +71,7 @@ def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     b, H = h.shape
     N = weight.shape[0]
     dev = h.device
+    launch.require_cuda("the triton rank", h, weight)
     h = h if h.stride(1) == 1 else h.contiguous()
     targets = targets.contiguous()
     BM, BN, BK = _blocks(b, H)
@@ -77,12 +79,15 @@ def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     ts = new_output((b,), torch.float32, dev)
     _rank_target_kernel[(n_rb, BM)](h, weight, bias, targets, ts, b, N, H, h.stride(0),
                                     weight.stride(0), BM=BM, BN=BN, BK=BK, PREC=prec)
-    per_split, S = _split_plan(n_rb, N, BN, interpreting())
+    per_split, S = _split_plan(n_rb, N, BN, dev)
     gt = new_output((S, b), torch.int32, dev)
     eq = new_output((S, b), torch.int32, dev)
     _rank_count_kernel[(n_rb, S)](h, weight, bias, ts, gt, eq, b, N, H, h.stride(0),
                                   weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
     return gt.sum(0, dtype=torch.int64), eq.sum(0, dtype=torch.int64)
+
+
+_ALL_KEYS = 1 << 26   # candidate keys (int64) held at once when tiles keep every score: 512 MB
 
 
 @triton.jit
@@ -119,22 +124,40 @@ def _decode_keys(keys: torch.Tensor):
 
 def topk_fused(h, weight, bias, k: int, *, precision=None):
     """(values fp32 (b, k), indices int64 (b, k)) of the k best items per row, best first, ties
-    to the lower index. k <= N."""
+    to the lower index. k <= N.
+
+    Each program scores a (BM, BN) tile and keeps its KT = min(k, BN) best keys (KT passes of a
+    row max); torch.topk merges the candidates. When KT >= BN a tile keeps all its keys (the
+    candidates are then all b × N scores: rows are done in chunks of at most _ALL_KEYS keys).
+    GPU tiles: BN 512 for k <= 64 (shared memory: the pipelined (BK, BN) fp32 W tile and the
+    (BM, BN) int64 keys must fit sm_90's 227 KB; 1024 does not, benchmarks/compile_check.py);
+    for larger k, KT passes cost more than keeping every score, so BN = 64 <= k."""
     prec = resolve_precision(precision)
     b, H = h.shape
     N = weight.shape[0]
     if not 0 < k <= N:
         raise ValueError(f"k must be in 1..{N} (got {k})")
+    launch.require_cuda("the triton top-k", h, weight)
     h = h if h.stride(1) == 1 else h.contiguous()
     BM, BN, BK = _blocks(b, H)
-    if not interpreting():
-        BM, BN = 16, 1024 if k <= 64 else 2048
+    if not launch.interpreting():
+        BM, BN = 16, (512 if k <= 64 else 64)
     n_tiles = triton.cdiv(N, BN)
     KT = min(k, BN)
     n_cand = n_tiles * KT
-    cand = new_output((b, n_cand), torch.int64, h.device)
-    _topk_tile_kernel[(triton.cdiv(b, BM), n_tiles)](
-        h, weight, bias, cand, b, N, H, h.stride(0), weight.stride(0), KT, n_cand,
-        BM=BM, BN=BN, BK=BK, ALL=KT >= BN, PREC=prec, num_warps=4 if interpreting() else 8)
-    keys = torch.topk(cand, k, dim=1, sorted=True).values
-    return _decode_keys(keys)
+    rows_per_chunk = b if KT < BN else max(1, _ALL_KEYS // n_cand)
+    values, indices = [], []
+    for r0 in range(0, b, rows_per_chunk):
+        hc = h[r0:r0 + rows_per_chunk]
+        bc = hc.shape[0]
+        cand = new_output((bc, n_cand), torch.int64, h.device)
+        _topk_tile_kernel[(triton.cdiv(bc, BM), n_tiles)](
+            hc, weight, bias, cand, bc, N, H, hc.stride(0), weight.stride(0), KT, n_cand,
+            BM=BM, BN=BN, BK=BK, ALL=KT >= BN, PREC=prec,
+            num_warps=4 if launch.interpreting() else 8)
+        v, i = _decode_keys(torch.topk(cand, k, dim=1, sorted=True).values)
+        values.append(v)
+        indices.append(i)
+    if len(values) == 1:
+        return values[0], indices[0]
+    return torch.cat(values), torch.cat(indices)

@@ -25,28 +25,24 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
+
 # loss codes (constexpr)
 CE, BPR_MAX, TOP1_MAX, TOP1, BPR = 0, 1, 2, 3, 4
 LOSS_CODES = {"cross-entropy": CE, "bpr-max": BPR_MAX, "top1-max": TOP1_MAX, "top1": TOP1, "bpr": BPR}
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 _EPS = 1e-24
-_NEG_INIT = -1e30   # finite running-max start: exp(m_old - m_new) never sees inf - inf
+# finite running-max start: exp(m_old - m_new) never sees inf - inf. A global read inside a
+# @triton.jit function must be a tl.constexpr (the GPU compiler rejects a plain float; the
+# interpreter does not: benchmarks/compile_check.py found it).
+_NEG_INIT = tl.constexpr(-1e30)
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1). Triton reads
-    the variable when a kernel is decorated, i.e. when this module is imported."""
-    try:
-        return bool(triton.knobs.runtime.interpret)
-    except AttributeError:   # older triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
 #: Fill kernel outputs with NaN before launching so unwritten elements fail loudly. On by default
 #: under the interpreter (tests); on a GPU set FASTGRU4REC_POISON=1 or this attribute.
-POISON = interpreting() or os.environ.get("FASTGRU4REC_POISON", "0") == "1"
+POISON = launch.interpreting() or os.environ.get("FASTGRU4REC_POISON", "0") == "1"
 
 
 def new_output(shape, dtype, device) -> torch.Tensor:
@@ -319,7 +315,8 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     C = w_col.shape[0]
     dev = h.device
     code = LOSS_CODES[loss]
-    interp = interpreting()
+    launch.require_cuda("the triton sampled loss", h, weight)
+    interp = launch.interpreting()
     HP = _pow2(H)
     h = h if h.stride(1) == 1 else h.contiguous()
     R = new_output((b, C), torch.float32, dev)
@@ -370,14 +367,13 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
 
 # ----------------------------------------------------------------------------- full catalog
 
-def _split_plan(n_row_blocks: int, N: int, BN: int, interp: bool):
+def _split_plan(n_row_blocks: int, N: int, BN: int, device: torch.device):
     """Items per split (a multiple of BN) so that row blocks × splits fill the GPU."""
     n_tiles = triton.cdiv(N, BN)
-    if interp:
+    if launch.interpreting():
         target = 2
     else:
-        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-        target = max(1, (4 * sms) // max(n_row_blocks, 1))
+        target = max(1, (4 * launch.sm_count(device)) // max(n_row_blocks, 1))
     splits = max(1, min(n_tiles, target))
     tiles_per = triton.cdiv(n_tiles, splits)
     return tiles_per * BN, triton.cdiv(n_tiles, tiles_per)
@@ -495,7 +491,8 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     b, H = h.shape
     N = weight.shape[0]
     dev = h.device
-    interp = interpreting()
+    launch.require_cuda("the triton full-catalog cross-entropy", h, weight)
+    interp = launch.interpreting()
     HP = _pow2(H)
     h = h if h.stride(1) == 1 else h.contiguous()
     targets = targets.contiguous()
@@ -504,7 +501,7 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     else:
         BM, BN, BK = 64, 128, 32
     n_rb = triton.cdiv(b, BM)
-    per_split, S = _split_plan(n_rb, N, BN, interp)
+    per_split, S = _split_plan(n_rb, N, BN, dev)
     pm = new_output((S, b), torch.float32, dev)
     pz = new_output((S, b), torch.float32, dev)
     pt = new_output((S, b), torch.float32, dev)
@@ -521,7 +518,7 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
         dBM, dBN = min(32, _pow2(b)), 128
     else:
         dBM, dBN = (32 if HP <= 256 else 16), 64
-    per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, interp)
+    per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, dev)
     _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
         h, weight, bias, targets, lse, coef, dh, b, N, H, h.stride(0), weight.stride(0), per_split,
         BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if interp else 8)

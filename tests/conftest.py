@@ -169,4 +169,5 @@ def kernel_test_setup(kernels_name: str):
     from fastgru4rec.ops.backend import load_kernels
 
     kernels = load_kernels(kernels_name)
-    return kernels, ("cuda" if torch.cuda.is_available() and not kernels.interpreting() else "cpu")
+    on_cpu = load_kernels("launch").interpreting()
+    return kernels, ("cuda" if torch.cuda.is_available() and not on_cpu else "cpu")

@@ -11,21 +11,15 @@ own library functions are decorated at `import triton`), so CI sets it for the r
 Outputs and scratch buffers are poisoned with NaN before every launch; relative error (max-abs
 over max-abs) is required under 1e-5 in fp32 with ieee dot precision.
 """
-import os
-
 import pytest
 import torch
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start "
-                "(e.g. TRITON_INTERPRET=1 pytest tests/test_gru_kernel.py)",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from conftest import kernel_test_setup
+
+K, DEV = kernel_test_setup("gru_step")
 
 from fastgru4rec.ops import gru as G  # noqa: E402
 
-K = G._kernels()
-DEV = "cuda" if torch.cuda.is_available() and not K.interpreting() else "cpu"
 TOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # interpreter exp overflow
 

@@ -74,6 +74,26 @@ def test_topk_equals_torch_topk_lower_index_on_ties(b, N, k):
     assert bool((rv[:, 1:] == rv[:, :-1]).any()) or k == 1
 
 
+
+def test_topk_keeping_every_score_goes_by_row_chunks(monkeypatch):
+    """k >= the tile: every score is a candidate; rows are then done in chunks bounded by
+    _ALL_KEYS (here 2 rows of 6 tiles × 256 keys: chunks of 2, 2, 1 rows)."""
+    from fastgru4rec.ops.backend import load_kernels
+    K = load_kernels("ranking")
+    b, N, k = 5, 1300, 300
+    h, W, bias, _ = tie_data(17, b, N, 12)
+    calls = []
+    real_topk = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda x, *a, **kw: calls.append(x.shape[0]) or real_topk(x, *a, **kw))
+    n_cand = -(-N // 256) * 256
+    monkeypatch.setattr(K, "_ALL_KEYS", 2 * n_cand)
+    v, i = topk_scores(h.to(DEV), W.to(DEV), bias.to(DEV), k, backend="triton", precision="ieee")
+    monkeypatch.undo()
+    rv, ri = topk_scores_reference(h, W, bias, k)
+    assert torch.equal(i.cpu(), ri) and torch.equal(v.cpu(), rv)
+    if DEV == "cpu":          # the interpreter's tile is 256 columns (on a GPU it is 64)
+        assert calls == [2, 2, 1]
+
 def test_topk_negative_zero_and_errors():
     h = torch.tensor([[1.0, 0.0]])
     W = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-0.0, 0.0]])

@@ -1,0 +1,39 @@
+"""Where the launch functions of kernels/ run: one answer for every kernel module.
+
+- ``interpreting()``: Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, read when
+  a kernel is decorated, i.e. when a kernels/ module is imported). Launch functions then pick
+  large blocks (the interpreter pays per program, not per flop).
+- ``require_cuda(what, *tensors)``: a launch on CPU tensors outside the interpreter is an
+  error, said in one line.
+- ``sm_count(device)``: streaming multiprocessors, to size grids that fill the GPU.
+
+benchmarks/compile_check.py compiles every kernel for a GPU on a machine without one: it
+replaces these three functions (module attributes, so the kernel modules must call them as
+``launch.interpreting()`` etc., never import the names).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    try:
+        return bool(triton.knobs.runtime.interpret)
+    except AttributeError:   # older triton without knobs
+        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def require_cuda(what: str, *tensors) -> None:
+    for t in tensors:
+        if t is not None and not t.is_cuda and not interpreting():
+            raise ValueError(f"{what} needs CUDA tensors (or TRITON_INTERPRET=1 set before the "
+                             "kernels are imported)")
+
+
+def sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(idx).multi_processor_count
