@@ -1,0 +1,377 @@
+"""Compile every Triton kernel for a GPU that is not here, and report what each launch needs.
+
+CI runs the kernels only in Triton's CPU interpreter, which accepts programs the GPU compiler
+rejects and knows nothing of registers or shared memory. This script compiles, without a GPU,
+every specialization the library launches at the sizes the GPU check runs (benchmarks/
+gpu_check.sh: bench_gru, bench_scoring, the engine's fused step and optimizer), down to the
+cubin for the target architecture (default sm_90: the H100/H200 this project is lent), and
+reads back each kernel's registers per thread, stack bytes (per-thread local memory for spilled
+registers and calls: a cost, not a failure), shared memory and global scratch. A launch fails
+on the device when registers × threads exceed the SM's 64K registers, when shared memory
+exceeds the opt-in limit (227 KB on sm_90), or when a kernel needs global scratch and no
+allocator is set; those are errors here.
+
+    python benchmarks/compile_check.py [--arch 90] [--quick] [--json F] [--md F]
+    PYTHONPATH=/dir/with/triton3.6 python benchmarks/compile_check.py     # the other Triton
+
+Run it with both supported Tritons (3.6 on the lent GPU machines, 3.9 on PyPI). It exits 1
+when a case fails to compile or a kernel does not fit, 2 on bad usage. TRITON_INTERPRET must
+be unset (the interpreter replaces the compiler).
+
+How: Triton's active driver is replaced by one that names the target and nothing else; every
+kernel launch becomes a compile-only "warmup" (no code runs, outputs stay uninitialised: the
+launch functions' later torch arithmetic runs on garbage and is ignored); kernels/launch.py's
+interpreting / require_cuda / sm_count are replaced so the launch functions pick their GPU
+blocks for CPU tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: per architecture: (SMs of the GPU we are lent, max opt-in shared bytes per block, registers
+#: per SM). sm_90: H100 SXM / H200 (132 SMs, 227 KB); sm_80: A100 (108 SMs, 163 KB).
+ARCH_LIMITS = {90: (132, 232448, 65536), 80: (108, 166912, 65536), 89: (128, 101376, 65536)}
+
+
+# --------------------------------------------------------------------------- the fake target
+
+class _TargetOnlyDriver:
+    """What JITFunction.run asks the active driver for before compiling: the target, a device
+    and a stream. Nothing here can launch."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def is_active(self):
+        return True
+
+
+class Recorder:
+    """Makes every launch compile-only and remembers the compiled kernels, per case."""
+
+    def __init__(self):
+        self.case = "?"
+        self.kernels: Dict[str, dict] = {}     # metadata hash -> record
+
+    def install(self, arch: int, sms: int):
+        from triton.backends.compiler import GPUTarget
+        from triton.runtime import driver
+        from triton.runtime.jit import JITFunction
+
+        driver.set_active(_TargetOnlyDriver(GPUTarget("cuda", arch, 32)))
+        original_run = JITFunction.run
+        recorder = self
+
+        def compile_only(fn, *args, grid, warmup, **kwargs):
+            kernel = original_run(fn, *args, grid=grid, warmup=True, **kwargs)
+            recorder.add(fn, kernel)
+            return kernel
+
+        JITFunction.run = compile_only
+
+        from fastgru4rec.ops.backend import load_kernels
+        launch = load_kernels("launch")
+        launch.interpreting = lambda: False
+        launch.require_cuda = lambda what, *tensors: None
+        launch.sm_count = lambda device: sms
+
+    def add(self, fn, kernel):
+        md = kernel.metadata
+        rec = self.kernels.get(md.hash)
+        if rec is None:
+            rec = self.kernels[md.hash] = dict(
+                kernel=fn.__name__, module=fn.__module__.rsplit(".", 1)[-1],
+                num_warps=md.num_warps, num_stages=md.num_stages, shared=md.shared,
+                global_scratch=getattr(md, "global_scratch_size", 0), cases=[],
+                constexprs=_constexprs(kernel), cubin=kernel.asm["cubin"])
+        if self.case not in rec["cases"]:
+            rec["cases"].append(self.case)
+
+
+def _constexprs(kernel) -> str:
+    """The compile-time constants of a specialization: the constexpr parameters, and integer
+    arguments Triton folded in (those equal to 1)."""
+    src = getattr(kernel, "src", None)
+    consts = getattr(src, "constants", None) or {}
+    names = getattr(getattr(src, "fn", None), "arg_names", None)
+    out = []
+    for key, value in consts.items():
+        idx = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+        name = names[idx] if names and isinstance(idx, int) and idx < len(names) else str(idx)
+        out.append(f"{name}={getattr(value, 'value', value)}")
+    return " ".join(out)
+
+
+def resource_usage(cubins: List[bytes]) -> List[Tuple[int, int, int]]:
+    """(REG, LOCAL, STACK) of each cubin, read by the cuobjdump that ships with Triton."""
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, cubin in enumerate(cubins):
+            path = Path(tmp) / f"k{i}.cubin"
+            path.write_bytes(cubin)
+            text = subprocess.run([str(tool), "--dump-resource-usage", str(path)],
+                                  capture_output=True, text=True, check=True).stdout
+            fields = {}
+            for tok in text.split():
+                if ":" in tok:
+                    k, _, v = tok.partition(":")
+                    if v.isdigit():
+                        fields[k] = int(v)
+            out.append((fields.get("REG", -1), fields.get("LOCAL", -1), fields.get("STACK", -1)))
+    return out
+
+
+# --------------------------------------------------------------------------- the cases
+
+def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
+    """(label, thunk): every launch the GPU check makes, at its sizes. --quick: one size per
+    kernel family (every kernel, fewer specializations), for CI."""
+    import torch
+
+    from fastgru4rec.nn import GRULayer
+    from fastgru4rec.ops import gru, optim, ranking, scoring, train_step
+
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    def ids(n, high):
+        return torch.randint(0, high, (n,), generator=g)
+
+    gru_sizes = [(32, 100)] if quick else [(b, H) for b in (32, 128, 512) for H in (100, 256, 512)]
+    variants = ("cell", "original")
+    # bench_gru: one layer, x·W_ih + h·W_hh, forward + backward, ieee (and tf32)
+    for b, H in gru_sizes:
+        for variant in variants:
+            for prec in (("ieee",) if quick else ("ieee", "tf32")):
+                def gru_dense(b=b, H=H, variant=variant, prec=prec):
+                    layer = GRULayer(H, H, variant)
+                    x = randn(b, H).requires_grad_()
+                    h = randn(b, H).requires_grad_()
+                    out = gru.gru_step_fused(x, h, layer.weight_ih, layer.bias_ih,
+                                             layer.weight_hh, layer.bias_hh, variant,
+                                             backend="triton", precision=prec)
+                    out.sum().backward()
+                yield f"gru {variant} b{b} h{H} {prec}", gru_dense
+    # the model's layer forms: embedding lookup fused (idx), one-hot table rows (no W_ih),
+    # resets, both dropouts, bf16
+    N = 5000
+    for variant in variants:
+        def gru_modes(variant=variant, quick=quick):
+            b, H = 32, 100
+            for dtype in ((torch.float32,) if quick else (torch.float32, torch.bfloat16)):
+                layer = GRULayer(H, H, variant).to(dtype)
+                table = randn(N, H, dtype=dtype).requires_grad_()
+                h = randn(b, H, dtype=dtype)
+                reset = torch.rand(b, generator=g) < 0.3
+                out = gru.gru_step_fused(table, h, layer.weight_ih, layer.bias_ih,
+                                         layer.weight_hh, layer.bias_hh, variant, idx=ids(b, N),
+                                         reset=reset, dropout_in=0.2, dropout_out=0.3, seed=7,
+                                         backend="triton")
+                out.float().sum().backward()
+                onehot = GRULayer(None, H, variant).to(dtype)
+                proj = randn(N, 3 * H, dtype=dtype).requires_grad_()
+                out = gru.gru_step_fused(proj, h, None, randn(3 * H, dtype=dtype),
+                                         onehot.weight_hh, onehot.bias_hh, variant,
+                                         idx=ids(b, N), reset=reset, dropout_out=0.3, seed=7,
+                                         backend="triton")
+                out.float().sum().backward()
+        yield f"gru {variant} modes (idx, one-hot, reset, dropout, bf16)", gru_modes
+
+    # bench_scoring: sampled loss + gradients, n_sample 2048, every loss
+    sampled = [(32, 100)] if quick else [(b, H) for b in (32, 128, 512) for H in (100, 512)]
+    losses = {"cross-entropy": dict(logq=1.0), "bpr-max": dict(bpreg=1.0, elu_param=0.5),
+              "top1-max": dict(elu_param=0.5), "top1": {}, "bpr": {}}
+    for b, H in sampled:
+        for loss, kw in losses.items():
+            for prec in (("tf32",) if quick else ("tf32", "ieee")):
+                def sampled_case(b=b, H=H, loss=loss, kw=kw, prec=prec):
+                    n_items = 50_000
+                    W, bias = randn(n_items, H), randn(n_items)
+                    Y = ids(b + 2048, n_items)
+                    if kw.get("logq"):
+                        kw = dict(kw, logq_per_column=randn(b + 2048))
+                    scoring.fused_sampled_loss_and_grads(randn(b, H), W, bias, Y, loss,
+                                                         scale=1 / b, backend="triton",
+                                                         precision=prec, **kw)
+                yield f"sampled {loss} b{b} h{H} s2048 {prec}", sampled_case
+
+    # full catalog: cross-entropy (training with n_sample="all"), rank and top-k (evaluation,
+    # recommend); N = 1,000,000, b 512, H 256 as the issue's must-show (quick: N 100,000)
+    big_n = 100_000 if quick else 1_000_000
+    for prec in (("tf32",) if quick else ("tf32", "ieee")):
+        def full_ce(prec=prec):
+            b, H = 512, 256
+            W, bias = torch.empty(big_n, H), torch.empty(big_n)
+            scoring.full_catalog_cross_entropy_and_grads(randn(b, H), W, bias, ids(b, big_n),
+                                                         backend="triton", precision=prec)
+            scoring.full_catalog_cross_entropy_and_grads(
+                randn(b, H), W, bias, ids(b, big_n), backend="triton", precision=prec,
+                d_weight_out=torch.empty(big_n, H), d_bias_out=torch.empty(big_n))
+        yield f"full-catalog CE N{big_n} b512 h256 {prec}", full_ce
+    for prec in (("ieee",) if quick else ("ieee", "tf32x3", "tf32")):
+        def rank(prec=prec):
+            b, H = 512, 256
+            ranking.rank_counts(randn(b, H), torch.empty(big_n, H), torch.empty(big_n),
+                                ids(b, big_n), backend="triton", precision=prec)
+        yield f"rank N{big_n} b512 h256 {prec}", rank
+    for k in (20, 1024):
+        def topk(k=k):
+            ranking.topk_scores(randn(1, 100), torch.empty(big_n, 100), torch.empty(big_n), k,
+                                backend="triton")
+        yield f"top-k N{big_n} b1 h100 k{k}", topk
+
+    # the engine's fused training step (shared embedding) and its sparse optimizer:
+    # bench train's B32/H100/2048/CE+logq and B128/H512/2048/bpr-max, 1 and 2 layers
+    steps = [(32, [100], "cross-entropy", dict(logq=1.0), 0.0, 0.4)]
+    if not quick:
+        steps += [(128, [512], "bpr-max", dict(bpreg=1.0, elu_param=0.5), 0.0, 0.2),
+                  (32, [100, 100], "top1-max", dict(elu_param=0.5), 0.25, 0.0)]
+    for b, layers_h, loss, kw, p_embed, p_hidden in steps:
+        for variant in (("original",) if quick else variants):
+            def step(b=b, layers_h=layers_h, loss=loss, kw=kw, variant=variant,
+                     p_embed=p_embed, p_hidden=p_hidden):
+                n_items, C = 40_000, b + 2048
+                H_last = layers_h[-1]
+                layers, in_size = [], H_last
+                for H in layers_h:
+                    layers.append(GRULayer(in_size, H, variant))
+                    in_size = H
+                W, bias = randn(n_items, H_last), randn(n_items)
+                if kw.get("logq"):
+                    kw = dict(kw, logq_per_column=randn(C))
+                grads = train_step.shared_step_grads(
+                    W, bias, layers, ids(b, n_items), ids(C, n_items),
+                    [randn(b, H) for H in layers_h], torch.rand(b, generator=g) < 0.1,
+                    torch.tensor([3], dtype=torch.int64), loss=loss, batch_size=b,
+                    dropout_embed=p_embed, dropout_hidden=p_hidden, backend="triton", **kw)
+                # the sparse Adagrad-momentum update of the touched rows (item table, bias)
+                acc, vel = torch.zeros_like(W), torch.zeros_like(W)
+                optim.adagrad_momentum_scatter(W, grads.item_ids, grads.item_grads, acc, vel, 0.2,
+                                               0.2, backend="triton")
+                optim.adagrad_momentum_scatter(bias, grads.bias_ids, grads.bias_grads,
+                                               torch.zeros_like(bias), None, 0.2, 0.0,
+                                               backend="triton")
+            yield f"train step {variant} b{b} layers{layers_h} {loss}", step
+
+
+# --------------------------------------------------------------------------- report
+
+def launch_problems(rec: dict, arch: int) -> List[str]:
+    """Why a compiled kernel (regs, threads, shared, global_scratch) cannot launch on ``arch``
+    (empty: it can)."""
+    _, max_shared, regs_per_sm = ARCH_LIMITS[arch]
+    why = []
+    if rec["regs"] * rec["threads"] > regs_per_sm:
+        why.append(f"{rec['regs']} registers x {rec['threads']} threads > {regs_per_sm}")
+    if rec["shared"] > max_shared:
+        why.append(f"shared {rec['shared']} B > {max_shared} B")
+    if rec["global_scratch"]:
+        why.append(f"needs {rec['global_scratch']} B of global scratch (no allocator is set)")
+    return why
+
+
+def check(arch: int, quick: bool) -> dict:
+    import torch
+    import triton
+
+    sms = ARCH_LIMITS[arch][0]
+    recorder = Recorder()
+    recorder.install(arch, sms)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    failures = []
+    t0 = time.perf_counter()
+    n_cases = 0
+    for label, thunk in cases(quick):
+        n_cases += 1
+        recorder.case = label
+        t = time.perf_counter()
+        try:
+            thunk()
+        except Exception as e:   # a compile error is a result, reported with its case
+            first = " ".join(str(e).strip().splitlines()[-3:])[:400]
+            failures.append(dict(case=label, error=f"{type(e).__name__}: {first}"))
+            print(f"FAIL  {label}: {type(e).__name__}: {first}", flush=True)
+            continue
+        print(f"ok    {label} ({time.perf_counter() - t:.1f} s)", flush=True)
+    records = list(recorder.kernels.values())
+    usage = resource_usage([r.pop("cubin") for r in records])
+    problems = []
+    for r, (reg, local, stack) in zip(records, usage):
+        r.update(regs=reg, local_bytes=local, stack_bytes=stack, threads=32 * r["num_warps"])
+        why = launch_problems(r, arch)
+        r["fits"] = not why
+        if why:
+            problems.append(dict(kernel=r["kernel"], constexprs=r["constexprs"], why="; ".join(why)))
+    records.sort(key=lambda r: (r["module"], r["kernel"], r["constexprs"]))
+    return dict(schema="fastgru4rec-compile-check/1", arch=f"sm_{arch}", triton=triton.__version__,
+                torch=torch.__version__, quick=quick, cases=n_cases, failures=failures,
+                problems=problems, kernels=records,
+                seconds=round(time.perf_counter() - t0, 1))
+
+
+def markdown(res: dict) -> str:
+    lines = [f"## Triton {res['triton']} → {res['arch']}: {len(res['kernels'])} compiled "
+             f"specializations from {res['cases']} cases, {len(res['failures'])} failed, "
+             f"{len(res['problems'])} do not fit ({res['seconds']} s)", "",
+             "| kernel | first case | constexprs | warps | regs | stack B | shared B | fits |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["kernels"]:
+        lines.append(f"| {r['kernel']} | {r['cases'][0]} | {r['constexprs']} | {r['num_warps']} | "
+                     f"{r['regs']} | {r['stack_bytes']} | {r['shared']} | "
+                     f"{'yes' if r['fits'] else 'NO'} |")
+    for f in res["failures"]:
+        lines.append(f"\nFAILED {f['case']}: {f['error']}")
+    for p in res["problems"]:
+        lines.append(f"\nDOES NOT FIT {p['kernel']} [{p['constexprs']}]: {p['why']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, choices=sorted(ARCH_LIMITS),
+                    help="compute capability to compile for (90: H100/H200)")
+    ap.add_argument("--quick", action="store_true", help="one size per kernel family (CI)")
+    ap.add_argument("--json", type=Path, help="write the full result here")
+    ap.add_argument("--md", type=Path, help="write the markdown table here")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("compile_check: TRITON_INTERPRET is set; unset it (the interpreter replaces the "
+              "compiler)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))   # a source checkout's kernels/ when not installed
+    res = check(args.arch, args.quick)
+    from fastgru4rec.fileio import atomic_write
+    md = markdown(res)
+    for path, text in ((args.json, json.dumps(res, indent=1) + "\n"), (args.md, md)):
+        if path:
+            with atomic_write(path, "w") as f:
+                f.write(text)
+    print(md)
+    return 1 if res["failures"] or res["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Every Triton kernel compiles for the GPU we are lent (sm_90), and each launch fits it.
+
+The kernel tests run in Triton's interpreter, which accepts programs the GPU compiler rejects
+(it found a plain-float global read inside a kernel) and knows nothing of shared memory (it
+found a top-k tile needing 260 KB of the H100's 227 KB). benchmarks/compile_check.py compiles,
+without a GPU, the specializations the library launches, down to the cubin, and reads back
+registers and shared memory; here at one size per kernel family (--quick)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "compile_check.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("compile_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _jit_kernels() -> set:
+    """The names of the @triton.jit kernels (functions named *_kernel) in kernels/."""
+    names = set()
+    for path in (ROOT / "kernels").glob("*.py"):
+        names |= set(re.findall(r"@triton\.jit\s*\ndef (\w+_kernel)\(", path.read_text()))
+    return names
+
+
+def _compiler_env(**extra):
+    """The child's environment without the TRITON_INTERPRET this test process runs under."""
+    env = subprocess_env()
+    env.pop("TRITON_INTERPRET", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    pytest.importorskip("triton")
+    import triton
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+        pytest.skip("this triton build ships no NVIDIA toolchain (ptxas / cuobjdump)")
+    out = tmp_path_factory.mktemp("compile") / "sm90.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+                          env=_compiler_env(), capture_output=True, text=True, timeout=900)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_every_kernel_compiles_for_sm90_and_fits(quick_result):
+    proc, res = quick_result
+    assert res is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert res["arch"] == "sm_90" and res["cases"] >= 10
+    assert res["failures"] == [], res["failures"]
+    assert res["problems"] == [], res["problems"]
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    compiled = {r["kernel"] for r in res["kernels"]}
+    missing = _jit_kernels() - compiled
+    assert not missing, f"kernels without a compile case in benchmarks/compile_check.py: {missing}"
+    for r in res["kernels"]:
+        assert 0 < r["regs"] <= 255 and r["threads"] == 32 * r["num_warps"], r
+        assert r["fits"] and r["shared"] <= 232448, r
+
+
+def test_launch_limits_name_what_does_not_fit():
+    check = _load_script()
+    ok = dict(regs=128, threads=128, shared=100_000, global_scratch=0)
+    assert check.launch_problems(ok, 90) == []
+    assert check.launch_problems(dict(ok, shared=266_240), 90) == ["shared 266240 B > 232448 B"]
+    assert check.launch_problems(dict(ok, shared=200_000), 80) == ["shared 200000 B > 166912 B"]
+    assert check.launch_problems(dict(ok, regs=255, threads=512), 90) == [
+        "255 registers x 512 threads > 65536"]
+    assert "global scratch" in check.launch_problems(dict(ok, global_scratch=64), 90)[0]
+
+
+def test_refuses_to_run_in_the_interpreter():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick"],
+                          env=_compiler_env(TRITON_INTERPRET="1"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "TRITON_INTERPRET" in proc.stderr
+    assert "Traceback" not in proc.stderr
