@@ -87,7 +87,7 @@ def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     return gt.sum(0, dtype=torch.int64), eq.sum(0, dtype=torch.int64)
 
 
-_ALL_KEYS = 1 << 26   # candidate keys (int64) held at once when tiles keep every score: 512 MB
+_MAX_KEYS = 1 << 26   # candidate keys (int64) held at once: 512 MB; also keeps offsets in int32
 
 
 @triton.jit
@@ -127,8 +127,8 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
     to the lower index. k <= N.
 
     Each program scores a (BM, BN) tile and keeps its KT = min(k, BN) best keys (KT passes of a
-    row max); torch.topk merges the candidates. When KT >= BN a tile keeps all its keys (the
-    candidates are then all b × N scores: rows are done in chunks of at most _ALL_KEYS keys).
+    row max; when KT >= BN all its keys); torch.topk merges the candidates. Rows are done in
+    chunks of at most _MAX_KEYS candidate keys (many rows × a large catalog).
     GPU tiles: BN 512 for k <= 64 (shared memory: the pipelined (BK, BN) fp32 W tile and the
     (BM, BN) int64 keys must fit sm_90's 227 KB; 1024 does not, benchmarks/compile_check.py);
     for larger k, KT passes cost more than keeping every score, so BN = 64 <= k."""
@@ -145,7 +145,7 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
     n_tiles = triton.cdiv(N, BN)
     KT = min(k, BN)
     n_cand = n_tiles * KT
-    rows_per_chunk = b if KT < BN else max(1, _ALL_KEYS // n_cand)
+    rows_per_chunk = max(1, _MAX_KEYS // n_cand)
     values, indices = [], []
     for r0 in range(0, b, rows_per_chunk):
         hc = h[r0:r0 + rows_per_chunk]

@@ -89,12 +89,13 @@ def _score_tile(p_h, p_w, p_bias, o_m, m_m, ids, m_n, H, stride_h, stride_w,
     """(BM, BN) tile of h[o_m] · W[ids]ᵀ + bias[ids] in fp32. Every kernel that needs a score
     goes through this one function, so equal (row block, item tile) give bit-equal scores."""
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    w_rows = ids.to(tl.int64) * stride_w   # item row × stride passes 2^31 on large catalogs
     for k0 in range(0, H, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < H
         b_h = tl.load(p_h + o_m[:, None] * stride_h + o_k[None, :],
                       mask=m_m[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_wt = tl.load(p_w + ids[None, :] * stride_w + o_k[:, None],
+        b_wt = tl.load(p_w + w_rows[None, :] + o_k[:, None],
                        mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)   # (BK, BN)
         acc = tl.dot(b_h, b_wt, acc, input_precision=PREC)
     b_b = tl.load(p_bias + ids, mask=m_n, other=0.0).to(tl.float32)
@@ -429,7 +430,7 @@ def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dh, b, N, H, st
         s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
         g = tl.exp(s - lse[:, None]) - tl.where(o_n[None, :] == tgt[:, None], 1.0, 0.0)
         g = tl.where(m_m[:, None] & m_n[None, :], g * coef[:, None], 0.0)
-        b_w = tl.load(p_w + o_n[:, None] * stride_w + o_h[None, :],
+        b_w = tl.load(p_w + o_n.to(tl.int64)[:, None] * stride_w + o_h[None, :],
                       mask=m_n[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(g, b_w, acc, input_precision=PREC)
     tl.atomic_add(p_dh + o_m[:, None] * H + o_h[None, :], acc, mask=m_m[:, None] & m_h[None, :])
@@ -445,6 +446,7 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dw, p_db, b, N,
     pid_n = tl.program_id(0)
     o_n = pid_n * BN + tl.arange(0, BN)
     m_n = o_n < N
+    n64 = o_n.to(tl.int64)   # item row × stride passes 2^31 on large catalogs
     o_h = tl.arange(0, HP)
     m_h = o_h < H
     b_bias = tl.load(p_bias + o_n, mask=m_n, other=0.0).to(tl.float32)
@@ -457,7 +459,7 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dw, p_db, b, N,
         for k0 in range(0, H, BK):
             o_k = k0 + tl.arange(0, BK)
             m_k = o_k < H
-            b_w = tl.load(p_w + o_n[:, None] * stride_w + o_k[None, :],
+            b_w = tl.load(p_w + n64[:, None] * stride_w + o_k[None, :],
                           mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
             b_ht = tl.load(p_h + o_r[None, :] * stride_h + o_k[:, None],
                            mask=m_k[:, None] & m_r[None, :], other=0.0).to(tl.float32)
@@ -472,7 +474,7 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dw, p_db, b, N,
                       mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(g, b_h, acc, input_precision=PREC)
         acc_b += tl.sum(g, axis=1)
-    p_out = p_dw + o_n[:, None] * H + o_h[None, :]
+    p_out = p_dw + n64[:, None] * H + o_h[None, :]
     m_out = m_n[:, None] & m_h[None, :]
     if ACCUM:
         acc += tl.load(p_out, mask=m_out, other=0.0)

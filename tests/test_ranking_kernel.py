@@ -75,9 +75,9 @@ def test_topk_equals_torch_topk_lower_index_on_ties(b, N, k):
 
 
 
-def test_topk_keeping_every_score_goes_by_row_chunks(monkeypatch):
-    """k >= the tile: every score is a candidate; rows are then done in chunks bounded by
-    _ALL_KEYS (here 2 rows of 6 tiles × 256 keys: chunks of 2, 2, 1 rows)."""
+def test_topk_goes_by_row_chunks(monkeypatch):
+    """Rows are done in chunks of at most _MAX_KEYS candidate keys (here k >= the tile, every
+    score is a candidate: 2 rows of 6 tiles × 256 keys make chunks of 2, 2, 1 rows)."""
     from fastgru4rec.ops.backend import load_kernels
     K = load_kernels("ranking")
     b, N, k = 5, 1300, 300
@@ -86,7 +86,7 @@ def test_topk_keeping_every_score_goes_by_row_chunks(monkeypatch):
     real_topk = torch.topk
     monkeypatch.setattr(torch, "topk", lambda x, *a, **kw: calls.append(x.shape[0]) or real_topk(x, *a, **kw))
     n_cand = -(-N // 256) * 256
-    monkeypatch.setattr(K, "_ALL_KEYS", 2 * n_cand)
+    monkeypatch.setattr(K, "_MAX_KEYS", 2 * n_cand)
     v, i = topk_scores(h.to(DEV), W.to(DEV), bias.to(DEV), k, backend="triton", precision="ieee")
     monkeypatch.undo()
     rv, ri = topk_scores_reference(h, W, bias, k)

@@ -221,3 +221,55 @@ def test_dispatch_and_errors():
     a = fused_sampled_loss_and_grads(h, W, bias, Y, "top1")
     r = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "top1")
     assert torch.equal(a.dh, r.dh) and torch.equal(a.d_rows, r.d_rows)
+
+
+# An item table whose rows lie 2^30 elements apart: row 2 starts at element 2^31, past int32.
+# The pages between rows are never touched (torch.empty), so it costs ~no memory; the table is
+# fp16 to halve the address space it reserves (4 GiB). Run in a child process: an int32
+# row offset reads a wild address and segfaults there (it did before the kernels used int64).
+_FAR_ROWS = r"""
+import sys, torch
+from fastgru4rec.ops.ranking import rank_counts, rank_counts_from_scores, topk_scores, topk_scores_reference
+from fastgru4rec.ops.scoring import full_catalog_cross_entropy_and_grads, fused_sampled_loss_and_grads, fused_sampled_loss_and_grads_reference
+dev, H, S = sys.argv[1], 16, 1 << 30
+try:
+    store = torch.empty(2 * S + H, dtype=torch.float16, device=dev)
+except (RuntimeError, MemoryError) as e:
+    print("SKIP cannot reserve the far table:", str(e).splitlines()[0]); sys.exit(0)
+W = store.as_strided((3, H), (S, 1))
+g = torch.Generator().manual_seed(0)
+W.copy_(torch.randn(3, H, generator=g).half())
+Wd = W.double().cpu()
+bias = torch.randn(3, generator=g).to(dev)
+h = torch.randn(4, H, generator=g).to(dev)
+t = torch.tensor([0, 1, 2, 2], device=dev)
+scores = h.double().cpu() @ Wd.t() + bias.double().cpu()
+got = rank_counts(h, W, bias, t, backend="triton", precision="ieee")
+ref = rank_counts_from_scores(scores, t.cpu())
+assert all(torch.equal(a.cpu(), b) for a, b in zip(got, ref)), (got, ref)
+v, i = topk_scores(h, W, bias, 3, backend="triton", precision="ieee")
+assert torch.equal(i.cpu(), scores.argsort(dim=1, descending=True)), (i, scores)
+l, dh, dW, db = full_catalog_cross_entropy_and_grads(h, W, bias, t, backend="triton", precision="ieee")
+lr, dhr, dWr, dbr = full_catalog_cross_entropy_and_grads(h.double().cpu(), Wd, bias.double().cpu(), t.cpu(), backend="torch")
+for a, b in ((l, lr), (dh, dhr), (dW, dWr), (db, dbr)):
+    assert (a.double().cpu() - b).abs().max() <= 1e-5 * b.abs().max(), (a, b)
+Y = torch.tensor([2, 0, 1, 2, 1, 2], device=dev)      # 4 targets, 2 samples
+f = fused_sampled_loss_and_grads(h, W, bias, Y, "cross-entropy", backend="triton", precision="ieee")
+r = fused_sampled_loss_and_grads_reference(h.double().cpu(), Wd, bias.double().cpu(), Y.cpu(), "cross-entropy")
+for a, b in ((f.loss, r.loss), (f.dh, r.dh), (f.d_rows, r.d_rows)):
+    assert (a.double().cpu() - b).abs().max() <= 1e-5 * b.abs().max(), (a, b)
+print("OK")
+"""
+
+
+def test_item_rows_past_2_31_elements_in_every_catalog_kernel():
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    proc = subprocess.run([sys.executable, "-c", _FAR_ROWS, DEV], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    if "SKIP" in proc.stdout:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0 and "OK" in proc.stdout, f"rc {proc.returncode}: {out[-3000:]}"
