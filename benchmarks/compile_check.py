@@ -11,7 +11,7 @@ on the device when registers × threads exceed the SM's 64K registers, when shar
 exceeds the opt-in limit (227 KB on sm_90), or when a kernel needs global scratch and no
 allocator is set; those are errors here.
 
-    python benchmarks/compile_check.py [--arch 90] [--quick] [--json F] [--md F]
+    python benchmarks/compile_check.py [--arch 90] [--quick] [--shard I/N] [--json F] [--md F]
     PYTHONPATH=/dir/with/triton3.6 python benchmarks/compile_check.py     # the other Triton
 
 Run it with both supported Tritons (3.6 on the lent GPU machines, 3.9 on PyPI). It exits 1
@@ -243,38 +243,47 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                                 backend="triton")
         yield f"top-k N{big_n} b1 h100 k{k}", topk
 
-    # the engine's fused training step (shared embedding) and its sparse optimizer:
-    # bench train's B32/H100/2048/CE+logq and B128/H512/2048/bpr-max, 1 and 2 layers
-    steps = [(32, [100], "cross-entropy", dict(logq=1.0), 0.0, 0.4)]
-    if not quick:
-        steps += [(128, [512], "bpr-max", dict(bpreg=1.0, elu_param=0.5), 0.0, 0.2),
-                  (32, [100, 100], "top1-max", dict(elu_param=0.5), 0.25, 0.0)]
-    for b, layers_h, loss, kw, p_embed, p_hidden in steps:
-        for variant in (("original",) if quick else variants):
-            def step(b=b, layers_h=layers_h, loss=loss, kw=kw, variant=variant,
-                     p_embed=p_embed, p_hidden=p_hidden):
-                n_items, C = 40_000, b + 2048
-                H_last = layers_h[-1]
-                layers, in_size = [], H_last
-                for H in layers_h:
-                    layers.append(GRULayer(in_size, H, variant))
-                    in_size = H
-                W, bias = randn(n_items, H_last), randn(n_items)
-                if kw.get("logq"):
-                    kw = dict(kw, logq_per_column=randn(C))
-                grads = train_step.shared_step_grads(
-                    W, bias, layers, ids(b, n_items), ids(C, n_items),
-                    [randn(b, H) for H in layers_h], torch.rand(b, generator=g) < 0.1,
-                    torch.tensor([3], dtype=torch.int64), loss=loss, batch_size=b,
-                    dropout_embed=p_embed, dropout_hidden=p_hidden, backend="triton", **kw)
-                # the sparse Adagrad-momentum update of the touched rows (item table, bias)
-                acc, vel = torch.zeros_like(W), torch.zeros_like(W)
-                optim.adagrad_momentum_scatter(W, grads.item_ids, grads.item_grads, acc, vel, 0.2,
-                                               0.2, backend="triton")
-                optim.adagrad_momentum_scatter(bias, grads.bias_ids, grads.bias_grads,
-                                               torch.zeros_like(bias), None, 0.2, 0.0,
-                                               backend="triton")
-            yield f"train step {variant} b{b} layers{layers_h} {loss}", step
+    # the engine's fused training step and its sparse optimizer, as FastTrainer calls them on
+    # CUDA, at the authors' presets (bench train and the yoochoose1_64 epoch of gpu_check.sh use
+    # rsc15, diginetica and yoochoose): per-layer variants, dropouts, loss flags, momentum
+    from fastgru4rec.bench import PRESETS
+    from fastgru4rec.config import GRU4RecConfig
+    for name in (["rsc15"] if quick else sorted(PRESETS)):
+        def step(cfg=GRU4RecConfig(**PRESETS[name])):
+            n_items, b = 40_000, cfg.batch_size
+            C = b + cfg.n_extra_samples
+            layers, in_size = [], cfg.layers[-1]            # shared embedding: E = H_last
+            for l, H in enumerate(cfg.layers):
+                layers.append(GRULayer(in_size, H, cfg.layer_variant(l)))
+                in_size = H
+            W, bias = randn(n_items, cfg.layers[-1]), randn(n_items)
+            lq = randn(C) if cfg.loss == "cross-entropy" and cfg.logq > 0 else None
+            grads = train_step.shared_step_grads(
+                W, bias, layers, ids(b, n_items), ids(C, n_items),
+                [randn(b, H) for H in cfg.layers], torch.rand(b, generator=g) < 0.1,
+                torch.tensor([3], dtype=torch.int64), loss=cfg.loss, batch_size=b,
+                dropout_embed=cfg.dropout_p_embed, dropout_hidden=cfg.dropout_p_hidden,
+                logq_per_column=lq, logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
+                backend="triton", columns=torch.arange(C))
+            acc = torch.zeros_like(W)
+            vel = torch.zeros_like(W) if cfg.momentum > 0 else None
+            optim.adagrad_momentum_scatter(W, grads.item_ids, grads.item_grads, acc, vel,
+                                           cfg.learning_rate, cfg.momentum, backend="triton")
+            optim.adagrad_momentum_scatter(bias, grads.bias_ids, grads.bias_grads,
+                                           torch.zeros_like(bias),
+                                           torch.zeros_like(bias) if vel is not None else None,
+                                           cfg.learning_rate, cfg.momentum, backend="triton")
+        yield f"train step {name} preset", step
+    if not quick:   # two layers and the original variant, beyond the presets
+        def step2():
+            layers = [GRULayer(64, 96, "original"), GRULayer(96, 64, "original")]
+            W, bias = randn(5000, 64), randn(5000)
+            train_step.shared_step_grads(
+                W, bias, layers, ids(32, 5000), ids(32 + 512, 5000),
+                [randn(32, 96), randn(32, 64)], torch.rand(32, generator=g) < 0.1,
+                torch.tensor([3], dtype=torch.int64), loss="top1-max", batch_size=32,
+                dropout_embed=0.25, dropout_hidden=0.1, elu_param=0.5, backend="triton")
+        yield "train step 2 layers original top1-max", step2
 
 
 # --------------------------------------------------------------------------- report
@@ -293,7 +302,7 @@ def launch_problems(rec: dict, arch: int) -> List[str]:
     return why
 
 
-def check(arch: int, quick: bool) -> dict:
+def check(arch: int, quick: bool, shard: Tuple[int, int] = (0, 1)) -> dict:
     import torch
     import triton
 
@@ -304,7 +313,9 @@ def check(arch: int, quick: bool) -> dict:
     failures = []
     t0 = time.perf_counter()
     n_cases = 0
-    for label, thunk in cases(quick):
+    for i, (label, thunk) in enumerate(cases(quick)):
+        if i % shard[1] != shard[0]:
+            continue
         n_cases += 1
         recorder.case = label
         t = time.perf_counter()
@@ -354,6 +365,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--arch", type=int, default=90, choices=sorted(ARCH_LIMITS),
                     help="compute capability to compile for (90: H100/H200)")
     ap.add_argument("--quick", action="store_true", help="one size per kernel family (CI)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="only cases i with i %% N == I (run N processes to compile in parallel)")
     ap.add_argument("--json", type=Path, help="write the full result here")
     ap.add_argument("--md", type=Path, help="write the markdown table here")
     args = ap.parse_args(argv)
@@ -361,8 +374,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("compile_check: TRITON_INTERPRET is set; unset it (the interpreter replaces the "
               "compiler)", file=sys.stderr)
         return 2
+    try:
+        shard = tuple(int(x) for x in args.shard.split("/"))
+        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+            raise ValueError
+    except ValueError:
+        print(f"compile_check: --shard wants I/N with 0 <= I < N (got {args.shard!r})",
+              file=sys.stderr)
+        return 2
     sys.path.insert(0, str(ROOT))   # a source checkout's kernels/ when not installed
-    res = check(args.arch, args.quick)
+    res = check(args.arch, args.quick, shard)
     from fastgru4rec.fileio import atomic_write
     md = markdown(res)
     for path, text in ((args.json, json.dumps(res, indent=1) + "\n"), (args.md, md)):

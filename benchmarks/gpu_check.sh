@@ -10,7 +10,9 @@
 #   2. installs the project without network (pip install --no-build-isolation --no-deps -e .),
 #   3. measures the device ceilings once (device-to-device copy bandwidth; fp32, tf32 and bf16
 #      matmul rates) for the floor computation,
-#   4. runs the device tests on the GPU (kernels, engine, training step; TRITON_INTERPRET unset),
+#   4. compiles the kernels the benchmarks launch, on all cores at once (compile_check.py), and
+#      runs the device tests on the GPU (kernels, engine, training step; TRITON_INTERPRET unset;
+#      one pytest process per file, in parallel),
 #   5. runs the kernel benchmarks (bench_gru.py, bench_scoring.py),
 #   6. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
 #      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max) and a whole yoochoose1_64 epoch,
@@ -193,13 +195,34 @@ json.dump(res, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(res))
 EOF
 
+# Compile every kernel specialization the benchmarks below launch, on all cores at once
+# (benchmarks/compile_check.py in shards; Triton's cache then serves the benchmarks, so no
+# benchmark or engine warm-up waits for a compile), and record each kernel's registers and
+# shared memory as this machine's Triton builds them (raw/compile/).
+NCPU=$(nproc 2>/dev/null || echo 4)
+SHARDS=$(( NCPU < 16 ? NCPU : 16 ))
+QUICK=""
+[ "$SIMULATE" = 1 ] && { SHARDS=2; QUICK="--quick"; }
+mkdir -p "$RAW/compile"
+step compile 60 bash -c '
+  py="$1" n="$2" dir="$3" quick="$4"; pids=""
+  for i in $(seq 0 $((n - 1))); do
+    "$py" benchmarks/compile_check.py $quick --shard "$i/$n" --json "$dir/shard$i.json" \
+      > "$dir/shard$i.log" 2>&1 & pids="$pids $!"
+  done
+  rc=0; for p in $pids; do wait "$p" || rc=1; done
+  grep -h "^FAIL\|^DOES NOT FIT" "$dir"/shard*.log
+  echo "compiled in $n shards: $(cat "$dir"/shard*.log | grep -c "^ok") cases ok"; exit $rc
+' compile "$PY" "$SHARDS" "$RAW/compile" "$QUICK"
+
 # The tests that touch the device: the kernel tests, the engine (its CUDA-graph test), the
-# training step. The rest of the suite is CPU-only and runs in CI (GPU_CHECK_TEST_ARGS=tests for
-# all of it).
+# training step, one pytest process per file, all at once (their first launches compile their
+# own specializations; benchmarks/parallel_pytest.py). The rest of the suite is CPU-only and
+# runs in CI (GPU_CHECK_TEST_ARGS=tests for all of it).
 GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_fused_step_kernel.py tests/test_engine.py tests/test_train.py"
 # shellcheck disable=SC2086
-step tests 150 "$PY" -m pytest ${GPU_CHECK_TEST_ARGS:-$GPU_TESTS} -q -m "not slow" -p no:cacheprovider \
-  -rs --junitxml="$RAW/tests.xml"
+step tests 150 "$PY" benchmarks/parallel_pytest.py --junit-dir "$RAW" \
+  ${GPU_CHECK_TEST_ARGS:-$GPU_TESTS} -- -q -m "not slow" -rs
 
 # Benchmark files: GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1. run_bench FILE MAX_SECONDS
 if [ "${GPU_CHECK_ALL_BENCH:-0}" = 1 ] || [ "$SIMULATE" = 1 ]; then export FASTGRU4REC_BENCH_GPU_ONLY=0; else export FASTGRU4REC_BENCH_GPU_ONLY=1; fi

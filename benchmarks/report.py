@@ -372,11 +372,19 @@ def _read_junit(path: Path) -> Optional[Dict[str, int]]:
     return tot
 
 
+def _read_junits(paths: List[Path]) -> Optional[Dict[str, int]]:
+    """The totals of several JUnit files (gpu_check runs one pytest process per test file)."""
+    parts = [t for t in (_read_junit(p) for p in paths) if t is not None]
+    if not parts:
+        return None
+    return {k: sum(t[k] for t in parts) for k in parts[0]}
+
+
 def summary(raw: Path, out: Path) -> Dict[str, Any]:
     steps = _read_steps(raw / "steps.tsv")
     env = load(raw / "env.json") if (raw / "env.json").is_file() else {}
     ceilings = load(raw / "ceilings.json") if (raw / "ceilings.json").is_file() else None
-    tests = _read_junit(raw / "tests.xml")
+    tests = _read_junits(sorted(raw.glob("tests*.xml")))
     json_paths = sorted(str(p) for p in raw.glob("*.json")
                         if p.name not in ("env.json", "ceilings.json"))
     docs = []

@@ -195,3 +195,38 @@ def test_report_performance_splices_the_readme_between_markers(bench_json, tmp_p
     readme.write_text("# no markers\n")
     report.performance(results)
     assert readme.read_text() == "# no markers\n"
+
+
+def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):
+    """benchmarks/parallel_pytest.py (gpu_check's device tests): one pytest process per file,
+    a failing file fails the run, 'nothing collected' does not; report.summary adds up the
+    per-file JUnit files."""
+    tdir, raw = tmp_path / "t", tmp_path / "raw"
+    tdir.mkdir()
+    (tdir / "test_a.py").write_text("def test_1():\n    assert 1\n\ndef test_2():\n    assert 2\n")
+    (tdir / "test_b.py").write_text("def test_ok():\n    pass\n\ndef test_bad():\n    assert 1 == 2\n")
+    (tdir / "test_c.py").write_text("X = 1\n")
+    script = str(ROOT / "benchmarks" / "parallel_pytest.py")
+    proc = subprocess.run([sys.executable, script, "--junit-dir", str(raw), "--jobs", "2",
+                           str(tdir), "--", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("FAILED") and "test_b.py" in ln and "1 failed, 1 passed" in ln
+               for ln in lines), lines
+    assert any(ln.startswith("ok") and "test_a.py" in ln for ln in lines)
+    assert any(ln.startswith("ok") and "test_c.py" in ln and "rc 5" in ln for ln in lines)
+    assert "2 of 3 files passed; failed: " in lines[-1]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.pop(0)
+    totals = report._read_junits(sorted(raw.glob("tests*.xml")))
+    assert totals == {"tests": 4, "failures": 1, "errors": 0, "skipped": 0, "passed": 3}
+
+    ok = subprocess.run([sys.executable, script, "--junit-dir", str(raw), str(tdir / "test_a.py"),
+                         str(tdir / "test_c.py")], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, script, "--junit-dir", str(raw), str(tdir / "nope.py")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such test file" in bad.stderr and "Traceback" not in bad.stderr
