@@ -150,7 +150,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
     import torch
 
     from fastgru4rec.nn import GRULayer
-    from fastgru4rec.ops import gru, optim, ranking, scoring, train_step
+    from fastgru4rec.ops import gru, ranking, scoring, train_step
 
     g = torch.Generator().manual_seed(0)
 
@@ -243,37 +243,30 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                                 backend="triton")
         yield f"top-k N{big_n} b1 h100 k{k}", topk
 
-    # the engine's fused training step and its sparse optimizer, as FastTrainer calls them on
-    # CUDA, at the authors' presets (bench train and the yoochoose1_64 epoch of gpu_check.sh use
-    # rsc15, diginetica and yoochoose): per-layer variants, dropouts, loss flags, momentum
+    # the engine's fused training step with its sparse and dense optimizer updates
+    # (FastTrainer.fused_step, what its CUDA graph captures) at the authors' presets (bench
+    # train and gpu_check's yoochoose1_64 epoch use rsc15, diginetica and yoochoose), under
+    # HostSyncGuard: the Triton path must not synchronise either (the CPU tests check the torch
+    # path; here the launch functions run too)
+    import numpy as np
+
     from fastgru4rec.bench import PRESETS
     from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.engine import FastTrainer, HostSyncGuard
+    from fastgru4rec.nn import GRU4RecModel
     for name in (["rsc15"] if quick else sorted(PRESETS)):
         def step(cfg=GRU4RecConfig(**PRESETS[name])):
             n_items, b = 40_000, cfg.batch_size
-            C = b + cfg.n_extra_samples
-            layers, in_size = [], cfg.layers[-1]            # shared embedding: E = H_last
-            for l, H in enumerate(cfg.layers):
-                layers.append(GRULayer(in_size, H, cfg.layer_variant(l)))
-                in_size = H
-            W, bias = randn(n_items, cfg.layers[-1]), randn(n_items)
-            lq = randn(C) if cfg.loss == "cross-entropy" and cfg.logq > 0 else None
-            grads = train_step.shared_step_grads(
-                W, bias, layers, ids(b, n_items), ids(C, n_items),
-                [randn(b, H) for H in cfg.layers], torch.rand(b, generator=g) < 0.1,
-                torch.tensor([3], dtype=torch.int64), loss=cfg.loss, batch_size=b,
-                dropout_embed=cfg.dropout_p_embed, dropout_hidden=cfg.dropout_p_hidden,
-                logq_per_column=lq, logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
-                backend="triton", columns=torch.arange(C))
-            acc = torch.zeros_like(W)
-            vel = torch.zeros_like(W) if cfg.momentum > 0 else None
-            optim.adagrad_momentum_scatter(W, grads.item_ids, grads.item_grads, acc, vel,
-                                           cfg.learning_rate, cfg.momentum, backend="triton")
-            optim.adagrad_momentum_scatter(bias, grads.bias_ids, grads.bias_grads,
-                                           torch.zeros_like(bias),
-                                           torch.zeros_like(bias) if vel is not None else None,
-                                           cfg.learning_rate, cfg.momentum, backend="triton")
-        yield f"train step {name} preset", step
+            variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
+            model = GRU4RecModel(n_items, cfg.layers, cfg.embedding_mode, cfg.embedding,
+                                 variants, seed=1)
+            trainer = FastTrainer(model, cfg, np.ones(n_items), torch.device("cpu"),
+                                  step="fused", step_backend="triton",
+                                  optimizer_backend="triton")
+            with HostSyncGuard():
+                trainer.fused_step(ids(b, n_items), ids(b, n_items), torch.ones(b, 1),
+                                   ids(cfg.n_extra_samples, n_items), model.init_hidden(b))
+        yield f"train step {name} preset (no host sync)", step
     if not quick:   # two layers and the original variant, beyond the presets
         def step2():
             layers = [GRULayer(64, 96, "original"), GRULayer(96, 64, "original")]

@@ -50,6 +50,29 @@ from .ops.train_step import dense_params, shared_step_grads
 from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
 
 
+class HostSyncGuard(torch.overrides.TorchFunctionMode):
+    """Raises AssertionError on torch calls that read device data on the host or make shapes
+    depend on data (each a host sync on CUDA, and impossible inside a CUDA graph capture).
+    Wrap code meant for capture to check it anywhere, the CPU included:
+    ``with HostSyncGuard(): trainer.fused_step(...)``."""
+
+    FORBIDDEN = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
+                 torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+                 torch.unique, torch.Tensor.unique, torch._unique2, torch.nonzero,
+                 torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
+                 torch.unique_consecutive}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FORBIDDEN:
+            raise AssertionError(f"host sync in the step: {getattr(func, '__name__', func)}")
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1] if len(args) > 1 else None
+            for ix in (index if isinstance(index, tuple) else (index,)):
+                if isinstance(ix, torch.Tensor) and ix.dtype == torch.bool:
+                    raise AssertionError("boolean-mask indexing in the step (data-dependent shape)")
+        return func(*args, **(kwargs or {}))
+
+
 class FastTrainer(Trainer):
     """Drop-in for Trainer (same constructor, ``train_epoch`` and ``fit``).
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastgru4rec.config import GRU4RecConfig
-from fastgru4rec.engine import FastTrainer, full_width_steps
+from fastgru4rec.engine import FastTrainer, HostSyncGuard, full_width_steps
 from fastgru4rec.evaluate import evaluate_model
 from fastgru4rec.nn import GRU4RecModel
 from fastgru4rec.ops.optim import (adagrad_momentum_dense, adagrad_momentum_foreach,
@@ -248,27 +248,6 @@ def test_cuda_graph_engine_equals_reference(small_split, name):
     assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-4)
 
 
-class _NoHostSync(torch.overrides.TorchFunctionMode):
-    """Raises on torch calls that read device data on the host or make shapes depend on data
-    (each a host sync on CUDA, and impossible inside a CUDA graph capture)."""
-
-    FORBIDDEN = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
-                 torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
-                 torch.unique, torch.Tensor.unique, torch._unique2, torch.nonzero,
-                 torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
-                 torch.unique_consecutive}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.FORBIDDEN:
-            raise AssertionError(f"host sync in the step: {getattr(func, '__name__', func)}")
-        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
-            index = args[1] if len(args) > 1 else None
-            for ix in (index if isinstance(index, tuple) else (index,)):
-                if isinstance(ix, torch.Tensor) and ix.dtype == torch.bool:
-                    raise AssertionError("boolean-mask indexing in the step (data-dependent shape)")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("params,step", [(CONFIGS["shared-ce"], "autograd"),
                                          (CONFIGS["shared-ce"], "fused"),
                                          (CONFIGS["separate-bprmax"], "autograd"),
@@ -290,7 +269,7 @@ def test_graph_body_has_no_host_sync(small_split, params, step):
     if trainer.sampler is not None:
         graphed.load_chunk(torch.from_numpy(trainer.sampler.next_rows(trainer.chunk_steps)))
     before = [p.detach().clone() for p in model.parameters()]
-    with _NoHostSync():
+    with HostSyncGuard():
         for _ in range(3):
             graphed.body()
     assert int(graphed.t) == 3 and int(graphed.k) == 3
@@ -299,7 +278,7 @@ def test_graph_body_has_no_host_sync(small_split, params, step):
     if trainer.cfg.full_catalog:
         return          # its reference step is the same sync-free step
     # the mode does catch syncs: the reference step's torch.unique
-    with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
+    with pytest.raises(AssertionError, match="host sync"), HostSyncGuard():
         trainer.train_step(ep.inputs[:16], ep.targets[:16], trainer.model.init_hidden(16))
 
 
