@@ -552,13 +552,17 @@ def _np2(n: int, lo: int, hi: int) -> int:
 
 def _blocks(B: int, H: int, E: int, variant: str):
     """(BM, BN, BK, num_warps) of the step kernels. The interpreter pays per program and per
-    op, not per flop: large blocks there. GPU: small row blocks for parallelism (the step is
-    latency bound); to be tuned on the GPU."""
+    op, not per flop: large blocks there. GPU: small blocks for parallelism (the step is
+    latency bound). BK 16 and BN 32: with BK 32 / BN 64 ptxas gave the cell backward at H 100
+    with ieee dots (the training default) 32 registers and ~9 KB of spills per thread, and
+    most step kernels 255 registers plus spills; at 16 / 32 none of the sizes the GPU check
+    runs spills more than 32 bytes (benchmarks/compile_check.py, sm_90, Triton 3.6 and 3.9).
+    Not yet timed on a GPU."""
     if launch.interpreting():
         return _np2(B, 16, 512), _np2(H, 16, 512), _np2(max(H, E), 16, 128), 4
     if variant == "original":
-        return 16, _np2(H, 16, 64), 32, 4
-    return _np2(B, 16, 32), _np2(H, 16, 64), 32, 4
+        return 16, _np2(H, 16, 32), 16, 4
+    return _np2(B, 16, 32), _np2(H, 16, 32), 16, 4
 
 
 def _poisoned(t: torch.Tensor) -> torch.Tensor:
@@ -657,7 +661,7 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
     if launch.interpreting():
         BI, BJ, BB = _np2(3 * H, 16, 512), _np2(max(H, E), 16, 512), _np2(B, 16, 512)
     else:
-        BI, BJ, BB = 64, 64, 32
+        BI, BJ, BB = 32, 64, 16   # no spills at ieee either (64, 64, 32: up to 500 B)
     n_hh = triton.cdiv(H, BJ)
     n_ih = triton.cdiv(E, BJ) if proj else 0
     _gru_bwd_weights_kernel[(triton.cdiv(3 * H, BI), n_hh + n_ih)](
