@@ -70,6 +70,9 @@ def test_every_kernel_compiles_for_sm90_and_fits(quick_result):
     for r in res["kernels"]:
         assert 0 < r["regs"] <= 255 and r["threads"] == 32 * r["num_warps"], r
         assert r["fits"] and r["shared"] <= 232448, r
+        # spills: the GRU backward once compiled to 32 registers and ~4.5 KB of stack per
+        # thread (BK 32 with ieee dots); the blocks now keep every kernel near zero
+        assert r["stack_bytes"] <= 256, (r["kernel"], r["cases"][0], r["stack_bytes"])
 
 
 def test_launch_limits_name_what_does_not_fit():
