@@ -21,7 +21,7 @@ be unset (the interpreter replaces the compiler).
 How: Triton's active driver is replaced by one that names the target and nothing else; every
 kernel launch becomes a compile-only "warmup" (no code runs, outputs stay uninitialised: the
 launch functions' later torch arithmetic runs on garbage and is ignored); kernels/launch.py's
-interpreting / require_cuda / sm_count are replaced so the launch functions pick their GPU
+interpreting / interpreter_blocks / require_cuda / sm_count are replaced so the launch functions pick their GPU
 blocks for CPU tensors.
 """
 from __future__ import annotations
@@ -91,6 +91,7 @@ class Recorder:
         from fastgru4rec.ops.backend import load_kernels
         launch = load_kernels("launch")
         launch.interpreting = lambda: False
+        launch.interpreter_blocks = lambda: False
         launch.require_cuda = lambda what, *tensors: None
         launch.sm_count = lambda device: sms
 

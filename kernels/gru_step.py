@@ -558,7 +558,7 @@ def _blocks(B: int, H: int, E: int, variant: str):
     most step kernels 255 registers plus spills; at 16 / 32 none of the sizes the GPU check
     runs spills more than 32 bytes (benchmarks/compile_check.py, sm_90, Triton 3.6 and 3.9).
     Not yet timed on a GPU."""
-    if launch.interpreting():
+    if launch.interpreter_blocks():
         return _np2(B, 16, 512), _np2(H, 16, 512), _np2(max(H, E), 16, 128), 4
     if variant == "original":
         return 16, _np2(H, 16, 32), 16, 4
@@ -658,7 +658,7 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
         _gru_bwd_cell_kernel[grid](*args, **meta)
     else:
         _gru_bwd_original_kernel[(triton.cdiv(B, BM),)](*args, **meta)
-    if launch.interpreting():
+    if launch.interpreter_blocks():
         BI, BJ, BB = _np2(3 * H, 16, 512), _np2(max(H, E), 16, 512), _np2(B, 16, 512)
     else:
         BI, BJ, BB = 32, 64, 16   # no spills at ieee either (64, 64, 32: up to 500 B)

@@ -1,14 +1,17 @@
 """Where the launch functions of kernels/ run: one answer for every kernel module.
 
 - ``interpreting()``: Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, read when
-  a kernel is decorated, i.e. when a kernels/ module is imported). Launch functions then pick
-  large blocks (the interpreter pays per program, not per flop).
+  a kernel is decorated, i.e. when a kernels/ module is imported).
+- ``interpreter_blocks()``: launch functions pick large blocks (the interpreter pays per
+  program, not per flop). True when interpreting, unless FASTGRU4REC_KERNEL_BLOCKS=gpu: then
+  the interpreter runs the GPU's blocks, so the CPU tests cover the tile logic (block edges,
+  K loops, catalog splits) a GPU runs (tests/test_gpu_blocks.py).
 - ``require_cuda(what, *tensors)``: a launch on CPU tensors outside the interpreter is an
   error, said in one line.
 - ``sm_count(device)``: streaming multiprocessors, to size grids that fill the GPU.
 
 benchmarks/compile_check.py compiles every kernel for a GPU on a machine without one: it
-replaces these three functions (module attributes, so the kernel modules must call them as
+replaces these functions (module attributes, so the kernel modules must call them as
 ``launch.interpreting()`` etc., never import the names).
 """
 from __future__ import annotations
@@ -17,6 +20,9 @@ import os
 
 import torch
 import triton
+
+#: FASTGRU4REC_KERNEL_BLOCKS=gpu: the GPU's block sizes in the interpreter too
+BLOCKS_ENV = "FASTGRU4REC_KERNEL_BLOCKS"
 
 
 def interpreting() -> bool:
@@ -27,6 +33,13 @@ def interpreting() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def interpreter_blocks() -> bool:
+    """Size blocks for the interpreter rather than for a GPU (see the module docstring)."""
+    if os.environ.get(BLOCKS_ENV, "").lower() == "gpu":
+        return False
+    return interpreting()
+
+
 def require_cuda(what: str, *tensors) -> None:
     for t in tensors:
         if t is not None and not t.is_cuda and not interpreting():
@@ -35,5 +48,9 @@ def require_cuda(what: str, *tensors) -> None:
 
 
 def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; off a GPU (GPU blocks in the interpreter) those
+    of the H100 / H200 this project is lent."""
+    if device.type != "cuda":
+        return 132
     idx = device.index if device.index is not None else torch.cuda.current_device()
     return torch.cuda.get_device_properties(idx).multi_processor_count

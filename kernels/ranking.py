@@ -21,7 +21,7 @@ from .scoring import _pow2, _score_tile, _split_plan, new_output, resolve_precis
 
 
 def _blocks(b: int, H: int):
-    if launch.interpreting():
+    if launch.interpreter_blocks():
         return min(32, _pow2(b)), 256, min(64, _pow2(H))   # little padding: see kernels/scoring.py
     return 64, 128, 32
 
@@ -140,7 +140,7 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
     launch.require_cuda("the triton top-k", h, weight)
     h = h if h.stride(1) == 1 else h.contiguous()
     BM, BN, BK = _blocks(b, H)
-    if not launch.interpreting():
+    if not launch.interpreter_blocks():
         BM, BN = 16, (512 if k <= 64 else 64)
     n_tiles = triton.cdiv(N, BN)
     KT = min(k, BN)
@@ -154,7 +154,7 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
         _topk_tile_kernel[(triton.cdiv(bc, BM), n_tiles)](
             hc, weight, bias, cand, bc, N, H, hc.stride(0), weight.stride(0), KT, n_cand,
             BM=BM, BN=BN, BK=BK, ALL=KT >= BN, PREC=prec,
-            num_warps=4 if launch.interpreting() else 8)
+            num_warps=4 if launch.interpreter_blocks() else 8)
         v, i = _decode_keys(torch.topk(cand, k, dim=1, sorted=True).values)
         values.append(v)
         indices.append(i)

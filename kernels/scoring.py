@@ -317,12 +317,12 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     dev = h.device
     code = LOSS_CODES[loss]
     launch.require_cuda("the triton sampled loss", h, weight)
-    interp = launch.interpreting()
+    big_blocks = launch.interpreter_blocks()
     HP = _pow2(H)
     h = h if h.stride(1) == 1 else h.contiguous()
     R = new_output((b, C), torch.float32, dev)
     # interpreter: its tl.dot is a non-BLAS numpy loop, cost ∝ padded M·N·K: blocks that pad little
-    if interp:
+    if big_blocks:
         BM, BN, BK = min(64, _pow2(b)), min(128, _pow2(C)), min(64, HP)
     else:
         BM, BN, BK = 64, 64, 32
@@ -339,8 +339,8 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     else:
         lq = R   # unused
     use_elu = code in (BPR_MAX, TOP1_MAX) and elu_param > 0
-    LBM = min(16, _pow2(b, 1)) if interp else 4
-    LBN = min(1024, _pow2(C)) if interp else 512
+    LBM = min(16, _pow2(b, 1)) if big_blocks else 4
+    LBN = min(1024, _pow2(C)) if big_blocks else 512
     _sampled_loss_kernel[(triton.cdiv(b, LBM),)](
         R, dR, lq, rows_loss, b, C, float(logq), float(bpreg), float(elu_param), float(scale),
         LOSS=code, HAS_LQ=has_lq, USE_ELU=use_elu, GRAD=grads, BM=LBM, BN=LBN)
@@ -348,7 +348,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     if not grads:
         return loss_sum, R, None, None, None
     dh = new_output((b, H), torch.float32, dev)
-    if interp:
+    if big_blocks:
         BM, BH, BK = min(64, _pow2(b)), min(64, HP), min(128, _pow2(C))
     else:
         BM, BH, BK = 64, 64, 32
@@ -356,7 +356,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         dR, weight, w_col, dh, b, C, H, weight.stride(0), BM=BM, BH=BH, BK=BK, PREC=prec)
     d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
     d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
-    if interp:
+    if big_blocks:
         BN, BH, BK = min(128, _pow2(C)), min(64, HP), min(64, _pow2(b))
     else:
         BN, BH, BK = 64, 64, 32
@@ -371,7 +371,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
 def _split_plan(n_row_blocks: int, N: int, BN: int, device: torch.device):
     """Items per split (a multiple of BN) so that row blocks × splits fill the GPU."""
     n_tiles = triton.cdiv(N, BN)
-    if launch.interpreting():
+    if launch.interpreter_blocks():
         target = 2
     else:
         target = max(1, (4 * launch.sm_count(device)) // max(n_row_blocks, 1))
@@ -494,11 +494,11 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     N = weight.shape[0]
     dev = h.device
     launch.require_cuda("the triton full-catalog cross-entropy", h, weight)
-    interp = launch.interpreting()
+    big_blocks = launch.interpreter_blocks()
     HP = _pow2(H)
     h = h if h.stride(1) == 1 else h.contiguous()
     targets = targets.contiguous()
-    if interp:
+    if big_blocks:
         BM, BN, BK = min(32, _pow2(b)), 128, min(64, HP)
     else:
         BM, BN, BK = 64, 128, 32
@@ -516,14 +516,14 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
         return loss_sum, None, None, None
     coef = (p_t / (p_t + _EPS)) * scale
     dh = torch.zeros((b, H), dtype=torch.float32, device=dev)
-    if interp:
+    if big_blocks:
         dBM, dBN = min(32, _pow2(b)), 128
     else:
         dBM, dBN = (32 if HP <= 256 else 16), 64
     per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, dev)
     _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
         h, weight, bias, targets, lse, coef, dh, b, N, H, h.stride(0), weight.stride(0), per_split,
-        BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if interp else 8)
+        BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
     accum = d_weight_out is not None
     dW = d_weight_out if accum else new_output((N, H), torch.float32, dev)
     if accum:
@@ -532,11 +532,11 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
         db = d_bias_out
     else:
         db = new_output((N,), torch.float32, dev)
-    if interp:
+    if big_blocks:
         wBM, wBN = min(32, _pow2(b)), 128
     else:
         wBM, wBN = 32, (32 if HP <= 256 else 16)
     _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
         h, weight, bias, targets, lse, coef, dW, db, b, N, H, h.stride(0), weight.stride(0),
-        ACCUM=accum, BM=wBM, BN=wBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if interp else 8)
+        ACCUM=accum, BM=wBM, BN=wBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
     return loss_sum, dh, dW, db
