@@ -12,7 +12,7 @@
 #      matmul rates) for the floor computation,
 #   4. compiles the kernels the benchmarks launch, on all cores at once (compile_check.py), and
 #      runs the device tests on the GPU (kernels, engine, training step; TRITON_INTERPRET unset;
-#      one pytest process per file, in parallel),
+#      two pytest processes per file, all at once),
 #   5. runs the kernel benchmarks (bench_gru.py, bench_scoring.py),
 #   6. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
 #      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max) and a whole yoochoose1_64 epoch,
@@ -216,12 +216,13 @@ step compile 60 bash -c '
 ' compile "$PY" "$SHARDS" "$RAW/compile" "$QUICK"
 
 # The tests that touch the device: the kernel tests, the engine (its CUDA-graph test), the
-# training step, one pytest process per file, all at once (their first launches compile their
-# own specializations; benchmarks/parallel_pytest.py). The rest of the suite is CPU-only and
+# training step, two pytest processes per file (every other test), all at once: their first
+# launches compile their own specializations, ~1 s each, on 14 cores rather than one
+# (benchmarks/parallel_pytest.py). The rest of the suite is CPU-only and
 # runs in CI (GPU_CHECK_TEST_ARGS=tests for all of it).
 GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_fused_step_kernel.py tests/test_engine.py tests/test_train.py"
 # shellcheck disable=SC2086
-step tests 150 "$PY" benchmarks/parallel_pytest.py --junit-dir "$RAW" \
+step tests 150 "$PY" benchmarks/parallel_pytest.py --junit-dir "$RAW" --shards 2 \
   ${GPU_CHECK_TEST_ARGS:-$GPU_TESTS} -- -q -m "not slow" -rs
 
 # Benchmark files: GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1. run_bench FILE MAX_SECONDS

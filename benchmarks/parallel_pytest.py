@@ -5,10 +5,13 @@ second each, and the device tests meet a hundred or more); one pytest process co
 after another while the GPU idles. Separate processes compile on separate cores (the lent
 machine has 16). The tests check values, never time, so sharing the GPU does not change them.
 
-    python benchmarks/parallel_pytest.py --junit-dir DIR [--jobs N] FILE... [-- PYTEST_ARGS...]
+    python benchmarks/parallel_pytest.py --junit-dir DIR [--jobs N] [--shards K] FILE...
+        [-- PYTEST_ARGS...]
 
-Each file's output goes to DIR/tests-<stem>.log and its JUnit XML to DIR/tests-<stem>.xml; one
-line per file is printed as it ends. Exit status: 0 when every file passed (pytest's 0, or 5:
+--shards K splits each file's tests over K processes (the plugin benchmarks/pytest_shard.py
+with FASTGRU4REC_TEST_SHARD=i/K: every K-th test). Each process's output goes to
+DIR/tests-<stem>[-<i>].log and its JUnit XML to DIR/tests-<stem>[-<i>].xml; one line per
+process is printed as it ends. Exit status: 0 when every file passed (pytest's 0, or 5:
 nothing collected), 1 otherwise, 2 on bad usage. On SIGTERM/SIGINT (gpu_check's timeout) the
 running pytest processes are terminated first.
 """
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+HERE = Path(__file__).resolve().parent   # pytest_shard.py lives here
+
 
 def _last_line(path: Path) -> str:
     try:
@@ -32,9 +37,12 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def run(files: List[str], junit_dir: Path, jobs: int, pytest_args: List[str]) -> int:
+def run(files: List[str], junit_dir: Path, jobs: int, pytest_args: List[str],
+        shards: int = 1) -> int:
     junit_dir.mkdir(parents=True, exist_ok=True)
-    pending = list(files)
+    # (file, shard index or None)
+    pending = [(f, i if shards > 1 else None) for f in files for i in range(shards)]
+    total = len(pending)
     running: Dict[subprocess.Popen, tuple] = {}
     failed = []
 
@@ -54,14 +62,21 @@ def run(files: List[str], junit_dir: Path, jobs: int, pytest_args: List[str]) ->
     signal.signal(signal.SIGINT, stop)
     while pending or running:
         while pending and len(running) < jobs:
-            f = pending.pop(0)
-            stem = Path(f).stem
+            f, shard = pending.pop(0)
+            stem = Path(f).stem + (f"-{shard}" if shard is not None else "")
+            label = f if shard is None else f"{f} [{shard}/{shards}]"
             log = junit_dir / f"tests-{stem}.log"
             cmd = [sys.executable, "-m", "pytest", f, "-p", "no:cacheprovider",
                    f"--junitxml={junit_dir / f'tests-{stem}.xml'}", *pytest_args]
+            env = dict(os.environ)
+            if shard is not None:
+                env["FASTGRU4REC_TEST_SHARD"] = f"{shard}/{shards}"
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+                cmd[3:3] = ["-p", "pytest_shard"]
             with open(log, "wb") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-            running[proc] = (f, log, time.perf_counter())
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            running[proc] = (label, log, time.perf_counter())
         time.sleep(0.2)
         for proc in [p for p in running if p.poll() is not None]:
             f, log, t0 = running.pop(proc)
@@ -70,7 +85,7 @@ def run(files: List[str], junit_dir: Path, jobs: int, pytest_args: List[str]) ->
                 failed.append(f)
             print(f"{'ok    ' if ok else 'FAILED'} {f} (rc {proc.returncode}, "
                   f"{time.perf_counter() - t0:.0f} s): {_last_line(log)}", flush=True)
-    print(f"parallel_pytest: {len(files) - len(failed)} of {len(files)} files passed"
+    print(f"parallel_pytest: {total - len(failed)} of {total} processes passed"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
 
@@ -86,6 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "its test_*.py)")
     ap.add_argument("--junit-dir", type=Path, required=True)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--shards", type=int, default=1, help="processes per file")
     args = ap.parse_args(argv)
     files = []
     for f in args.files:   # a folder stands for its test_*.py files
@@ -95,10 +111,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"parallel_pytest: no such test file: {', '.join(missing or args.files)}",
               file=sys.stderr)
         return 2
-    if args.jobs < 1:
-        print("parallel_pytest: --jobs must be at least 1", file=sys.stderr)
+    if args.jobs < 1 or args.shards < 1:
+        print("parallel_pytest: --jobs and --shards must be at least 1", file=sys.stderr)
         return 2
-    return run(files, args.junit_dir, args.jobs, pytest_args)
+    return run(files, args.junit_dir, args.jobs, pytest_args, args.shards)
 
 
 if __name__ == "__main__":

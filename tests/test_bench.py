@@ -215,7 +215,7 @@ def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):
                for ln in lines), lines
     assert any(ln.startswith("ok") and "test_a.py" in ln for ln in lines)
     assert any(ln.startswith("ok") and "test_c.py" in ln and "rc 5" in ln for ln in lines)
-    assert "2 of 3 files passed; failed: " in lines[-1]
+    assert "2 of 3 processes passed; failed: " in lines[-1]
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import report
@@ -224,6 +224,13 @@ def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):
     totals = report._read_junits(sorted(raw.glob("tests*.xml")))
     assert totals == {"tests": 4, "failures": 1, "errors": 0, "skipped": 0, "passed": 3}
 
+    # --shards 2: test_b's two tests go to two processes, one fails
+    sharded = subprocess.run([sys.executable, script, "--junit-dir", str(tmp_path / "raw2"),
+                              "--shards", "2", str(tdir / "test_b.py"), "--", "-q"],
+                             capture_output=True, text=True, timeout=300)
+    assert sharded.returncode == 1, sharded.stdout + sharded.stderr
+    assert "1 of 2 processes passed" in sharded.stdout.splitlines()[-1]
+    assert report._read_junits(sorted((tmp_path / "raw2").glob("tests*.xml")))["tests"] == 2
     ok = subprocess.run([sys.executable, script, "--junit-dir", str(raw), str(tdir / "test_a.py"),
                          str(tdir / "test_c.py")], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
