@@ -122,10 +122,15 @@ def _constexprs(kernel) -> str:
     return " ".join(out)
 
 
+def cuobjdump() -> Path:
+    """The cuobjdump that ships with Triton's NVIDIA backend."""
+    import triton
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
 def resource_usage(cubins: List[bytes]) -> List[Tuple[int, int, int]]:
     """(REG, LOCAL, STACK) of each cubin, read by the cuobjdump that ships with Triton."""
-    import triton
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tool = cuobjdump()
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cubin in enumerate(cubins):
@@ -375,6 +380,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError:
         print(f"compile_check: --shard wants I/N with 0 <= I < N (got {args.shard!r})",
               file=sys.stderr)
+        return 2
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("compile_check: triton is not installed", file=sys.stderr)
+        return 2
+    if not cuobjdump().is_file():
+        print(f"compile_check: {cuobjdump()} not found (this triton build ships no NVIDIA "
+              "toolchain)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))   # a source checkout's kernels/ when not installed
     res = check(args.arch, args.quick, shard)

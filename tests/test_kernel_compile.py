@@ -48,8 +48,7 @@ def _compiler_env(**extra):
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory):
     pytest.importorskip("triton")
-    import triton
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+    if not _load_script().cuobjdump().is_file():
         pytest.skip("this triton build ships no NVIDIA toolchain (ptxas / cuobjdump)")
     out = tmp_path_factory.mktemp("compile") / "sm90.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
