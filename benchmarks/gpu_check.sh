@@ -204,7 +204,7 @@ SHARDS=$(( NCPU < 16 ? NCPU : 16 ))
 QUICK=""
 [ "$SIMULATE" = 1 ] && { SHARDS=2; QUICK="--quick"; }
 mkdir -p "$RAW/compile"
-step compile 60 bash -c '
+step compile 90 bash -c '
   py="$1" n="$2" dir="$3" quick="$4"; pids=""
   for i in $(seq 0 $((n - 1))); do
     "$py" benchmarks/compile_check.py $quick --shard "$i/$n" --json "$dir/shard$i.json" \
