@@ -43,6 +43,22 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def benchmarks_script(name: str):
+    """The module of benchmarks/<name>.py (benchmarks/ is not a package), imported by path
+    once per process."""
+    import importlib.util
+    import sys
+
+    key = f"_benchmarks_{name}"
+    if key not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
 def shared_data_dir() -> Path:
     """Where the real data lives: $FASTGRU4REC_DATA, else <repo>/../shared/data."""
     env = os.environ.get("FASTGRU4REC_DATA")

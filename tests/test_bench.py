@@ -12,7 +12,7 @@ import pytest
 from fastgru4rec.bench import benchmark_ratios
 from fastgru4rec.cli import main
 
-from conftest import subprocess_env
+from conftest import benchmarks_script, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--synthetic", "n_sessions=150,n_items=40", "--max-steps", "6", "--warmup-steps", "2",
@@ -148,11 +148,7 @@ def test_report_renders_tables(bench_json, tmp_path):
 
 
 def test_report_performance_and_summary(bench_json, tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import report
-    finally:
-        sys.path.pop(0)
+    report = benchmarks_script("report")
     results = tmp_path / "results"
     results.mkdir()
     shutil.copy(bench_json, results / "cpu-tiny.json")
@@ -176,11 +172,7 @@ def test_report_performance_and_summary(bench_json, tmp_path):
 
 
 def test_report_performance_splices_the_readme_between_markers(bench_json, tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import report
-    finally:
-        sys.path.pop(0)
+    report = benchmarks_script("report")
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
     shutil.copy(bench_json, results / "cpu-tiny.json")
@@ -216,11 +208,7 @@ def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):
     assert any(ln.startswith("ok") and "test_a.py" in ln for ln in lines)
     assert any(ln.startswith("ok") and "test_c.py" in ln and "rc 5" in ln for ln in lines)
     assert "2 of 3 processes passed; failed: " in lines[-1]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import report
-    finally:
-        sys.path.pop(0)
+    report = benchmarks_script("report")
     totals = report._read_junits(sorted(raw.glob("tests*.xml")))
     assert totals == {"tests": 4, "failures": 1, "errors": 0, "skipped": 0, "passed": 3}
 

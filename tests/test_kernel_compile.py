@@ -7,7 +7,6 @@ without a GPU, the specializations the library launches, down to the cubin, and 
 registers and shared memory; here at one size per kernel family (--quick)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -16,17 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
+from conftest import benchmarks_script, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "compile_check.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("compile_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _jit_kernels() -> set:
@@ -48,7 +40,7 @@ def _compiler_env(**extra):
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory):
     pytest.importorskip("triton")
-    if not _load_script().cuobjdump().is_file():
+    if not benchmarks_script("compile_check").cuobjdump().is_file():
         pytest.skip("this triton build ships no NVIDIA toolchain (ptxas / cuobjdump)")
     out = tmp_path_factory.mktemp("compile") / "sm90.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
@@ -75,7 +67,7 @@ def test_every_kernel_compiles_for_sm90_and_fits(quick_result):
 
 
 def test_launch_limits_name_what_does_not_fit():
-    check = _load_script()
+    check = benchmarks_script("compile_check")
     ok = dict(regs=128, threads=128, shared=100_000, global_scratch=0)
     assert check.launch_problems(ok, 90) == []
     assert check.launch_problems(dict(ok, shared=266_240), 90) == ["shared 266240 B > 232448 B"]
