@@ -8,8 +8,9 @@ cubin for the target architecture (default sm_90: the H100/H200 this project is 
 reads back each kernel's registers per thread, stack bytes (per-thread local memory for spilled
 registers and calls: a cost, not a failure), shared memory and global scratch. A launch fails
 on the device when registers × threads exceed the SM's 64K registers, when shared memory
-exceeds the opt-in limit (227 KB on sm_90), or when a kernel needs global scratch and no
-allocator is set; those are errors here.
+exceeds the opt-in limit (227 KB on sm_90), when a kernel needs global scratch and no
+allocator is set, or when a grid exceeds CUDA's (2^31-1, 65535, 65535) programs (the interpreter
+runs any grid); those are errors here.
 
     python benchmarks/compile_check.py [--arch 90] [--quick] [--shard I/N] [--json F] [--md F]
     PYTHONPATH=/dir/with/triton3.6 python benchmarks/compile_check.py     # the other Triton
@@ -82,6 +83,7 @@ class Recorder:
         recorder = self
 
         def compile_only(fn, *args, grid, warmup, **kwargs):
+            check_grid(fn.__name__, grid, kwargs)
             kernel = original_run(fn, *args, grid=grid, warmup=True, **kwargs)
             recorder.add(fn, kernel)
             return kernel
@@ -106,6 +108,20 @@ class Recorder:
                 constexprs=_constexprs(kernel), cubin=kernel.asm["cubin"])
         if self.case not in rec["cases"]:
             rec["cases"].append(self.case)
+
+
+#: CUDA's grid limits (x, y, z): a launch past them fails on the device ("invalid argument"),
+#: while the interpreter runs any grid.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(name: str, grid, meta: dict) -> None:
+    """Raise ValueError when a launch's grid exceeds CUDA's limits."""
+    dims = tuple(grid(meta) if callable(grid) else grid)
+    dims = dims + (1,) * (3 - len(dims))
+    if any(d > lim for d, lim in zip(dims, GRID_LIMITS)) or min(dims) < 1:
+        raise ValueError(f"{name}: grid {dims} outside CUDA's limits "
+                         f"(1..{GRID_LIMITS[0]}, 1..{GRID_LIMITS[1]}, 1..{GRID_LIMITS[2]})")
 
 
 def _constexprs(kernel) -> str:
@@ -248,6 +264,11 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
             ranking.topk_scores(randn(1, 100), torch.empty(big_n, 100), torch.empty(big_n), k,
                                 backend="triton")
         yield f"top-k N{big_n} b1 h100 k{k}", topk
+
+    def topk_huge(n=5_000_000):   # more than 65,535 item tiles (a launch's y/z limit)
+        ranking.topk_scores(randn(1, 100), torch.empty(n, 100), torch.empty(n), 100,
+                            backend="triton")
+    yield "top-k N5000000 b1 h100 k100", topk_huge
 
     # the engine's fused training step with its sparse and dense optimizer updates
     # (FastTrainer.fused_step, what its CUDA graph captures) at the authors' presets (bench

@@ -92,9 +92,14 @@ _MAX_KEYS = 1 << 26   # candidate keys (int64) held at once: 512 MB; also keeps 
 
 @triton.jit
 def _topk_tile_kernel(p_h, p_w, p_bias, p_cand, b, N, H, stride_h, stride_w, KT, n_cand,
+                      n_row_blocks,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ALL: tl.constexpr,
                       PREC: tl.constexpr):
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    # one flat grid axis of n_row_blocks × item tiles: CUDA caps grid axes y and z at 65,535,
+    # fewer than the item tiles of a 4.2M catalog at BN 64. Row blocks vary fastest, so the
+    # programs running together read the same (BN, H) item tile (from L2).
+    pid = tl.program_id(0)
+    pid_m, pid_n = pid % n_row_blocks, pid // n_row_blocks
     o_m = pid_m * BM + tl.arange(0, BM)
     m_m = o_m < b
     o_n = pid_n * BN + tl.arange(0, BN)
@@ -151,8 +156,9 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
         hc = h[r0:r0 + rows_per_chunk]
         bc = hc.shape[0]
         cand = new_output((bc, n_cand), torch.int64, h.device)
-        _topk_tile_kernel[(triton.cdiv(bc, BM), n_tiles)](
-            hc, weight, bias, cand, bc, N, H, hc.stride(0), weight.stride(0), KT, n_cand,
+        n_rb = triton.cdiv(bc, BM)
+        _topk_tile_kernel[(n_rb * n_tiles,)](     # n_rb · n_tiles <= max(2^26, n_tiles) < 2^31
+            hc, weight, bias, cand, bc, N, H, hc.stride(0), weight.stride(0), KT, n_cand, n_rb,
             BM=BM, BN=BN, BK=BK, ALL=KT >= BN, PREC=prec,
             num_warps=4 if launch.interpreter_blocks() else 8)
         v, i = _decode_keys(torch.topk(cand, k, dim=1, sorted=True).values)
