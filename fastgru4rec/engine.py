@@ -12,8 +12,9 @@ What the CUDA path changes against train.Trainer (and why):
 - No torch.unique (its output size is data-dependent: a host sync, and no CUDA graph). Each
   step gathers the item-table rows it uses, one row per occurrence, as leaves; the optimizer
   (ops.optim.adagrad_momentum_scatter) sums the gradients of repeated ids itself after a sort,
-  on CUDA in one Triton launch per table.
-- Dense parameters are updated with multi-tensor (torch._foreach_*) launches.
+  on CUDA in one Triton launch for the item table and its bias together (one sort).
+- Dense parameters are updated by ops.optim.adagrad_momentum_list: on CUDA one Triton launch per
+  four tensors (a GRU layer), elsewhere multi-tensor torch._foreach_* launches.
 - Negative samples are drawn ``chunk_steps`` steps at a time and moved to the device as one
   block through pinned buffers, asynchronously (the same ids, in the same order, as the
   reference's one row per step).
@@ -44,7 +45,7 @@ import torch
 from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
-from .ops.optim import adagrad_momentum_foreach, adagrad_momentum_scatter
+from .ops.optim import adagrad_momentum_list, adagrad_momentum_scatter
 from .ops.scoring import logq_column_correction
 from .ops.train_step import dense_params, shared_step_grads
 from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
@@ -167,13 +168,12 @@ class FastTrainer(Trainer):
         grads = torch.autograd.grad(loss, self._dense_params + leaves, allow_unused=True)
         n_dense = len(self._dense_params)
         used = [i for i in range(n_dense) if grads[i] is not None]
-        adagrad_momentum_foreach(
+        adagrad_momentum_list(
             [self._dense_params[i] for i in used], [grads[i] for i in used],
             [self._dense_acc[i] for i in used],
             [self._dense_vel[i] for i in used] if self._dense_vel is not None else None,
-            cfg.learning_rate, cfg.momentum)
-        self._update_rows("item_weight", W, w_ids, grads[n_dense])
-        self._update_rows("item_bias", bias, Y, grads[n_dense + 1])
+            cfg.learning_rate, cfg.momentum, backend=self.optimizer_backend)
+        self._update_item_rows(w_ids, grads[n_dense], grads[n_dense + 1], b if shared else 0)
         if in_rows is not None:
             self._update_rows(model.input_table_name, in_table, inp, grads[n_dense + 2])
         return loss.detach(), [h.detach() for h in new_hidden]
@@ -194,10 +194,10 @@ class FastTrainer(Trainer):
                               logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
                               backend=self.step_backend, precision=self.precision,
                               columns=self._cols[:Y.shape[0]])
-        adagrad_momentum_foreach(self._dense_params, g.dense, self._dense_acc, self._dense_vel,
-                                 cfg.learning_rate, cfg.momentum)
-        self._update_rows("item_weight", model.item_weight, g.item_ids, g.item_grads)
-        self._update_rows("item_bias", model.item_bias, g.bias_ids, g.bias_grads)
+        adagrad_momentum_list(self._dense_params, g.dense, self._dense_acc, self._dense_vel,
+                              cfg.learning_rate, cfg.momentum, backend=self.optimizer_backend)
+        # g.item_ids = [inp; Y] and g.bias_ids = Y: the bias rows are the ids past b
+        self._update_item_rows(g.item_ids, g.item_grads, g.bias_grads, b)
         self._seed.add_(1)
         return g.loss, g.new_hidden
 
@@ -238,6 +238,18 @@ class FastTrainer(Trainer):
         acc, vel = self.opt.state[name]
         adagrad_momentum_scatter(table.data, ids, grad, acc, vel, self.cfg.learning_rate,
                                  self.cfg.momentum, backend=self.optimizer_backend)
+
+    def _update_item_rows(self, ids: torch.Tensor, grad: torch.Tensor, bias_grad: torch.Tensor,
+                          bias_offset: int):
+        """The item table at ids (L,) (one gradient row per occurrence) and the item bias at
+        ids[bias_offset:] (bias_grad (L - bias_offset,)): one sort, and on CUDA one launch."""
+        acc, vel = self.opt.state["item_weight"]
+        b_acc, b_vel = self.opt.state["item_bias"]
+        adagrad_momentum_scatter(self.model.item_weight.data, ids, grad, acc, vel,
+                                 self.cfg.learning_rate, self.cfg.momentum,
+                                 backend=self.optimizer_backend,
+                                 bias=(self.model.item_bias.data, bias_grad, b_acc, b_vel,
+                                       bias_offset))
 
     # ------------------------------------------------------------------ the epoch
     def train_epoch(self, data: SessionData, epoch: int = 0, progress: bool = True,

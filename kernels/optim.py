@@ -1,5 +1,8 @@
-"""Triton kernel for the sparse Adagrad-with-momentum update of item-table rows (REFERENCE §4),
-in the fixed-shape form the fast training engine needs (no torch.unique, no host sync).
+"""Triton kernels for the Adagrad-with-momentum updates of the fast training engine (REFERENCE
+§4), in fixed-shape forms (no torch.unique, no host sync): the sparse update of item-table rows
+(with the bias rows in the same pass) and the dense update of a list of parameters.
+
+Sparse rows (``_adagrad_momentum_rows_kernel``):
 
 Input: the L row ids a step touched, SORTED (duplicates allowed and adjacent), the permutation
 that sorted them, and one gradient row per ORIGINAL position (L, H). One program per sorted
@@ -9,7 +12,15 @@ of its run, then updates that table row once:
     acc += g²;  v = μ·v - lr·g / sqrt(acc + 1e-6);  p += v        (μ = 0: p -= lr·g / sqrt(..))
 
 so each touched row is read and written exactly once (no race between duplicates) and the whole
-update is one launch after the sort.
+update is one launch after the sort. With a bias table, the bias rows are the ids at original
+positions >= bias_offset (the step's columns Y, when the item ids are [inputs; Y]): the same
+program sums their bias gradients and, when its run holds at least one, updates the bias row
+once too (a row touched only as an input keeps its bias, its accumulator and its velocity: lazy
+momentum), so one sort and one launch serve both tables.
+
+Dense list (``_adagrad_momentum_dense_kernel``): up to four parameters (a GRU layer's weight_ih,
+bias_ih, weight_hh, bias_hh) per launch, one flat grid over their blocks; the engine's dense
+update in one launch per layer instead of torch._foreach_*'s seven multi-tensor launches.
 
 Interpreter rules (DESIGN.md): fp32 arithmetic, no libdevice, one configuration.
 """
@@ -23,9 +34,29 @@ from . import launch
 
 
 @triton.jit
-def _adagrad_momentum_rows_kernel(p_rows, p_perm, p_grad, p_table, p_acc, p_vel, L, H,
+def _adagrad_momentum_apply(p_table, p_acc, p_vel, offs, mask, g, lr, momentum, eps,
+                            HAS_MOMENTUM: tl.constexpr):
+    """acc += g²; v = μ·v - lr·g / sqrt(acc + eps); p += v (μ = 0: p -= lr·g / sqrt(..)) at
+    ``offs`` (a block of elements or one scalar)."""
+    acc = tl.load(p_acc + offs, mask=mask, other=0.0).to(tl.float32) + g * g
+    tl.store(p_acc + offs, acc.to(p_acc.dtype.element_ty), mask=mask)
+    step = g / tl.sqrt(acc + eps)
+    p = tl.load(p_table + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_MOMENTUM:
+        v = tl.load(p_vel + offs, mask=mask, other=0.0).to(tl.float32) * momentum - lr * step
+        tl.store(p_vel + offs, v.to(p_vel.dtype.element_ty), mask=mask)
+        p = p + v
+    else:
+        p = p - lr * step
+    tl.store(p_table + offs, p.to(p_table.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adagrad_momentum_rows_kernel(p_rows, p_perm, p_grad, p_table, p_acc, p_vel,
+                                  p_bgrad, p_bias, p_bacc, p_bvel, bias_offset, L, H,
                                   stride_g, stride_t, lr, momentum, eps,
-                                  HAS_MOMENTUM: tl.constexpr, BLOCK_H: tl.constexpr):
+                                  HAS_MOMENTUM: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                  BLOCK_H: tl.constexpr):
     i = tl.program_id(0)
     row = tl.load(p_rows + i)
     prev = tl.load(p_rows + i - 1, mask=i > 0, other=-1)
@@ -33,26 +64,57 @@ def _adagrad_momentum_rows_kernel(p_rows, p_perm, p_grad, p_table, p_acc, p_vel,
         o_h = tl.arange(0, BLOCK_H)
         m_h = o_h < H
         g = tl.zeros([BLOCK_H], dtype=tl.float32)
+        g_bias = tl.zeros([1], dtype=tl.float32)
+        n_bias = tl.zeros([1], dtype=tl.int32)       # occurrences of this id that carry a bias
         # sum the gradient rows of this id's run (its positions in the sorted order: i, i+1, ..)
         j = i
         r_j = row
         while r_j == row:
             src = tl.load(p_perm + j).to(tl.int64)
             g += tl.load(p_grad + src * stride_g + o_h, mask=m_h, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                is_col = (src + tl.zeros([1], dtype=tl.int64)) >= bias_offset
+                g_bias += tl.load(p_bgrad + (src - bias_offset) + tl.zeros([1], dtype=tl.int64),
+                                  mask=is_col, other=0.0).to(tl.float32)
+                n_bias += is_col.to(tl.int32)
             j += 1
             r_j = tl.load(p_rows + j, mask=j < L, other=-1)
-        base = row.to(tl.int64) * stride_t + o_h
-        acc = tl.load(p_acc + base, mask=m_h, other=0.0).to(tl.float32) + g * g
-        tl.store(p_acc + base, acc.to(p_acc.dtype.element_ty), mask=m_h)
-        step = g / tl.sqrt(acc + eps)
-        p = tl.load(p_table + base, mask=m_h, other=0.0).to(tl.float32)
-        if HAS_MOMENTUM:
-            v = tl.load(p_vel + base, mask=m_h, other=0.0).to(tl.float32) * momentum - lr * step
-            tl.store(p_vel + base, v.to(p_vel.dtype.element_ty), mask=m_h)
-            p = p + v
-        else:
-            p = p - lr * step
-        tl.store(p_table + base, p.to(p_table.dtype.element_ty), mask=m_h)
+        _adagrad_momentum_apply(p_table, p_acc, p_vel, row.to(tl.int64) * stride_t + o_h, m_h,
+                                g, lr, momentum, eps, HAS_MOMENTUM)
+        if HAS_BIAS:
+            _adagrad_momentum_apply(p_bias, p_bacc, p_bvel,
+                                    row.to(tl.int64) + tl.zeros([1], dtype=tl.int64), n_bias > 0,
+                                    g_bias, lr, momentum, eps, HAS_MOMENTUM)
+
+
+@triton.jit
+def _dense_block(p_param, p_grad, p_acc, p_vel, n, block, lr, momentum, eps,
+                 HAS_MOMENTUM: tl.constexpr, BLOCK: tl.constexpr):
+    offs = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(p_grad + offs, mask=mask, other=0.0).to(tl.float32)
+    _adagrad_momentum_apply(p_param, p_acc, p_vel, offs, mask, g, lr, momentum, eps, HAS_MOMENTUM)
+
+
+@triton.jit
+def _adagrad_momentum_dense_kernel(p0, g0, a0, v0, n0, p1, g1, a1, v1, n1, p2, g2, a2, v2, n2,
+                                   p3, g3, a3, v3, n3, end0, end1, end2, lr, momentum, eps,
+                                   NT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+                                   BLOCK: tl.constexpr):
+    """Grid: the blocks of tensor 0, then of tensor 1, ... (end_t: the first block past tensor
+    t). NT (1..4) tensors are live; the others' arguments are placeholders."""
+    pid = tl.program_id(0)
+    if pid < end0:
+        _dense_block(p0, g0, a0, v0, n0, pid, lr, momentum, eps, HAS_MOMENTUM, BLOCK)
+    if NT > 1:
+        if (pid >= end0) & (pid < end1):
+            _dense_block(p1, g1, a1, v1, n1, pid - end0, lr, momentum, eps, HAS_MOMENTUM, BLOCK)
+    if NT > 2:
+        if (pid >= end1) & (pid < end2):
+            _dense_block(p2, g2, a2, v2, n2, pid - end1, lr, momentum, eps, HAS_MOMENTUM, BLOCK)
+    if NT > 3:
+        if pid >= end2:
+            _dense_block(p3, g3, a3, v3, n3, pid - end2, lr, momentum, eps, HAS_MOMENTUM, BLOCK)
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -61,11 +123,15 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: float,
-                                 momentum: float, eps: float) -> None:
+                                 momentum: float, eps: float, bias=None) -> None:
     """Update ``table`` in place (with its ``acc`` / ``vel`` state, same shape) at the rows
     ``sorted_ids`` (int64 (L,), ascending, duplicates allowed). ``grad`` (L, H) or (L,) holds
     one gradient row per original position; ``perm`` (L,) int64 maps sorted positions to
-    original ones (torch.sort's indices). Tables (N, H) or (N,), contiguous rows."""
+    original ones (torch.sort's indices). Tables (N, H) or (N,), contiguous rows.
+
+    bias: optional (bias_table (N,), bias_grad (L - offset,), bias_acc, bias_vel or None,
+    offset): also update bias_table at the ids of original positions >= offset, bias_grad[k]
+    being the gradient of original position offset + k (same lr, momentum)."""
     table2, acc2, grad2 = _as_rows(table), _as_rows(acc), _as_rows(grad)
     vel2 = _as_rows(vel) if vel is not None else acc2
     L, H = grad2.shape
@@ -77,7 +143,59 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
     launch.require_cuda("the triton optimizer", table2, acc2, vel2, grad2, sorted_ids, perm)
     if acc2.stride(0) != table2.stride(0) or vel2.stride(0) != table2.stride(0):
         raise ValueError("adagrad rows kernel: table, acc and vel must have the same layout")
+    has_momentum = vel is not None and momentum > 0
+    if bias is not None:
+        b_table, b_grad, b_acc, b_vel, offset = bias
+        if (vel is None) != (b_vel is None):
+            raise ValueError("adagrad rows kernel: table and bias need velocities alike")
+        for name, t in (("bias", b_table), ("bias acc", b_acc), ("bias grad", b_grad),
+                        ("bias vel", b_vel if b_vel is not None else b_acc)):
+            if t.dim() != 1 or t.stride(0) != 1:
+                raise ValueError(f"adagrad rows kernel: {name} must be a contiguous vector")
+        if not 0 <= offset <= L or b_grad.shape[0] != L - offset:
+            raise ValueError(f"adagrad rows kernel: bias_grad has {b_grad.shape[0]} rows, "
+                             f"the ids past offset {offset} are {L - offset}")
+        launch.require_cuda("the triton optimizer", b_table, b_grad, b_acc)
+        bias_args = (b_grad, b_table, b_acc, b_vel if b_vel is not None else b_acc, int(offset))
+    else:
+        bias_args = (grad2, table2, acc2, vel2, 0)   # placeholders (HAS_BIAS=False)
     _adagrad_momentum_rows_kernel[(L,)](
-        sorted_ids, perm, grad2, table2, acc2, vel2, L, H, grad2.stride(0), table2.stride(0),
-        float(lr), float(momentum), float(eps), HAS_MOMENTUM=vel is not None and momentum > 0,
-        BLOCK_H=max(16, triton.next_power_of_2(H)), num_warps=4 if H >= 256 else 1)
+        sorted_ids, perm, grad2, table2, acc2, vel2, *bias_args, L, H, grad2.stride(0),
+        table2.stride(0), float(lr), float(momentum), float(eps), HAS_MOMENTUM=has_momentum,
+        HAS_BIAS=bias is not None, BLOCK_H=max(16, triton.next_power_of_2(H)),
+        num_warps=4 if H >= 256 else 1)
+
+
+_DENSE_PER_LAUNCH = 4   # the kernel's tensor slots
+
+
+def adagrad_momentum_dense_list(params, grads, accs, vels, lr: float, momentum: float,
+                                eps: float) -> None:
+    """The dense update of every tensor of ``params`` (with ``grads``, ``accs``, ``vels`` or
+    None: same shapes, contiguous), four tensors per launch."""
+    has_momentum = vels is not None and momentum > 0
+    for lo in range(0, len(params), _DENSE_PER_LAUNCH):
+        slots, ends, n_blocks = [], [], 0
+        for i in range(lo, min(lo + _DENSE_PER_LAUNCH, len(params))):
+            p, g, a = params[i], grads[i], accs[i]
+            v = vels[i] if has_momentum else a
+            for name, t in (("param", p), ("grad", g), ("acc", a), ("vel", v)):
+                if not t.is_contiguous() or t.shape != p.shape:
+                    raise ValueError(f"adagrad dense kernel: {name} {i} must be contiguous with "
+                                     f"the parameter's shape {tuple(p.shape)}")
+            launch.require_cuda("the triton optimizer", p, g, a, v)
+            slots += [p, g, a, v, p.numel()]
+            n_blocks += triton.cdiv(p.numel(), _DENSE_BLOCK)
+            ends.append(n_blocks)
+        nt = len(ends)
+        slots += slots[:5] * (_DENSE_PER_LAUNCH - nt)   # placeholders for the unused slots
+        ends += [n_blocks] * (_DENSE_PER_LAUNCH - nt)
+        if n_blocks == 0:
+            continue
+        _adagrad_momentum_dense_kernel[(n_blocks,)](
+            *slots, *ends[:3], float(lr), float(momentum), float(eps), NT=nt,
+            HAS_MOMENTUM=has_momentum, BLOCK=_DENSE_BLOCK)
+
+
+#: elements per program of the dense update (4 fp32 streams in, 3 out: memory-bound)
+_DENSE_BLOCK = 1024

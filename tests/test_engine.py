@@ -11,7 +11,8 @@ from fastgru4rec.engine import FastTrainer, HostSyncGuard, full_width_steps
 from fastgru4rec.evaluate import evaluate_model
 from fastgru4rec.nn import GRU4RecModel
 from fastgru4rec.ops.optim import (adagrad_momentum_dense, adagrad_momentum_foreach,
-                                   adagrad_momentum_rows, adagrad_momentum_scatter)
+                                   adagrad_momentum_list, adagrad_momentum_rows,
+                                   adagrad_momentum_scatter)
 from fastgru4rec.sampling import SampleStore
 from fastgru4rec.synthetic import synthetic_split
 from fastgru4rec.train import EpochOnDevice, Trainer
@@ -80,6 +81,81 @@ def check_scatter_update(backend, momentum, L, N, H, device="cpu", dtype=torch.f
 @pytest.mark.parametrize("L,N,H", SCATTER_CASES)
 def test_scatter_update_equals_unique_rows(momentum, L, N, H):
     check_scatter_update("torch", momentum, L, N, H)
+
+
+#: (L ids, N rows, H, bias offset): the bias rows are the ids at positions >= offset
+SCATTER_BIAS_CASES = [(40, 30, 16, 12), (61, 200, 100, 0), (9, 50, 8, 9), (70, 25, 33, 20)]
+
+
+def check_scatter_with_bias(backend, momentum, L, N, H, offset, device="cpu",
+                            dtype=torch.float64, tol=1e-12):
+    """adagrad_momentum_scatter(..., bias=...) against the float64 unique-row reference run on
+    the table at ids and on the bias at ids[offset:] separately; a bias row named only before
+    offset (an input that is no column) keeps its value, accumulator and velocity bit-exactly.
+    (Also run by tests/test_optim_kernel.py.)"""
+    ids, table, acc, vel, grad = _scatter_case(L * 5 + H + offset, L, N, H)
+    _, bias, b_acc, b_vel, b_grad = _scatter_case(L + 99, L, N, 0)
+    ids[0] = ids[L - 1] if offset == 0 else ids[0]
+    if 0 < offset < L:       # plant: an id only before offset, and one on both sides
+        ids[offset:] = torch.where(ids[offset:] == ids[0], (ids[0] + 1) % N, ids[offset:])
+        ids[offset - 1] = ids[L - 1]
+    b_grad = b_grad[offset:]
+    vel, b_vel = (vel, b_vel) if momentum > 0 else (None, None)
+    want = _unique_reference(ids, table, acc, vel, grad, 0.07, momentum)
+    want_b = (_unique_reference(ids[offset:], bias, b_acc, b_vel, b_grad, 0.07, momentum)
+              if offset < L else (bias, b_acc, b_vel))
+    got = [x.to(device, dtype) if x is not None else None
+           for x in (table, acc, vel, bias, b_acc, b_vel)]
+    adagrad_momentum_scatter(got[0], ids.to(device), grad.to(device, dtype), got[1], got[2],
+                             0.07, momentum, backend=backend,
+                             bias=(got[3], b_grad.to(device, dtype), got[4], got[5], offset))
+    for g, w, name in zip(got, list(want) + list(want_b),
+                          ("table", "acc", "vel", "bias", "bias acc", "bias vel")):
+        if w is None:
+            continue
+        err = (g.cpu().double() - w).norm() / w.norm()
+        assert err < tol, (name, err.item())
+    no_bias = torch.ones(N, dtype=torch.bool)
+    no_bias[ids[offset:]] = False
+    for g, before in zip(got[3:], (bias, b_acc, b_vel)):
+        if g is not None:
+            assert torch.equal(g.cpu()[no_bias], before.to(dtype)[no_bias])
+    if 0 < offset < L:
+        assert bool(no_bias[ids[0]])   # the planted input-only id was kept
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+@pytest.mark.parametrize("L,N,H,offset", SCATTER_BIAS_CASES)
+def test_scatter_update_with_bias_equals_separate_updates(momentum, L, N, H, offset):
+    check_scatter_with_bias("torch", momentum, L, N, H, offset)
+
+
+def check_dense_list(backend, shapes, momentum, device="cpu", dtype=torch.float64, tol=1e-12):
+    """adagrad_momentum_list against adagrad_momentum_dense per tensor in float64.
+    (Also run by tests/test_optim_kernel.py.)"""
+    g = torch.Generator().manual_seed(len(shapes) * 10 + int(momentum * 10))
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    accs = [torch.rand(s, generator=g, dtype=torch.float64) for s in shapes]
+    vels = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    want = [copy.deepcopy(x) for x in (params, accs, vels)]
+    for p, gr, a, v in zip(want[0], grads, want[1], want[2]):
+        adagrad_momentum_dense(p, gr, a, v if momentum else None, 0.1, momentum)
+    got = [[x.to(device, dtype) for x in xs] for xs in (params, accs, vels)]
+    adagrad_momentum_list(got[0], [x.to(device, dtype) for x in grads], got[1],
+                          got[2] if momentum else None, 0.1, momentum, backend=backend)
+    for gs, ws in zip(got, want):
+        for gt, w in zip(gs, ws):
+            if w.numel():
+                err = (gt.cpu().double() - w).norm() / w.norm()
+                assert err < tol, err.item()
+    if not momentum:
+        assert all(torch.equal(v.cpu(), v0.to(dtype)) for v, v0 in zip(got[2], vels))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+def test_list_update_torch_equals_dense(momentum):
+    check_dense_list("torch", [(6, 5), (7,), (3, 4)], momentum)
 
 
 def test_foreach_update_equals_dense():

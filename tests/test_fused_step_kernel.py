@@ -80,7 +80,8 @@ def test_fused_step_kernels_equal_autograd_form(case):
 
 
 def test_engine_fused_step_triton_equals_torch_form():
-    """A few full-width steps of the engine with the fused step: kernels vs the torch form."""
+    """A few full-width steps of the engine with the fused step: kernels (step and optimizer:
+    the item table and its bias in one launch, the dense list) vs the torch form."""
     train, _ = synthetic_split(n_items=120, n_sessions=300, seed=3)
     cfg = GRU4RecConfig(layers=(16,), batch_size=8, n_sample=12, learning_rate=0.05,
                         momentum=0.2, dropout_p_hidden=0.2, logq=1.0, sample_store_size=12 * 40)
@@ -89,7 +90,8 @@ def test_engine_fused_step_triton_equals_torch_form():
     for backend in ("torch", "triton"):
         model = GRU4RecModel(train.n_items, cfg.layers, "shared", seed=cfg.seed).to(dev)
         trainer = FastTrainer(model, cfg, train.supports, dev, step="fused",
-                              step_backend=backend, precision="ieee", cuda_graph=False)
+                              step_backend=backend, optimizer_backend=backend,
+                              precision="ieee", cuda_graph=False)
         trainer.fixed_shapes = True
         stats = trainer.train_epoch(train, progress=False, max_steps=6)
         assert np.isfinite(stats.loss)

@@ -1,6 +1,7 @@
 """The Triton sparse Adagrad-momentum row update (kernels/optim.py through
 fastgru4rec.ops.optim.adagrad_momentum_scatter) against the unique-row float64 reference: summed
-duplicate ids, momentum on and off, (N, H) and (N,) tables, untouched rows left bit-identical.
+duplicate ids, momentum on and off, (N, H) and (N,) tables, untouched rows left bit-identical;
+the bias rows in the same launch; the dense update of a list of tensors (four per launch).
 
 Runs on a GPU, or on CPU in Triton's interpreter (TRITON_INTERPRET=1 set at process start; the
 test suite's conftest sets it when there is no CUDA).
@@ -12,7 +13,8 @@ from conftest import kernel_test_setup
 
 K, DEV = kernel_test_setup("optim")
 
-from test_engine import SCATTER_CASES, check_scatter_update  # noqa: E402
+from test_engine import (SCATTER_BIAS_CASES, SCATTER_CASES, check_dense_list,  # noqa: E402
+                         check_scatter_update, check_scatter_with_bias)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
@@ -27,3 +29,26 @@ def test_triton_scatter_update_rejects_strided_rows():
         K.adagrad_momentum_sorted_rows(t, torch.arange(2, device=DEV), torch.arange(2, device=DEV),
                                        torch.randn(2, 3, device=DEV), torch.zeros_like(t), None,
                                        0.1, 0.0, 1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+@pytest.mark.parametrize("L,N,H,offset", SCATTER_BIAS_CASES)
+def test_triton_scatter_update_with_bias_equals_separate_updates(momentum, L, N, H, offset):
+    check_scatter_with_bias("triton", momentum, L, N, H, offset, device=DEV, dtype=torch.float32,
+                            tol=2e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+@pytest.mark.parametrize("shapes", [[(7,)], [(300, 100), (300,), (300, 100), (300,)],
+                                    [(1500, 2), (0,), (5, 3), (1025,), (2, 2), (4096,)]])
+def test_triton_list_update_equals_dense(momentum, shapes):
+    """One launch for up to four tensors (a GRU layer), the rest in the next; tensors of
+    several blocks, ending inside a block, and empty."""
+    check_dense_list("triton", shapes, momentum, device=DEV, dtype=torch.float32, tol=2e-6)
+
+
+def test_triton_list_update_rejects_mismatched_state():
+    p = torch.randn(4, 3, device=DEV)
+    with pytest.raises(ValueError, match="acc 0 must be contiguous"):
+        K.adagrad_momentum_dense_list([p], [torch.randn(4, 3, device=DEV)],
+                                      [torch.zeros(3, 4, device=DEV).t()], None, 0.1, 0.0, 1e-6)

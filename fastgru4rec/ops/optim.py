@@ -9,8 +9,9 @@ gives exactly that from autograd).
 
 The fast engine's forms have fixed shapes and never wait for the device (so a CUDA graph can
 capture them): ``adagrad_momentum_scatter`` takes repeated ids and sums their gradients itself
-(sort, not torch.unique), with a one-launch Triton kernel on CUDA; ``adagrad_momentum_foreach``
-updates all dense parameters with a handful of multi-tensor launches.
+(sort, not torch.unique), with a one-launch Triton kernel on CUDA that can update the bias rows
+too; ``adagrad_momentum_list`` updates all dense parameters in one Triton launch per four
+tensors on CUDA, ``adagrad_momentum_foreach`` (its reference) in seven multi-tensor launches.
 """
 from __future__ import annotations
 
@@ -113,17 +114,41 @@ def adagrad_momentum_foreach(params: List[torch.Tensor], grads: List[torch.Tenso
 
 
 @torch.no_grad()
+def adagrad_momentum_list(params: List[torch.Tensor], grads: List[torch.Tensor],
+                          accs: List[torch.Tensor], vels: Optional[List[torch.Tensor]],
+                          lr: float, momentum: float, backend: str = "auto") -> None:
+    """adagrad_momentum_dense on every tensor of a list. backend: "torch"
+    (adagrad_momentum_foreach, the reference), "triton" (one launch per four tensors,
+    kernels/optim.py), "auto" (triton on CUDA)."""
+    if not params:
+        return
+    if resolve_backend(backend, params[0], "optimizer") == "triton":
+        load_kernels("optim").adagrad_momentum_dense_list(params, grads, accs, vels, lr,
+                                                          momentum, EPS)
+        return
+    adagrad_momentum_foreach(params, grads, accs, vels, lr, momentum)
+
+
+@torch.no_grad()
 def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor,
                              acc: torch.Tensor, vel: Optional[torch.Tensor], lr: float,
-                             momentum: float, backend: str = "auto") -> None:
+                             momentum: float, backend: str = "auto", bias=None) -> None:
     """adagrad_momentum_rows for ids that may repeat: ids int64 (L,), grad (L, ...) one row per
     id occurrence; the gradients of equal ids are summed, then each touched row is updated
-    once. Fixed shapes, no host sync. backend: "torch" | "triton" | "auto" (triton on CUDA)."""
+    once. Fixed shapes, no host sync. backend: "torch" | "triton" | "auto" (triton on CUDA).
+
+    bias: optional (bias_table (N,), bias_grad (L - offset,), bias_acc, bias_vel, offset): the
+    same update of bias_table at ids[offset:] (the training step's columns when ids are
+    [inputs; columns]); on triton in the same launch as the table, after the same sort."""
     sorted_ids, perm = torch.sort(ids)
     if resolve_backend(backend, table, "optimizer") == "triton":
         load_kernels("optim").adagrad_momentum_sorted_rows(
-            table, sorted_ids, perm, grad, acc, vel, lr, momentum, EPS)
+            table, sorted_ids, perm, grad, acc, vel, lr, momentum, EPS, bias=bias)
         return
+    if bias is not None:
+        b_table, b_grad, b_acc, b_vel, offset = bias
+        adagrad_momentum_scatter(b_table, ids[offset:], b_grad, b_acc, b_vel, lr, momentum,
+                                 backend="torch")
     # Reference: every sorted position computes its id's new row from the summed gradient;
     # equal ids compute identical values, so their duplicate writes agree.
     g = grad.index_select(0, perm)
