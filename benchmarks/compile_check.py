@@ -72,6 +72,7 @@ class Recorder:
     def __init__(self):
         self.case = "?"
         self.kernels: Dict[str, dict] = {}     # metadata hash -> record
+        self.launch_log: Optional[List[str]] = None   # when a list: launched kernels' names
 
     def install(self, arch: int, sms: int):
         from triton.backends.compiler import GPUTarget
@@ -86,6 +87,8 @@ class Recorder:
             check_grid(fn.__name__, grid, kwargs)
             kernel = original_run(fn, *args, grid=grid, warmup=True, **kwargs)
             recorder.add(fn, kernel)
+            if recorder.launch_log is not None:
+                recorder.launch_log.append("triton:" + fn.__name__)
             return kernel
 
         JITFunction.run = compile_only
@@ -306,6 +309,65 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
         yield "train step 2 layers original top1-max", step2
 
 
+# --------------------------------------------------------------------------- launches per step
+
+#: aten ops that make views or allocate: no device kernel on CUDA
+_NO_KERNEL = {"view", "_unsafe_view", "as_strided", "slice", "select", "expand", "t", "transpose",
+              "alias", "detach", "unsqueeze", "squeeze", "empty", "empty_strided", "empty_like",
+              "lift_fresh", "_reshape_alias", "permute", "diagonal", "split", "unbind",
+              "split_with_sizes", "reshape", "narrow"}
+
+
+def step_launches(recorder: Recorder) -> List[dict]:
+    """The device launches of one CUDA-graph body of the fast engine (_GraphedSteps.body: read
+    the step's row, the fused step, the optimizer updates, the counters) at each of bench
+    train's GPU settings (fastgru4rec.bench.GPU_TRAIN_SIZES): Triton kernels as compiled here,
+    torch ops as the aten ops that launch a kernel (torch.sort counts once; on CUDA it is a few
+    kernels). A graph replays every launch as a node, and at a few µs a node their number
+    bounds the steps per second (issue: 20,000 mini-batches/s at b 32, H 100)."""
+    import numpy as np  # noqa: F401
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastgru4rec.bench import GPU_TRAIN_SIZES, PRESETS
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.engine import FastTrainer, _GraphedSteps
+    from fastgru4rec.nn import GRU4RecModel
+    from fastgru4rec.synthetic import synthetic_split
+    from fastgru4rec.train import EpochOnDevice
+
+    class TorchLaunches(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name not in _NO_KERNEL and recorder.launch_log is not None:
+                recorder.launch_log.append("torch:" + name)
+            return func(*args, **(kwargs or {}))
+
+    data = synthetic_split(n_items=3000, n_sessions=3000, seed=7)[0]
+    out = []
+    for name, params in GPU_TRAIN_SIZES:
+        cfg = GRU4RecConfig.from_dict(dict(PRESETS["rsc15"], **params,
+                                           sample_store_size=params["n_sample"] * 8))
+        variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
+        model = GRU4RecModel(data.n_items, cfg.layers, cfg.embedding_mode, cfg.embedding,
+                             variants, seed=1)
+        trainer = FastTrainer(model, cfg, data.supports, torch.device("cpu"), step="fused",
+                              step_backend="triton", optimizer_backend="triton", chunk_steps=4)
+        trainer.fixed_shapes = True
+        ep = EpochOnDevice.upload(trainer.schedule(data), trainer.device)
+        graphed = _GraphedSteps(trainer, ep, 4, torch.zeros((), dtype=torch.float64))
+        graphed.load_chunk(0, 4, trainer._sample_chunk(4))
+        recorder.case = f"train step {name} (launch count)"
+        graphed.body()                              # compiles; not counted
+        recorder.launch_log = []
+        with TorchLaunches():
+            graphed.body()
+        log, recorder.launch_log = recorder.launch_log, None
+        out.append(dict(setting=name, launches=len(log),
+                        triton=sum(x.startswith("triton:") for x in log), sequence=log))
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 def launch_problems(rec: dict, arch: int) -> List[str]:
@@ -347,6 +409,14 @@ def check(arch: int, quick: bool, shard: Tuple[int, int] = (0, 1)) -> dict:
             print(f"FAIL  {label}: {type(e).__name__}: {first}", flush=True)
             continue
         print(f"ok    {label} ({time.perf_counter() - t:.1f} s)", flush=True)
+    launches = []
+    if shard[0] == 0:
+        try:
+            launches = step_launches(recorder)
+        except Exception as e:
+            first = " ".join(str(e).strip().splitlines()[-3:])[:400]
+            failures.append(dict(case="launches per step", error=f"{type(e).__name__}: {first}"))
+            print(f"FAIL  launches per step: {type(e).__name__}: {first}", flush=True)
     records = list(recorder.kernels.values())
     usage = resource_usage([r.pop("cubin") for r in records])
     problems = []
@@ -359,7 +429,7 @@ def check(arch: int, quick: bool, shard: Tuple[int, int] = (0, 1)) -> dict:
     records.sort(key=lambda r: (r["module"], r["kernel"], r["constexprs"]))
     return dict(schema="fastgru4rec-compile-check/1", arch=f"sm_{arch}", triton=triton.__version__,
                 torch=torch.__version__, quick=quick, cases=n_cases, failures=failures,
-                problems=problems, kernels=records,
+                problems=problems, kernels=records, step_launches=launches,
                 seconds=round(time.perf_counter() - t0, 1))
 
 
@@ -373,6 +443,10 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['kernel']} | {r['cases'][0]} | {r['constexprs']} | {r['num_warps']} | "
                      f"{r['regs']} | {r['stack_bytes']} | {r['shared']} | "
                      f"{'yes' if r['fits'] else 'NO'} |")
+    for s in res.get("step_launches", []):
+        lines.append(f"\nOne CUDA-graph step at {s['setting']}: {s['launches']} launches "
+                     f"({s['triton']} Triton): " + " → ".join(x.split(":", 1)[1]
+                                                              for x in s["sequence"]))
     for f in res["failures"]:
         lines.append(f"\nFAILED {f['case']}: {f['error']}")
     for p in res["problems"]:

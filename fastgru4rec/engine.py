@@ -21,9 +21,11 @@ What the CUDA path changes against train.Trainer (and why):
 - The hidden-state reset is always applied as a multiplication by the (b, 1) not-reset mask
   (×1 leaves a row bit-identical), so every full-width step has the same shapes.
 - On CUDA, the full-width steps (all B lanes active: from the start of the epoch until the
-  first lane runs out of sessions) replay one captured CUDA graph: it reads its step's inputs,
-  targets, reset mask and samples through device-side counters, so nothing is copied or
-  synchronised per step. The first ``warmup_steps`` full-width steps run eagerly (they load
+  first lane runs out of sessions) replay one captured CUDA graph: it reads its step's row
+  of chunk buffers (filled once per ``chunk_steps`` steps: [inputs; targets; samples] and the
+  reset mask) through a device-side counter, so nothing is copied or synchronised per step.
+  One graph step is 23 launches at b 32 / H 100 / CE + logQ (benchmarks/compile_check.py
+  counts them). The first ``warmup_steps`` full-width steps run eagerly (they load
   kernels, cuBLAS handles and the allocator's blocks before capture). The shrinking tail runs
   eagerly through the same step function.
 
@@ -46,7 +48,7 @@ from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_list, adagrad_momentum_scatter
-from .ops.scoring import logq_column_correction
+from .ops.scoring import logq_columns
 from .ops.train_step import dense_params, shared_step_grads
 from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
 
@@ -130,20 +132,26 @@ class FastTrainer(Trainer):
         if fusable and [id(p) for p in dense_params(model.gru)] != [id(p) for p in
                                                                     self._dense_params]:
             raise AssertionError("GRU parameter order differs from ops.train_step.dense_params")
-        # the fused step's dropout seed: a device tensor advanced by one per step
-        self._seed = torch.tensor([(config.seed * 1_000_003 + 7) & 0x7FFFFFFF],
-                                  dtype=torch.int64, device=device)
+        # device counters [dropout seed of the fused step, row of the graph's step chunk]: one
+        # tensor, so the CUDA graph advances both with one launch; the seed goes up by one per
+        # step (lanes_step, _GraphedSteps.body)
+        self._counters = torch.tensor([(config.seed * 1_000_003 + 7) & 0x7FFFFFFF, 0],
+                                      dtype=torch.int64, device=device)
+        self._seed = self._counters[0:1]
 
     # ------------------------------------------------------------------ one step
     def fixed_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
-                   neg: Optional[torch.Tensor], hidden: List[torch.Tensor]):
+                   neg: Optional[torch.Tensor], hidden: List[torch.Tensor],
+                   ids: Optional[torch.Tensor] = None):
         """One training step on b lanes with shapes fixed by b alone: inp / tgt int64 (b,),
         not_reset float (b, 1), neg int64 (n_sample,) or None, hidden list of (b, H_l).
-        Returns (loss / B (0-d, detached), new hidden list, detached). No host sync."""
+        ids: optionally [inp; tgt; neg] as one contiguous tensor whose views inp, tgt and neg
+        are (saves the fused step two concatenations). Returns (loss / B (0-d, detached), new
+        hidden list, detached). No host sync; the caller advances the dropout seed."""
         if self.cfg.full_catalog:
             return self.full_catalog_step(inp, tgt, [h * not_reset for h in hidden])
         if self.fused:
-            return self.fused_step(inp, tgt, not_reset, neg, hidden)
+            return self.fused_step(inp, tgt, not_reset, neg, hidden, ids)
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
         Y = torch.cat([tgt, neg]) if neg is not None else tgt          # (C,)
@@ -179,13 +187,17 @@ class FastTrainer(Trainer):
         return loss.detach(), [h.detach() for h in new_hidden]
 
     def fused_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
-                   neg: Optional[torch.Tensor], hidden: List[torch.Tensor]):
+                   neg: Optional[torch.Tensor], hidden: List[torch.Tensor],
+                   ids: Optional[torch.Tensor] = None):
         """fixed_step's contract through ops.train_step.shared_step_grads (explicit backward,
         fused kernels on CUDA), then the same optimizer updates. No host sync."""
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
-        Y = torch.cat([tgt, neg]) if neg is not None else tgt
-        lq = (logq_column_correction(self.log_support.index_select(0, Y), b, cfg.sample_alpha)
+        if ids is None:
+            Y = torch.cat([tgt, neg]) if neg is not None else tgt
+        else:
+            Y = ids[b:]                                   # (C,) = [tgt; neg], a view
+        lq = (logq_columns(self.log_support, Y, b, cfg.sample_alpha)
               if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
         g = shared_step_grads(model.item_weight, model.item_bias, model.gru, inp, Y, hidden,
                               not_reset.view(-1) == 0, self._seed, loss=cfg.loss,
@@ -193,12 +205,11 @@ class FastTrainer(Trainer):
                               dropout_hidden=cfg.dropout_p_hidden, logq_per_column=lq,
                               logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
                               backend=self.step_backend, precision=self.precision,
-                              columns=self._cols[:Y.shape[0]])
+                              columns=self._cols[:Y.shape[0]], item_ids=ids)
         adagrad_momentum_list(self._dense_params, g.dense, self._dense_acc, self._dense_vel,
                               cfg.learning_rate, cfg.momentum, backend=self.optimizer_backend)
         # g.item_ids = [inp; Y] and g.bias_ids = Y: the bias rows are the ids past b
         self._update_item_rows(g.item_ids, g.item_grads, g.bias_grads, b)
-        self._seed.add_(1)
         return g.loss, g.new_hidden
 
     def lanes_step(self, ep: EpochOnDevice, t: int, hidden: List[torch.Tensor],
@@ -207,8 +218,10 @@ class FastTrainer(Trainer):
         if not self.fixed_shapes:
             return super().lanes_step(ep, t, hidden, neg)
         lo, hi = ep.step_off[t], ep.step_off[t + 1]
-        return self.fixed_step(ep.inputs[lo:hi], ep.targets[lo:hi], ep.not_reset[lo:hi], neg,
-                               hidden)
+        out = self.fixed_step(ep.inputs[lo:hi], ep.targets[lo:hi], ep.not_reset[lo:hi], neg,
+                              hidden)
+        self._seed.add_(1)
+        return out
 
     def _sample_chunk(self, k: int) -> torch.Tensor:
         """The next k steps' samples (k, n_sample) int64 on the device. On CUDA they go through
@@ -273,7 +286,7 @@ class FastTrainer(Trainer):
             if graphed is not None and t < n_full:
                 # full-width steps of this chunk through the graph (warm-up / capture inside)
                 k_full = min(k, n_full - t)
-                graphed.load_chunk(neg_chunk)
+                graphed.load_chunk(t, k_full, neg_chunk)
                 for i in range(k_full):
                     graphed.step()
                     bar.after_step(t + i + 1, n_steps, ep.step_off[t + i + 1], loss_sum)
@@ -304,45 +317,52 @@ def full_width_steps(ep: EpochOnDevice, batch_size: int, n_steps: int) -> int:
 
 
 class _GraphedSteps:
-    """The full-width steps of one epoch: static views of the epoch's schedule as (n_full, B),
-    device counters for the step (t) and the row of the sample chunk (k), the hidden state in
-    static buffers, and one CUDA graph of ``body`` once warmed up."""
+    """The full-width steps of one epoch, a chunk of steps at a time: static chunk buffers
+    (one row per step: the ids [inputs; targets; samples] (2B + n_sample,) and the not-reset
+    mask (B, 1)), filled before each chunk outside the graph; the device counter k (the row of
+    the chunk, trainer._counters[1], advanced with the dropout seed by one launch); the hidden
+    state in static buffers; and one CUDA graph of ``body`` once warmed up. A step reads its
+    data with two launches (gather a row of each buffer) and needs no concatenation."""
 
     def __init__(self, trainer: FastTrainer, ep: EpochOnDevice, n_full: int,
                  loss_sum: torch.Tensor):
-        B, dev = trainer.cfg.batch_size, trainer.device
-        self.trainer, self.loss_sum = trainer, loss_sum
+        B, dev, rows = trainer.cfg.batch_size, trainer.device, trainer.chunk_steps
+        self.trainer, self.loss_sum, self.B = trainer, loss_sum, B
         self.inputs = ep.inputs[:n_full * B].view(n_full, B)
         self.targets = ep.targets[:n_full * B].view(n_full, B)
         self.not_reset = ep.not_reset[:n_full * B].view(n_full, B, 1)
-        self.t = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.k = torch.zeros(1, dtype=torch.int64, device=dev)
-        n_sample = trainer.cfg.n_extra_samples
-        self.neg = (torch.zeros(trainer.chunk_steps, n_sample, dtype=torch.int64, device=dev)
-                    if trainer.sampler is not None else None)
+        n_sample = trainer.cfg.n_extra_samples if trainer.sampler is not None else 0
+        self.ids = torch.zeros(rows, 2 * B + n_sample, dtype=torch.int64, device=dev)
+        self.not_reset_rows = torch.ones(rows, B, 1, dtype=ep.not_reset.dtype, device=dev)
+        self.k = trainer._counters[1:2]
         self.hidden = trainer.model.init_hidden(B)
         self.graph = None
         self.side = None
         self.done = 0
         self.status = "eager"
 
-    def load_chunk(self, neg_chunk: Optional[torch.Tensor]) -> None:
-        if self.neg is not None:
-            self.neg[:neg_chunk.shape[0]].copy_(neg_chunk)
+    def load_chunk(self, t0: int, n: int, neg_chunk: Optional[torch.Tensor]) -> None:
+        """Steps t0 .. t0 + n - 1 into the chunk buffers' rows 0 .. n - 1 (outside the graph)."""
+        B = self.B
+        self.ids[:n, :B].copy_(self.inputs[t0:t0 + n])
+        self.ids[:n, B:2 * B].copy_(self.targets[t0:t0 + n])
+        if neg_chunk is not None:
+            self.ids[:n, 2 * B:].copy_(neg_chunk[:n])
+        self.not_reset_rows[:n].copy_(self.not_reset[t0:t0 + n])
         self.k.zero_()
 
     def body(self) -> None:
-        """One full-width step reading step t's data through the device counters."""
-        inp = self.inputs.index_select(0, self.t).view(-1)
-        tgt = self.targets.index_select(0, self.t).view(-1)
-        nr = self.not_reset.index_select(0, self.t).view(-1, 1)
-        neg = self.neg.index_select(0, self.k).view(-1) if self.neg is not None else None
-        loss, new_hidden = self.trainer.fixed_step(inp, tgt, nr, neg, self.hidden)
+        """One full-width step reading chunk row k through the device counter."""
+        B = self.B
+        ids = self.ids.index_select(0, self.k).view(-1)               # [inp; tgt; neg]
+        nr = self.not_reset_rows.index_select(0, self.k).view(-1, 1)
+        neg = ids[2 * B:] if ids.shape[0] > 2 * B else None
+        loss, new_hidden = self.trainer.fixed_step(ids[:B], ids[B:2 * B], nr, neg, self.hidden,
+                                                   ids=ids)
         for h, new in zip(self.hidden, new_hidden):
             h.copy_(new)
         self.loss_sum.add_(loss)
-        self.t.add_(1)
-        self.k.add_(1)
+        self.trainer._counters.add_(1)        # the dropout seed and k, one launch
 
     def step(self) -> None:
         if self.graph is None and self.status == "eager" and self.done >= self.trainer.warmup_steps:

@@ -23,8 +23,7 @@ from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows, adagrad_momentum_scatter
-from .ops.scoring import (full_catalog_cross_entropy, fused_sampled_loss,
-                          logq_column_correction)
+from .ops.scoring import full_catalog_cross_entropy, fused_sampled_loss, logq_columns
 from .sampling import SampleStore
 
 
@@ -216,8 +215,7 @@ class Trainer:
         cfg = self.cfg
         h_last, new_hidden = self.model.step(x, hidden, cfg.dropout_p_embed,
                                              cfg.dropout_p_hidden, self.generator)
-        lq = (logq_column_correction(self.log_support.index_select(0, Y), x.shape[0],
-                                     cfg.sample_alpha)
+        lq = (logq_columns(self.log_support, Y, x.shape[0], cfg.sample_alpha)
               if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
         loss = fused_sampled_loss(h_last, item_rows, bias_rows, item_cols, cfg.loss,
                                   logq_per_column=lq, logq=cfg.logq, bpreg=cfg.bpreg,

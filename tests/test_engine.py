@@ -288,6 +288,33 @@ def test_graph_path_counters_equal_reference_over_whole_epoch(small_split):
     assert r_fast["mrr"][20] == pytest.approx(r_ref["mrr"][20], abs=2e-3)
 
 
+def test_graph_path_of_the_fused_step_equals_its_eager_steps(small_split):
+    """The fused step (torch form) through the CUDA-graph code path run eagerly on the CPU
+    (chunk buffers [inputs; targets; samples] and not-reset rows, the counter of the chunk row
+    and the dropout seed advanced by one add) equals the same step taken eagerly step by step
+    (lanes_step) over a whole epoch: same ids, masks and dropout seeds."""
+    train = small_split[0]
+    cfg = GRU4RecConfig(**{**dict(batch_size=16, n_sample=40, learning_rate=0.1,
+                                  sample_alpha=0.5, sample_store_size=40 * 37, seed=5),
+                           **CONFIGS["shared-ce"]})
+    runs = []
+    for use_graph in (False, True):
+        model = GRU4RecModel(train.n_items, cfg.layers, "shared", 0, seed=cfg.seed)
+        trainer = FastTrainer(model, cfg, train.supports, CPU, chunk_steps=7,
+                              warmup_steps=10 ** 9, step="fused", step_backend="torch")
+        trainer.fixed_shapes = True
+        trainer.use_graph = use_graph
+        stats = trainer.train_epoch(train, progress=False)
+        runs.append((model, stats, int(trainer._seed)))
+    (eager, s_eager, seed_eager), (graphed, s_graphed, seed_graphed) = runs
+    n_full = full_width_steps(EpochOnDevice.upload(trainer.schedule(train), CPU), 16,
+                              s_graphed.n_steps)
+    assert 7 < n_full < s_graphed.n_steps            # several chunks, then the eager tail
+    assert seed_graphed == seed_eager and s_graphed.n_steps == s_eager.n_steps
+    assert s_graphed.loss == pytest.approx(s_eager.loss, rel=1e-6)
+    _assert_same_params(graphed, eager, 1e-6)
+
+
 def test_fast_trainer_rejects_bad_options():
     model = GRU4RecModel(10, (4,), "shared")
     cfg = GRU4RecConfig(layers=(4,), batch_size=2, n_sample=3)
@@ -342,13 +369,15 @@ def test_graph_body_has_no_host_sync(small_split, params, step):
     loss_sum = torch.zeros((), dtype=torch.float64)
     graphed = _GraphedSteps(trainer, ep, full_width_steps(ep, trainer.cfg.batch_size, 50),
                             loss_sum)
-    if trainer.sampler is not None:
-        graphed.load_chunk(torch.from_numpy(trainer.sampler.next_rows(trainer.chunk_steps)))
+    neg = (torch.from_numpy(trainer.sampler.next_rows(trainer.chunk_steps))
+           if trainer.sampler is not None else None)
+    graphed.load_chunk(0, 3, neg)
     before = [p.detach().clone() for p in model.parameters()]
+    seed = int(trainer._seed)
     with HostSyncGuard():
         for _ in range(3):
             graphed.body()
-    assert int(graphed.t) == 3 and int(graphed.k) == 3
+    assert int(graphed.k) == 3 and int(trainer._seed) == seed + 3
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters())
                if a.dim() == 2)
     if trainer.cfg.full_catalog:

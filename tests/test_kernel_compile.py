@@ -83,3 +83,24 @@ def test_refuses_to_run_in_the_interpreter():
                           text=True, timeout=120)
     assert proc.returncode == 2 and "TRITON_INTERPRET" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_graph_step_makes_few_launches(quick_result):
+    """A CUDA graph replays each launch of the step as a node of a few µs, so their number
+    bounds the training speed on a GPU. compile_check counts one graph body (Triton launches
+    as compiled, torch ops that launch a kernel) at bench train's two GPU settings: 39 / 35
+    before the counters, chunk rows, logQ gather, bias update and dense update were merged;
+    a change that adds launches to the step fails here."""
+    proc, res = quick_result
+    assert res is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = {s["setting"]: s for s in res["step_launches"]}
+    assert set(steps) == {"b32-h100-s2048-ce", "b128-h512-s2048-bprmax"}
+    for s in steps.values():
+        seq = [x.split(":", 1)[1] for x in s["sequence"]]
+        assert s["triton"] == 9 and s["launches"] == len(seq)
+        assert seq.count("sort") == 1, seq          # item table and bias: one sort, one launch
+        assert seq.count("_adagrad_momentum_dense_kernel") == 1, seq   # one layer, one launch
+        assert not any(x.startswith("_foreach") for x in seq), seq
+        assert seq.count("cat") <= 1, seq
+    assert steps["b32-h100-s2048-ce"]["launches"] <= 23
+    assert steps["b128-h512-s2048-bprmax"]["launches"] <= 21

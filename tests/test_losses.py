@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgru4rec.ops.scoring import logq_column_correction, sampled_loss_reference
+from fastgru4rec.ops.scoring import logq_column_correction, logq_columns, sampled_loss_reference
 
 from golden import golden
 
@@ -92,6 +92,9 @@ def test_loss_and_gradient_match_hand_computation(loss, kw, b, n_sample):
     R_t = torch.tensor(R, requires_grad=True)
     lq_t = logq_column_correction(torch.log(torch.tensor(supports)[torch.tensor(Y)]), b, alpha)
     assert torch.allclose(lq_t, torch.tensor(lq))
+    log_support = torch.log(torch.tensor(supports))
+    assert torch.allclose(logq_columns(log_support, torch.tensor(Y), b, alpha), torch.tensor(lq))
+    assert torch.equal(log_support, torch.log(torch.tensor(supports)))   # not written
     got = sampled_loss_reference(R_t, loss, logq_per_column=lq_t, **kw)
     got.backward()
     want = hand_loss(R.tolist(), loss, lq=lq.tolist(), **kw)

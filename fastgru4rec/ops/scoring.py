@@ -33,6 +33,16 @@ def logq_column_correction(log_support_y: torch.Tensor, b: int, sample_alpha: fl
     return lq
 
 
+def logq_columns(log_support: torch.Tensor, Y: torch.Tensor, b: int,
+                 sample_alpha: float) -> torch.Tensor:
+    """logq_column_correction(log_support[Y], b, sample_alpha) for the log supports of all
+    items (N,) and the step's column ids Y (C,): a gather, then the sample columns scaled in
+    place (two launches; the training steps' form, no copy)."""
+    lq = log_support.index_select(0, Y)
+    lq[b:].mul_(sample_alpha)
+    return lq
+
+
 def _softmax_negatives(R: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
     """Softmax of each row over its negatives only (the positive column gets weight 0)."""
     e = torch.exp(R - R.max(dim=1, keepdim=True).values) * (1.0 - pos_mask)

@@ -60,7 +60,8 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
                       logq_per_column: Optional[torch.Tensor] = None, logq: float = 0.0,
                       bpreg: float = 0.0, elu_param: float = 0.0, backend: str = "auto",
                       precision: Optional[str] = None,
-                      columns: Optional[torch.Tensor] = None) -> StepGrads:
+                      columns: Optional[torch.Tensor] = None,
+                      item_ids: Optional[torch.Tensor] = None) -> StepGrads:
     """The step's loss, new hidden state and gradients (see the module docstring).
 
     W (N, H_L) item table = input embedding, bias (N,); layers: GRULayer modules (weight_ih
@@ -68,11 +69,14 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
     reset bool (b,) lanes starting a new session; seed int64 (1,) device tensor.
     logq_per_column (C,): log q_j for cross-entropy with logq > 0. precision: the Triton dots'
     ("ieee", "tf32", "tf32x3"; None: ieee for the GRU, tf32 for the scoring, as the ops).
-    columns: optional int64 arange(C) on the device (a caller's cached one saves a launch)."""
+    columns: optional int64 arange(C) on the device (a caller's cached one saves a launch).
+    item_ids: optional [inp; Y] (b + C,) when inp and Y are its views (saves a concatenation)."""
+    if item_ids is None:
+        item_ids = torch.cat([inp, Y])
     if resolve_backend(backend, W, "training step") == "torch":
-        return _step_torch(W, bias, layers, inp, Y, hidden, reset, seed, loss, batch_size,
-                           dropout_embed, dropout_hidden, logq_per_column, logq, bpreg,
-                           elu_param)
+        return _step_torch(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss,
+                           batch_size, dropout_embed, dropout_hidden, logq_per_column, logq,
+                           bpreg, elu_param)
     K = load_kernels("gru_step")
     C = Y.shape[0]
     gru_precision = precision or "ieee"   # as ops.gru; the scoring's None means tf32
@@ -108,15 +112,16 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
         dense.append([dwih, dbih, dwhh] + ([dbhh] if layer.bias_hh is not None else []))
         d = dx
     dense_flat = [t for per_layer in reversed(dense) for t in per_layer]
-    return StepGrads(g.loss, outs, dense_flat, torch.cat([inp, Y]),
+    return StepGrads(g.loss, outs, dense_flat, item_ids,
                      torch.cat([d.to(g.d_rows.dtype), g.d_rows]), Y, g.d_bias_rows)
 
 
-def _step_torch(W, bias, layers, inp, Y, hidden, reset, seed, loss, batch_size, dropout_embed,
-                dropout_hidden, logq_per_column, logq, bpreg, elu_param) -> StepGrads:
+def _step_torch(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss, batch_size,
+                dropout_embed, dropout_hidden, logq_per_column, logq, bpreg,
+                elu_param) -> StepGrads:
     b = inp.shape[0]
     params = dense_params(layers)
-    rows = W.detach().index_select(0, torch.cat([inp, Y])).requires_grad_()
+    rows = W.detach().index_select(0, item_ids).requires_grad_()
     b_rows = bias.detach().index_select(0, Y).requires_grad_()
     with torch.enable_grad():
         x = rows[:b]
@@ -133,4 +138,4 @@ def _step_torch(W, bias, layers, inp, Y, hidden, reset, seed, loss, batch_size, 
         grads = torch.autograd.grad(value, params + [rows, b_rows])
     n = len(params)
     return StepGrads(value.detach(), [h.detach() for h in new_hidden], list(grads[:n]),
-                     torch.cat([inp, Y]), grads[n], Y, grads[n + 1])
+                     item_ids, grads[n], Y, grads[n + 1])
