@@ -22,9 +22,9 @@ What the CUDA path changes against train.Trainer (and why):
   (×1 leaves a row bit-identical), so every full-width step has the same shapes.
 - On CUDA, the full-width steps (all B lanes active: from the start of the epoch until the
   first lane runs out of sessions) replay one captured CUDA graph: it reads its step's row
-  of chunk buffers (filled once per ``chunk_steps`` steps: [inputs; targets; samples] and the
-  reset mask) through a device-side counter, so nothing is copied or synchronised per step.
-  One graph step is 23 launches at b 32 / H 100 / CE + logQ (benchmarks/compile_check.py
+  of a chunk buffer (filled once per ``chunk_steps`` steps: [inputs; targets; samples; restart
+  flags]) through a device-side counter, so nothing is copied or synchronised per step.
+  One graph step is 15 launches at b 32 / H 100 / CE + logQ (benchmarks/compile_check.py
   counts them). The first ``warmup_steps`` full-width steps run eagerly (they load
   kernels, cuBLAS handles and the allocator's blocks before capture). The shrinking tail runs
   eagerly through the same step function.
@@ -48,7 +48,6 @@ from .config import GRU4RecConfig
 from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_list, adagrad_momentum_scatter
-from .ops.scoring import logq_columns
 from .ops.train_step import dense_params, shared_step_grads
 from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
 
@@ -142,16 +141,18 @@ class FastTrainer(Trainer):
     # ------------------------------------------------------------------ one step
     def fixed_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
                    neg: Optional[torch.Tensor], hidden: List[torch.Tensor],
-                   ids: Optional[torch.Tensor] = None):
+                   ids: Optional[torch.Tensor] = None, reset: Optional[torch.Tensor] = None):
         """One training step on b lanes with shapes fixed by b alone: inp / tgt int64 (b,),
         not_reset float (b, 1), neg int64 (n_sample,) or None, hidden list of (b, H_l).
         ids: optionally [inp; tgt; neg] as one contiguous tensor whose views inp, tgt and neg
-        are (saves the fused step two concatenations). Returns (loss / B (0-d, detached), new
-        hidden list, detached). No host sync; the caller advances the dropout seed."""
+        are (saves the fused step two concatenations); reset: optionally the lanes' restart
+        flags (b,) (nonzero: restart), which the fused step reads instead of not_reset (then
+        None). Returns (loss / B (0-d, detached), new hidden list, detached). No host sync; the
+        caller advances the dropout seed."""
+        if self.fused:
+            return self.fused_step(inp, tgt, not_reset, neg, hidden, ids, reset)
         if self.cfg.full_catalog:
             return self.full_catalog_step(inp, tgt, [h * not_reset for h in hidden])
-        if self.fused:
-            return self.fused_step(inp, tgt, not_reset, neg, hidden, ids)
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
         Y = torch.cat([tgt, neg]) if neg is not None else tgt          # (C,)
@@ -188,7 +189,7 @@ class FastTrainer(Trainer):
 
     def fused_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
                    neg: Optional[torch.Tensor], hidden: List[torch.Tensor],
-                   ids: Optional[torch.Tensor] = None):
+                   ids: Optional[torch.Tensor] = None, reset: Optional[torch.Tensor] = None):
         """fixed_step's contract through ops.train_step.shared_step_grads (explicit backward,
         fused kernels on CUDA), then the same optimizer updates. No host sync."""
         cfg, model = self.cfg, self.model
@@ -197,15 +198,16 @@ class FastTrainer(Trainer):
             Y = torch.cat([tgt, neg]) if neg is not None else tgt
         else:
             Y = ids[b:]                                   # (C,) = [tgt; neg], a view
-        lq = (logq_columns(self.log_support, Y, b, cfg.sample_alpha)
-              if cfg.loss == "cross-entropy" and cfg.logq > 0 else None)
+        if reset is None:
+            reset = not_reset.view(-1) == 0
         g = shared_step_grads(model.item_weight, model.item_bias, model.gru, inp, Y, hidden,
-                              not_reset.view(-1) == 0, self._seed, loss=cfg.loss,
+                              reset, self._seed, loss=cfg.loss,
                               batch_size=cfg.batch_size, dropout_embed=cfg.dropout_p_embed,
-                              dropout_hidden=cfg.dropout_p_hidden, logq_per_column=lq,
+                              dropout_hidden=cfg.dropout_p_hidden,
+                              log_support=self.log_support, sample_alpha=cfg.sample_alpha,
                               logq=cfg.logq, bpreg=cfg.bpreg, elu_param=cfg.elu_param,
                               backend=self.step_backend, precision=self.precision,
-                              columns=self._cols[:Y.shape[0]], item_ids=ids)
+                              item_ids=ids)
         adagrad_momentum_list(self._dense_params, g.dense, self._dense_acc, self._dense_vel,
                               cfg.learning_rate, cfg.momentum, backend=self.optimizer_backend)
         # g.item_ids = [inp; Y] and g.bias_ids = Y: the bias rows are the ids past b
@@ -317,12 +319,13 @@ def full_width_steps(ep: EpochOnDevice, batch_size: int, n_steps: int) -> int:
 
 
 class _GraphedSteps:
-    """The full-width steps of one epoch, a chunk of steps at a time: static chunk buffers
-    (one row per step: the ids [inputs; targets; samples] (2B + n_sample,) and the not-reset
-    mask (B, 1)), filled before each chunk outside the graph; the device counter k (the row of
-    the chunk, trainer._counters[1], advanced with the dropout seed by one launch); the hidden
-    state in static buffers; and one CUDA graph of ``body`` once warmed up. A step reads its
-    data with two launches (gather a row of each buffer) and needs no concatenation."""
+    """The full-width steps of one epoch, a chunk of steps at a time: a static chunk buffer of
+    one int64 row per step, [inputs (B); targets (B); samples (n_sample); restart flags (B)],
+    filled before each chunk outside the graph (and, for the autograd step, the not-reset
+    masks (B, 1)); the device counter k (the row of the chunk, trainer._counters[1], advanced
+    with the dropout seed by one launch); the hidden state in static buffers; and one CUDA
+    graph of ``body`` once warmed up. The fused step reads its data with one launch (a row
+    gather) and needs no concatenation."""
 
     def __init__(self, trainer: FastTrainer, ep: EpochOnDevice, n_full: int,
                  loss_sum: torch.Tensor):
@@ -331,9 +334,10 @@ class _GraphedSteps:
         self.inputs = ep.inputs[:n_full * B].view(n_full, B)
         self.targets = ep.targets[:n_full * B].view(n_full, B)
         self.not_reset = ep.not_reset[:n_full * B].view(n_full, B, 1)
-        n_sample = trainer.cfg.n_extra_samples if trainer.sampler is not None else 0
-        self.ids = torch.zeros(rows, 2 * B + n_sample, dtype=torch.int64, device=dev)
-        self.not_reset_rows = torch.ones(rows, B, 1, dtype=ep.not_reset.dtype, device=dev)
+        self.n_sample = trainer.cfg.n_extra_samples if trainer.sampler is not None else 0
+        self.rows = torch.zeros(rows, 3 * B + self.n_sample, dtype=torch.int64, device=dev)
+        self.not_reset_rows = (None if trainer.fused else
+                               torch.ones(rows, B, 1, dtype=ep.not_reset.dtype, device=dev))
         self.k = trainer._counters[1:2]
         self.hidden = trainer.model.init_hidden(B)
         self.graph = None
@@ -343,22 +347,25 @@ class _GraphedSteps:
 
     def load_chunk(self, t0: int, n: int, neg_chunk: Optional[torch.Tensor]) -> None:
         """Steps t0 .. t0 + n - 1 into the chunk buffers' rows 0 .. n - 1 (outside the graph)."""
-        B = self.B
-        self.ids[:n, :B].copy_(self.inputs[t0:t0 + n])
-        self.ids[:n, B:2 * B].copy_(self.targets[t0:t0 + n])
+        B, end = self.B, 2 * self.B + self.n_sample
+        self.rows[:n, :B].copy_(self.inputs[t0:t0 + n])
+        self.rows[:n, B:2 * B].copy_(self.targets[t0:t0 + n])
         if neg_chunk is not None:
-            self.ids[:n, 2 * B:].copy_(neg_chunk[:n])
-        self.not_reset_rows[:n].copy_(self.not_reset[t0:t0 + n])
+            self.rows[:n, 2 * B:end].copy_(neg_chunk[:n])
+        self.rows[:n, end:].copy_(self.not_reset[t0:t0 + n].view(n, B) == 0)
+        if self.not_reset_rows is not None:
+            self.not_reset_rows[:n].copy_(self.not_reset[t0:t0 + n])
         self.k.zero_()
 
     def body(self) -> None:
         """One full-width step reading chunk row k through the device counter."""
-        B = self.B
-        ids = self.ids.index_select(0, self.k).view(-1)               # [inp; tgt; neg]
-        nr = self.not_reset_rows.index_select(0, self.k).view(-1, 1)
-        neg = ids[2 * B:] if ids.shape[0] > 2 * B else None
-        loss, new_hidden = self.trainer.fixed_step(ids[:B], ids[B:2 * B], nr, neg, self.hidden,
-                                                   ids=ids)
+        B, end = self.B, 2 * self.B + self.n_sample
+        row = self.rows.index_select(0, self.k).view(-1)   # [inp; tgt; neg; restart flags]
+        nr = (self.not_reset_rows.index_select(0, self.k).view(-1, 1)
+              if self.not_reset_rows is not None else None)
+        neg = row[2 * B:end] if self.n_sample else None
+        loss, new_hidden = self.trainer.fixed_step(row[:B], row[B:2 * B], nr, neg, self.hidden,
+                                                   ids=row[:end], reset=row[end:])
         for h, new in zip(self.hidden, new_hidden):
             h.copy_(new)
         self.loss_sum.add_(loss)

@@ -578,6 +578,17 @@ def _dropout_args(p: float, stream: int, which: int):
     return dropout_salt(stream, which), dropout_threshold(p), 1.0 / (1.0 - p), p > 0.0
 
 
+def _reset_arg(reset: torch.Tensor) -> torch.Tensor:
+    """The (b,) reset flags as the kernels read them (nonzero: the lane restarts): bool as
+    uint8, integer flags as they are (e.g. a view into the engine's int64 step row)."""
+    if reset.dtype == torch.bool:
+        return reset.view(torch.uint8)
+    if reset.dtype.is_floating_point or reset.dim() != 1 or reset.stride(0) != 1:
+        raise ValueError(f"reset must be a contiguous (b,) bool or integer tensor "
+                         f"(got {reset.dtype}, shape {tuple(reset.shape)})")
+    return reset
+
+
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return torch.empty(1, dtype=torch.float32, device=ref.device)
 
@@ -586,7 +597,8 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
             dropout_in: float, dropout_out: float, stream: int, precision: str):
     """Launch the fused forward. Shapes: x (n, E) with weight_ih (3H, E), or x (n, 3H) the
     projection rows with weight_ih None; idx (b,) int rows of x (None: n = b); h (b, H);
-    weight_hh (3H, H); biases (3H,) or None; reset (b,) bool/uint8 or None; seed int64 (1,).
+    weight_hh (3H, H); biases (3H,) or None; reset (b,) bool or integer flags or None; seed
+    int64 (1,).
     Returns (h' after output dropout (b, H) in h's dtype, saved gates (b, 4H) fp32)."""
     launch.require_cuda("the triton GRU step", x, h)
     B, H = h.shape
@@ -605,7 +617,7 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
     args = (x, idx if idx is not None else d, weight_ih.contiguous() if proj else d,
             bias_ih if bias_ih is not None else d, h, weight_hh,
             bias_hh if bias_hh is not None else d,
-            reset.view(torch.uint8) if reset is not None else d, seed, out, save,
+            _reset_arg(reset) if reset is not None else d, seed, out, save,
             B, H, E, salt_in, thr_in, scale_in, salt_out, thr_out, scale_out)
     meta = dict(PROJ=proj, HAS_IDX=idx is not None, HAS_BIH=bias_ih is not None,
                 HAS_BHH=bias_hh is not None, HAS_RESET=reset is not None, DROP_IN=drop_in,
@@ -619,10 +631,11 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
 
 def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: str,
             has_bias_ih: bool, has_bias_hh: bool, dropout_in: float, dropout_out: float,
-            stream: int, precision: str):
+            stream: int, precision: str, dx_out=None):
     """Launch the backward (two launches). Returns (dx_rows, dh, dweight_ih, dbias_ih,
     dweight_hh, dbias_hh): dx_rows (b, E) or (b, 3H) are the gradients of the rows x[idx] (the
-    caller scatters them into the table); absent parameters give None."""
+    caller scatters them into the table), written into dx_out (contiguous, x's dtype) when
+    given; absent parameters give None."""
     B, H = h.shape
     proj = weight_ih is not None
     E = weight_ih.shape[1] if proj else 3 * H
@@ -631,7 +644,12 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
     weight_ih = weight_ih.contiguous() if proj else None
     dg = _poisoned(torch.empty(B, 4 * H, dtype=torch.float32, device=h.device))
     dh = _poisoned(torch.empty_like(h))
-    dx = _poisoned(torch.empty(B, E, dtype=x.dtype, device=x.device))
+    if dx_out is not None:
+        if dx_out.shape != (B, E) or dx_out.dtype != x.dtype or not dx_out.is_contiguous():
+            raise ValueError(f"dx_out must be a contiguous {x.dtype} ({B}, {E}) tensor")
+        dx = dx_out
+    else:
+        dx = _poisoned(torch.empty(B, E, dtype=x.dtype, device=x.device))
     wdt = weight_hh.dtype
     dwhh = _poisoned(torch.empty_like(weight_hh))
     dwih = _poisoned(torch.empty_like(weight_ih)) if proj else None
@@ -647,7 +665,7 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
     drop_in = drop_in and proj
     d = _dummy(h)
     idx_a = idx if idx is not None else d
-    reset_a = reset.view(torch.uint8) if reset is not None else d
+    reset_a = _reset_arg(reset) if reset is not None else d
     BM, BN, BK, nw = _blocks(B, H, E, variant)
     args = (dout, x, idx_a, weight_ih if proj else d, h, weight_hh, reset_a, seed, save,
             dg, dh, dx, B, H, E, salt_in, thr_in, scale_in, salt_out, thr_out, scale_out)

@@ -127,18 +127,34 @@ def _sampled_scores_kernel(p_h, p_w, p_bias, p_wcol, p_bcol, p_r, b, C, H, strid
 
 
 @triton.jit
-def _sampled_loss_kernel(p_r, p_dr, p_lq, p_loss, b, C, logq, bpreg, elu_alpha, scale,
-                         LOSS: tl.constexpr, HAS_LQ: tl.constexpr, USE_ELU: tl.constexpr,
-                         GRAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+def _col_logq(p_lq, p_ycol, cols, mask, b, sample_alpha, LQ_GATHER: tl.constexpr):
+    """log q of columns ``cols``: p_lq[cols] (per column), or with LQ_GATHER the item's log
+    support p_lq[Y[cols]] times sample_alpha for the sample columns (cols >= b), as
+    ops.scoring.logq_columns computes it (the same fp32 product)."""
+    if LQ_GATHER:
+        ids = tl.load(p_ycol + cols, mask=mask, other=0)
+        v = tl.load(p_lq + ids, mask=mask, other=0.0)
+        return tl.where(cols >= b, v * sample_alpha, v)
+    else:
+        return tl.load(p_lq + cols, mask=mask, other=0.0)
+
+
+@triton.jit
+def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alpha, bpreg,
+                         elu_alpha, scale,
+                         LOSS: tl.constexpr, HAS_LQ: tl.constexpr, LQ_GATHER: tl.constexpr,
+                         USE_ELU: tl.constexpr, GRAD: tl.constexpr, BM: tl.constexpr,
+                         BN: tl.constexpr):
     """Rows [pid·BM, pid·BM + BM) of R (b, C), positive of row i at column i. Pass 1 streams the
     columns with an online max (softmax losses) and accumulates the loss's sums; pass 2 writes
-    dR = scale · ∂loss/∂R. Per-row loss (unscaled) goes to p_loss."""
+    dR = scale · ∂loss/∂R. Per-row loss × scale goes to p_loss (the step's loss / B needs no
+    extra launch)."""
     pid = tl.program_id(0)
     o_m = pid * BM + tl.arange(0, BM)
     m_m = o_m < b
     r_pos = tl.load(p_r + o_m * C + o_m, mask=m_m, other=0.0)
     if HAS_LQ:
-        r_pos = r_pos - logq * tl.load(p_lq + o_m, mask=m_m, other=0.0)
+        r_pos = r_pos - logq * _col_logq(p_lq, p_ycol, o_m, m_m, b, sample_alpha, LQ_GATHER)
     u_pos = r_pos
     if USE_ELU:
         u_pos = _elu(r_pos, elu_alpha)
@@ -155,7 +171,8 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_loss, b, C, logq, bpreg, elu_alpha, 
         x = tl.load(p_r + o_m[:, None] * C + o_n[None, :], mask=msk, other=0.0)
         if LOSS == 0:   # cross-entropy, softmax over all columns
             if HAS_LQ:
-                x = x - logq * tl.load(p_lq + o_n, mask=m_n, other=0.0)[None, :]
+                x = x - logq * _col_logq(p_lq, p_ycol, o_n, m_n, b, sample_alpha,
+                                         LQ_GATHER)[None, :]
             xm = tl.where(msk, x, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(xm, axis=1))
             z = z * tl.exp(m_run - m_new) + tl.sum(tl.exp(xm - m_new[:, None]), axis=1)
@@ -213,7 +230,7 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_loss, b, C, logq, bpreg, elu_alpha, 
         g_pos = -a3 / Cf
     if USE_ELU:
         g_pos = g_pos * tl.where(r_pos > 0, 1.0, u_pos + elu_alpha)
-    tl.store(p_loss + o_m, row_loss, mask=m_m)
+    tl.store(p_loss + o_m, row_loss * scale, mask=m_m)
 
     if GRAD:
         for c0 in range(0, C, BN):
@@ -224,7 +241,8 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_loss, b, C, logq, bpreg, elu_alpha, 
             x = tl.load(p_r + o_m[:, None] * C + o_n[None, :], mask=msk, other=0.0)
             if LOSS == 0:
                 if HAS_LQ:
-                    x = x - logq * tl.load(p_lq + o_n, mask=m_n, other=0.0)[None, :]
+                    x = x - logq * _col_logq(p_lq, p_ycol, o_n, m_n, b, sample_alpha,
+                                             LQ_GATHER)[None, :]
                 g = coef[:, None] * tl.exp(x - m_run[:, None]) / z[:, None]
                 g = tl.where(is_pos, g_pos[:, None], g)
             elif LOSS == 1 or LOSS == 2:
@@ -276,9 +294,12 @@ def _rows_matmul_kernel(p_dr, p_w, p_wcol, p_dh, b, C, H, stride_w,
 
 @triton.jit
 def _cols_scatter_kernel(p_dr, p_h, p_winv, p_binv, p_drows, p_dbias, b, C, H, stride_h,
-                         BN: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                         BN: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                         PER_COLUMN: tl.constexpr):
     """d_rows[winv[j]] += Σ_i dR[i, j] h[i] and d_bias[binv[j]] += Σ_i dR[i, j] (atomics:
-    duplicate ids in Y add up). dRᵀ is loaded transposed, never transposed in registers."""
+    duplicate ids in Y add up). PER_COLUMN: d_rows[j] = ..., d_bias[j] = ... (one row per
+    column, each written by exactly one program: plain stores, outputs need no zeroing).
+    dRᵀ is loaded transposed, never transposed in registers."""
     pid_n, pid_h = tl.program_id(0), tl.program_id(1)
     o_n = pid_n * BN + tl.arange(0, BN)
     o_h = pid_h * BH + tl.arange(0, BH)
@@ -293,22 +314,34 @@ def _cols_scatter_kernel(p_dr, p_h, p_winv, p_binv, p_drows, p_dbias, b, C, H, s
                       mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(b_drt, b_h, acc, input_precision=PREC)
         acc_b += tl.sum(b_drt, axis=1)
-    winv = tl.load(p_winv + o_n, mask=m_n, other=0)
-    tl.atomic_add(p_drows + winv[:, None] * H + o_h[None, :], acc, mask=m_n[:, None] & m_h[None, :])
-    binv = tl.load(p_binv + o_n, mask=m_n, other=0)
-    tl.atomic_add(p_dbias + binv, acc_b, mask=m_n & ((o_n * 0 + pid_h) == 0))
+    m_bias = m_n & ((o_n * 0 + pid_h) == 0)        # the bias once: by the pid_h == 0 programs
+    if PER_COLUMN:
+        rows = o_n.to(tl.int64)
+        tl.store(p_drows + rows[:, None] * H + o_h[None, :], acc, mask=m_n[:, None] & m_h[None, :])
+        tl.store(p_dbias + rows, acc_b, mask=m_bias)
+    else:
+        winv = tl.load(p_winv + o_n, mask=m_n, other=0)
+        tl.atomic_add(p_drows + winv[:, None] * H + o_h[None, :], acc,
+                      mask=m_n[:, None] & m_h[None, :])
+        binv = tl.load(p_binv + o_n, mask=m_n, other=0)
+        tl.atomic_add(p_dbias + binv, acc_b, mask=m_bias)
 
 
 def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=None, logq=0.0,
                        bpreg=0.0, elu_param=0.0, scale=1.0, grads=True, w_scatter=None,
-                       n_w_rows=0, b_scatter=None, n_b_rows=0, precision=None):
+                       n_w_rows=0, b_scatter=None, n_b_rows=0, per_column=False,
+                       d_rows_out=None, log_support=None, sample_alpha=1.0, precision=None):
     """Launch the sampled path.
 
     h (b, H); weight (Tw, H) and bias (Tb,) tables; w_col / b_col int64 (C,) the table row of
     each column (column j scores weight[w_col[j]]·h + bias[b_col[j]]); loss one of LOSS_CODES.
     With grads: w_scatter / b_scatter int64 (C,) map column j to a row of the (n_w_rows, H) /
-    (n_b_rows,) gradient outputs (duplicates are summed).
-    Returns (loss_sum (0-d fp32, unscaled), R (b, C), dh, d_rows, d_bias) — the last three are
+    (n_b_rows,) gradient outputs (duplicates are summed). per_column: instead, one gradient
+    row per column (d_rows (C, H), d_bias (C,); w_scatter / b_scatter unused), written in place
+    of d_rows_out (fp32 (C, H), contiguous) when given. log_support (Tw,) fp32 with
+    sample_alpha: instead of logq_per_column, log q of column j = log_support[w_col[j]], times
+    sample_alpha for j >= b (gathered inside the loss kernel).
+    Returns (scale · loss_sum (0-d fp32), R (b, C), dh, d_rows, d_bias) — the last three are
     ``scale``·gradients of the summed loss, or None without grads.
     """
     prec = resolve_precision(precision)
@@ -332,9 +365,12 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     rows_loss = new_output((b,), torch.float32, dev)
     dR = new_output((b, C), torch.float32, dev) if grads else R
     has_lq = code == CE and logq > 0
-    if has_lq:
+    lq_gather = has_lq and log_support is not None
+    if lq_gather:
+        lq = log_support.to(device=dev, dtype=torch.float32).contiguous()
+    elif has_lq:
         if logq_per_column is None:
-            raise ValueError("cross-entropy with logq > 0 needs logq_per_column")
+            raise ValueError("cross-entropy with logq > 0 needs logq_per_column or log_support")
         lq = logq_per_column.to(device=dev, dtype=torch.float32).contiguous()
     else:
         lq = R   # unused
@@ -342,8 +378,9 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     LBM = min(16, _pow2(b, 1)) if big_blocks else 4
     LBN = min(1024, _pow2(C)) if big_blocks else 512
     _sampled_loss_kernel[(triton.cdiv(b, LBM),)](
-        R, dR, lq, rows_loss, b, C, float(logq), float(bpreg), float(elu_param), float(scale),
-        LOSS=code, HAS_LQ=has_lq, USE_ELU=use_elu, GRAD=grads, BM=LBM, BN=LBN)
+        R, dR, lq, w_col, rows_loss, b, C, float(logq), float(sample_alpha), float(bpreg),
+        float(elu_param), float(scale), LOSS=code, HAS_LQ=has_lq, LQ_GATHER=lq_gather,
+        USE_ELU=use_elu, GRAD=grads, BM=LBM, BN=LBN)
     loss_sum = rows_loss.sum()
     if not grads:
         return loss_sum, R, None, None, None
@@ -354,15 +391,23 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         BM, BH, BK = 64, 64, 32
     _rows_matmul_kernel[(triton.cdiv(b, BM), triton.cdiv(H, BH))](
         dR, weight, w_col, dh, b, C, H, weight.stride(0), BM=BM, BH=BH, BK=BK, PREC=prec)
-    d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
-    d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
+    if per_column:   # every row written once by the kernel: no zeroing
+        if d_rows_out is not None and (d_rows_out.shape != (C, H) or not d_rows_out.is_contiguous()
+                                       or d_rows_out.dtype != torch.float32):
+            raise ValueError(f"d_rows_out must be a contiguous fp32 ({C}, {H}) tensor")
+        d_rows = d_rows_out if d_rows_out is not None else new_output((C, H), torch.float32, dev)
+        d_bias = new_output((C,), torch.float32, dev)
+        w_scatter = b_scatter = w_col      # unused
+    else:
+        d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
+        d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
     if big_blocks:
         BN, BH, BK = min(128, _pow2(C)), min(64, HP), min(64, _pow2(b))
     else:
         BN, BH, BK = 64, 64, 32
     _cols_scatter_kernel[(triton.cdiv(C, BN), triton.cdiv(H, BH))](
         dR, h, w_scatter, b_scatter, d_rows, d_bias, b, C, H, h.stride(0),
-        BN=BN, BH=BH, BK=BK, PREC=prec)
+        BN=BN, BH=BH, BK=BK, PREC=prec, PER_COLUMN=per_column)
     return loss_sum, R, dh, d_rows, d_bias
 
 

@@ -79,9 +79,12 @@ def test_fused_step_kernels_equal_autograd_form(case):
         assert torch.equal(got.new_hidden[-1] == 0, want.new_hidden[-1] == 0)
 
 
-def test_engine_fused_step_triton_equals_torch_form():
+@pytest.mark.parametrize("graph_path", [False, True])
+def test_engine_fused_step_triton_equals_torch_form(graph_path):
     """A few full-width steps of the engine with the fused step: kernels (step and optimizer:
-    the item table and its bias in one launch, the dense list) vs the torch form."""
+    the item table and its bias in one launch, the dense list) vs the torch form; also through
+    the CUDA-graph code path run eagerly (the step's ids and int64 restart flags as views of
+    one chunk row)."""
     train, _ = synthetic_split(n_items=120, n_sessions=300, seed=3)
     cfg = GRU4RecConfig(layers=(16,), batch_size=8, n_sample=12, learning_rate=0.05,
                         momentum=0.2, dropout_p_hidden=0.2, logq=1.0, sample_store_size=12 * 40)
@@ -93,8 +96,44 @@ def test_engine_fused_step_triton_equals_torch_form():
                               step_backend=backend, optimizer_backend=backend,
                               precision="ieee", cuda_graph=False)
         trainer.fixed_shapes = True
+        trainer.use_graph = graph_path and backend == "triton"   # graph code path, eagerly
+        trainer.chunk_steps, trainer.warmup_steps = 4, 10 ** 9
         stats = trainer.train_epoch(train, progress=False, max_steps=6)
         assert np.isfinite(stats.loss)
         models.append(model)
     for a, b in zip(*[m.parameters() for m in models]):
         assert rel(a, b) < 1e-4
+
+
+def test_fused_step_item_ids_view_and_bf16_table():
+    """The engine's forms: inp and Y as views of one [inp; Y] tensor passed as item_ids (no
+    concatenation) give the same step; a bf16 item table's row gradients land in the fp32
+    item_grads buffer too (copied, not written by the kernel)."""
+    N, b, n_sample, H = 40, 6, 10, 16
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(0, N, (2 * b + n_sample,), generator=g).to(DEV)
+    inp, Y = ids[:b], ids[b:]
+    kw = dict(loss="cross-entropy", batch_size=b, dropout_embed=0.0, dropout_hidden=0.2,
+              precision="ieee")
+    seed = torch.tensor([99], dtype=torch.int64, device=DEV)
+    reset = torch.zeros(b, dtype=torch.bool, device=DEV)
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = GRU4RecModel(N, (H,), "shared", seed=4).to(DEV)
+        W = model.item_weight.detach().to(dtype)
+        hidden = [torch.randn(b, H, generator=g).to(DEV)]
+        args = (W, model.item_bias, model.gru, inp, Y, hidden, reset, seed)
+        outs[dtype] = shared_step_grads(*args, backend="triton", item_ids=ids, **kw)
+        if dtype == torch.float32:
+            plain = shared_step_grads(*args, backend="triton", **kw)
+            assert torch.equal(outs[dtype].item_ids, ids)
+            assert torch.equal(outs[dtype].item_grads, plain.item_grads)
+            assert torch.equal(outs[dtype].loss, plain.loss)
+        # the torch form in fp32 over the same (bf16-exact) table values
+        want = shared_step_grads(W.float(), *args[1:], backend="torch", item_ids=ids, **kw)
+        got = outs[dtype]
+        assert got.item_grads.dtype == torch.float32 and got.item_grads.shape == (2 * b + n_sample, H)
+        assert rel(got.item_grads[b:], want.item_grads[b:]) < 1e-5, dtype
+        # the input rows' gradients went through the table's dtype (bf16: 8 bits of mantissa)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert rel(got.item_grads[:b], want.item_grads[:b]) < tol, dtype

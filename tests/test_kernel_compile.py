@@ -89,8 +89,9 @@ def test_one_graph_step_makes_few_launches(quick_result):
     """A CUDA graph replays each launch of the step as a node of a few µs, so their number
     bounds the training speed on a GPU. compile_check counts one graph body (Triton launches
     as compiled, torch ops that launch a kernel) at bench train's two GPU settings: 39 / 35
-    before the counters, chunk rows, logQ gather, bias update and dense update were merged;
-    a change that adds launches to the step fails here."""
+    before the step's data came as one chunk row (ids and restart flags), the counters, the
+    bias and dense updates were merged, log q was gathered by the loss kernel and the column
+    gradients written in place (15 / 15 after); a change that adds launches fails here."""
     proc, res = quick_result
     assert res is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = {s["setting"]: s for s in res["step_launches"]}
@@ -101,6 +102,6 @@ def test_one_graph_step_makes_few_launches(quick_result):
         assert seq.count("sort") == 1, seq          # item table and bias: one sort, one launch
         assert seq.count("_adagrad_momentum_dense_kernel") == 1, seq   # one layer, one launch
         assert not any(x.startswith("_foreach") for x in seq), seq
-        assert seq.count("cat") <= 1, seq
-    assert steps["b32-h100-s2048-ce"]["launches"] <= 23
-    assert steps["b128-h512-s2048-bprmax"]["launches"] <= 21
+        assert not {"cat", "zeros", "eq", "clone", "mul", "mul_"} & set(seq), seq
+    assert steps["b32-h100-s2048-ce"]["launches"] <= 15
+    assert steps["b128-h512-s2048-bprmax"]["launches"] <= 15

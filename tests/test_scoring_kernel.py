@@ -145,6 +145,59 @@ def test_given_rows_and_separate_bias_rows():
     assert rel(out.d_rows, Wd.grad[w_idx]) < 2e-5 and rel(out.dh, hd.grad) < 2e-5
 
 
+def test_logq_gathered_in_the_loss_kernel():
+    """log_support + sample_alpha (the training step's form): the loss kernel gathers log q of
+    each column itself; same loss and gradients as the per-column logq_columns input."""
+    from fastgru4rec.ops.scoring import logq_columns
+    h, W, bias, Y, _ = make_case(31, 20, 90, 24)
+    log_support = torch.rand(W.shape[0], generator=torch.Generator().manual_seed(2),
+                             dtype=torch.float64) * 5
+    ref = fused_sampled_loss_and_grads_reference(
+        h, W, bias, Y, "cross-entropy", logq=1.0, scale=0.5,
+        logq_per_column=logq_columns(log_support, Y, 20, 0.3))
+    out = fused_sampled_loss_and_grads(h.float().to(DEV), W.float().to(DEV),
+                                       bias.float().to(DEV), Y.to(DEV), "cross-entropy",
+                                       logq=1.0, scale=0.5, log_support=log_support.float().to(DEV),
+                                       sample_alpha=0.3, backend="triton", precision="ieee")
+    assert abs(float(out.loss) - float(ref.loss)) <= 2e-5 * abs(float(ref.loss))
+    assert rel(out.dh, ref.dh) < 2e-5 and rel(out.d_rows, ref.d_rows) < 2e-5
+    assert rel(out.d_bias_rows, ref.d_bias_rows) < 2e-5
+    # and it matters: without log q the loss differs
+    plain = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "cross-entropy", scale=0.5)
+    assert abs(float(plain.loss) - float(ref.loss)) > 1e-3 * abs(float(ref.loss))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_per_column_gradients_written_in_place(loss):
+    """per_column (the fast engine's form): one gradient row per column of Y, duplicates NOT
+    summed, stored (not accumulated) into a caller's buffer: every row of a NaN-filled buffer
+    is written, and summing the rows by id gives the unique-row reference."""
+    h, W, bias, Y, lq = make_case(21 + LOSSES.index(loss), 33, 70, 40)
+    assert Y.unique().numel() < Y.numel()
+    kw = dict(LOSS_KW[loss][-1])
+    if kw.get("logq"):
+        kw["logq_per_column"] = lq
+    ref = fused_sampled_loss_and_grads_reference(h, W, bias, Y, loss, scale=0.37, **kw)
+    ref_col = fused_sampled_loss_and_grads(h, W, bias, Y, loss, scale=0.37, per_column=True,
+                                           backend="torch", **kw)
+    if kw.get("logq"):
+        kw["logq_per_column"] = lq.float().to(DEV)
+    buf = torch.full((Y.numel() + 3, 40), float("nan"), device=DEV)
+    out = fused_sampled_loss_and_grads(h.float().to(DEV), W.float().to(DEV),
+                                       bias.float().to(DEV), Y.to(DEV), loss, scale=0.37,
+                                       per_column=True, d_rows_out=buf[3:], backend="triton",
+                                       precision="ieee", **kw)
+    assert out.d_rows.data_ptr() == buf[3:].data_ptr() and torch.isnan(buf[:3]).all()
+    assert torch.equal(out.rows.cpu(), Y) and torch.equal(out.bias_rows.cpu(), Y)
+    assert torch.isfinite(out.d_rows).all() and torch.isfinite(out.d_bias_rows).all()
+    assert abs(float(out.loss) - float(ref.loss)) <= 2e-5 * abs(float(ref.loss)) + 1e-6
+    assert rel(out.d_rows, ref_col.d_rows) < 2e-5 and rel(out.d_bias_rows, ref_col.d_bias_rows) < 2e-5
+    _, inv = torch.unique(Y, return_inverse=True)
+    summed = torch.zeros_like(ref.d_rows).index_add_(0, inv, out.d_rows.cpu().double())
+    summed_b = torch.zeros_like(ref.d_bias_rows).index_add_(0, inv, out.d_bias_rows.cpu().double())
+    assert rel(summed, ref.d_rows) < 2e-5 and rel(summed_b, ref.d_bias_rows) < 2e-5
+
+
 def test_no_grads_and_bf16_tables():
     h, W, bias, Y, lq = make_case(13, 8, 50, 32)
     out = fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "top1", grads=False,

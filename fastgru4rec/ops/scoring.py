@@ -148,8 +148,9 @@ def fused_sampled_loss_and_grads_reference(h, item_weight, item_bias, Y, loss, *
 
 def fused_sampled_loss_and_grads(h, item_weight, item_bias, Y, loss, *, logq_per_column=None,
                                  logq=0.0, bpreg=0.0, elu_param=0.0, scale=1.0, rows=None,
-                                 bias_rows=None, grads=True, backend: str = "auto",
-                                 precision=None) -> SampledLossGrads:
+                                 bias_rows=None, grads=True, per_column=False, d_rows_out=None,
+                                 log_support=None, sample_alpha=1.0,
+                                 backend: str = "auto", precision=None) -> SampledLossGrads:
     """Scores R = h (b, H) · item_weight[Y]ᵀ + item_bias[Y] (Y int64 (C,) = [targets; samples],
     positives on the diagonal), the summed loss (× scale, e.g. 1/batch_size) and its gradients
     for h and for the touched rows of the item tables only (no autograd, no N × H tensor).
@@ -157,24 +158,44 @@ def fused_sampled_loss_and_grads(h, item_weight, item_bias, Y, loss, *, logq_per
     rows / bias_rows: optional (row_ids (U,), inverse (C,)) with row_ids[inverse] == Y, e.g. the
     unique ids the training step already gathered (they may contain extra ids: their gradient
     is 0); default torch.unique(Y). bias_rows defaults to rows.
+    per_column: one gradient row per column instead (rows = bias_rows = Y, duplicates not
+    summed: for a caller whose optimizer sums them, e.g. the fast engine), written into
+    d_rows_out (fp32 (C, H)) when given; on Triton with plain stores (nothing to zero).
+    log_support (N,) with sample_alpha: instead of logq_per_column, the columns' log q as
+    logq_columns(log_support, Y, b, sample_alpha) (on Triton gathered by the loss kernel).
     The Triton path computes in fp32 (h and the tables may be fp16/bf16); returns fp32.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
     if resolve_backend(backend, h) == "torch":
-        return fused_sampled_loss_and_grads_reference(
+        if log_support is not None and logq_per_column is None:
+            logq_per_column = logq_columns(log_support, Y, h.shape[0], sample_alpha)
+        if per_column:
+            rows = bias_rows = (Y, torch.arange(Y.shape[0], device=Y.device))
+        g = fused_sampled_loss_and_grads_reference(
             h, item_weight, item_bias, Y, loss, logq_per_column=logq_per_column, logq=logq,
             bpreg=bpreg, elu_param=elu_param, scale=scale, rows=rows, bias_rows=bias_rows,
             grads=grads)
-    w_idx, w_inv = _unique_rows(Y, rows)
-    b_idx, b_inv = _unique_rows(Y, bias_rows) if bias_rows is not None else (w_idx, w_inv)
+        if per_column and d_rows_out is not None and grads:
+            g = g._replace(d_rows=d_rows_out.copy_(g.d_rows))
+        return g
     Y = Y.contiguous()
+    if per_column:
+        w_idx, b_idx = Y, Y
+        scatter = dict(per_column=True, d_rows_out=d_rows_out)
+    else:
+        w_idx, w_inv = _unique_rows(Y, rows)
+        b_idx, b_inv = (_unique_rows(Y, bias_rows) if bias_rows is not None
+                        else (w_idx, w_inv))
+        scatter = dict(w_scatter=w_inv.contiguous(), n_w_rows=w_idx.shape[0],
+                       b_scatter=b_inv.contiguous(), n_b_rows=b_idx.shape[0])
     value, _, dh, d_rows, d_bias = _kernels_scoring().sampled_loss_fused(
         h.detach(), item_weight.detach(), item_bias.detach(), Y, Y, loss,
         logq_per_column=logq_per_column, logq=logq, bpreg=bpreg, elu_param=elu_param,
-        scale=scale, grads=grads, w_scatter=w_inv.contiguous(), n_w_rows=w_idx.shape[0],
-        b_scatter=b_inv.contiguous(), n_b_rows=b_idx.shape[0], precision=precision)
-    return SampledLossGrads(value * scale, dh, w_idx, d_rows, b_idx, d_bias)
+        scale=scale, grads=grads, precision=precision,
+        log_support=log_support if logq_per_column is None else None,
+        sample_alpha=sample_alpha, **scatter)
+    return SampledLossGrads(value, dh, w_idx, d_rows, b_idx, d_bias)
 
 
 class _FusedSampledLoss(torch.autograd.Function):

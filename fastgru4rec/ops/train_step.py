@@ -26,7 +26,7 @@ import torch
 
 from .backend import load_kernels, resolve_backend
 from .gru import gru_step_fused_reference
-from .scoring import fused_sampled_loss_and_grads, sampled_loss_reference
+from .scoring import fused_sampled_loss_and_grads, logq_columns, sampled_loss_reference
 
 
 class StepGrads(NamedTuple):
@@ -60,20 +60,24 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
                       logq_per_column: Optional[torch.Tensor] = None, logq: float = 0.0,
                       bpreg: float = 0.0, elu_param: float = 0.0, backend: str = "auto",
                       precision: Optional[str] = None,
-                      columns: Optional[torch.Tensor] = None,
-                      item_ids: Optional[torch.Tensor] = None) -> StepGrads:
+                      item_ids: Optional[torch.Tensor] = None,
+                      log_support: Optional[torch.Tensor] = None,
+                      sample_alpha: float = 1.0) -> StepGrads:
     """The step's loss, new hidden state and gradients (see the module docstring).
 
     W (N, H_L) item table = input embedding, bias (N,); layers: GRULayer modules (weight_ih
     (3H_l, E_l), ...); inp / Y int64 (b,) / (C,) with Y[:b] the targets; hidden list of (b, H_l);
     reset bool (b,) lanes starting a new session; seed int64 (1,) device tensor.
-    logq_per_column (C,): log q_j for cross-entropy with logq > 0. precision: the Triton dots'
+    logq_per_column (C,): log q_j for cross-entropy with logq > 0, or log_support (N,) with
+    sample_alpha: the same as ops.scoring.logq_columns(log_support, Y, b, sample_alpha) (on
+    Triton gathered inside the loss kernel: two launches fewer). precision: the Triton dots'
     ("ieee", "tf32", "tf32x3"; None: ieee for the GRU, tf32 for the scoring, as the ops).
-    columns: optional int64 arange(C) on the device (a caller's cached one saves a launch).
     item_ids: optional [inp; Y] (b + C,) when inp and Y are its views (saves a concatenation)."""
     if item_ids is None:
         item_ids = torch.cat([inp, Y])
     if resolve_backend(backend, W, "training step") == "torch":
+        if log_support is not None and logq_per_column is None and logq > 0:
+            logq_per_column = logq_columns(log_support, Y, inp.shape[0], sample_alpha)
         return _step_torch(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss,
                            batch_size, dropout_embed, dropout_hidden, logq_per_column, logq,
                            bpreg, elu_param)
@@ -93,27 +97,33 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
         saves.append(save)
         outs.append(out)
         x, idx = out, None
-    cols = columns if columns is not None else torch.arange(C, dtype=torch.int64,
-                                                            device=W.device)
+    # one gradient row per occurrence, [inputs; columns], written in place by the kernels: the
+    # columns' by the scoring (plain stores), the inputs' by the first layer's backward
+    b = inp.shape[0]
+    item_grads = torch.empty((b + C, W.shape[1]), dtype=torch.float32, device=W.device)
     g = fused_sampled_loss_and_grads(x, W.detach(), bias.detach(), Y, loss,
                                      logq_per_column=logq_per_column, logq=logq, bpreg=bpreg,
                                      elu_param=elu_param, scale=1.0 / batch_size,
-                                     rows=(Y, cols), backend="triton", precision=precision)
+                                     per_column=True, d_rows_out=item_grads[b:],
+                                     log_support=log_support, sample_alpha=sample_alpha,
+                                     backend="triton", precision=precision)
     d = g.dh
     dense: List[List[torch.Tensor]] = []
     for l in reversed(range(len(layers))):
         layer = layers[l]
         x_l, idx_l = xs[l]
         p_in = dropout_embed if l == 0 else 0.0
+        into = item_grads[:b] if l == 0 and x_l.dtype == torch.float32 else None
         dx, _, dwih, dbih, dwhh, dbhh = K.gru_bwd(
             d, x_l, hidden[l], layer.weight_ih.detach(), layer.weight_hh.detach(), idx_l, reset,
             seed, saves[l], layer.variant, True, layer.bias_hh is not None, p_in,
-            dropout_hidden, l, gru_precision)
+            dropout_hidden, l, gru_precision, dx_out=into)
+        if l == 0 and into is None:      # a bf16 / fp16 table: its row gradients in fp32
+            item_grads[:b].copy_(dx)
         dense.append([dwih, dbih, dwhh] + ([dbhh] if layer.bias_hh is not None else []))
         d = dx
     dense_flat = [t for per_layer in reversed(dense) for t in per_layer]
-    return StepGrads(g.loss, outs, dense_flat, item_ids,
-                     torch.cat([d.to(g.d_rows.dtype), g.d_rows]), Y, g.d_bias_rows)
+    return StepGrads(g.loss, outs, dense_flat, item_ids, item_grads, Y, g.d_bias_rows)
 
 
 def _step_torch(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss, batch_size,
