@@ -243,6 +243,12 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                                                          precision=prec, **kw)
                 yield f"sampled {loss} b{b} h{H} s2048 {prec}", sampled_case
 
+    def sampled_huge(n_sample=4_300_000):   # more than 65,535 column blocks (grid y/z limit)
+        W, bias = torch.empty(1000, 16), torch.empty(1000)
+        scoring.fused_sampled_loss_and_grads(randn(1, 16), W, bias, ids(1 + n_sample, 1000),
+                                             "top1", backend="triton")
+    yield "sampled top1 b1 h16 s4300000", sampled_huge
+
     # full catalog: cross-entropy (training with n_sample="all"), rank and top-k (evaluation,
     # recommend); N = 1,000,000, b 512, H 256 as the issue's must-show (quick: N 100,000)
     big_n = 100_000 if quick else 1_000_000
@@ -324,14 +330,14 @@ def step_launches(recorder: Recorder) -> List[dict]:
     train's GPU settings (fastgru4rec.bench.GPU_TRAIN_SIZES): Triton kernels as compiled here,
     torch ops as the aten ops that launch a kernel (torch.sort counts once; on CUDA it is a few
     kernels). A graph replays every launch as a node, and at a few µs a node their number
-    bounds the steps per second (issue: 20,000 mini-batches/s at b 32, H 100)."""
-    import numpy as np  # noqa: F401
+    bounds the steps per second (issue: 20,000 mini-batches/s at b 32, H 100). The body runs
+    under HostSyncGuard (no host sync, no data-dependent shape)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from fastgru4rec.bench import GPU_TRAIN_SIZES, PRESETS
     from fastgru4rec.config import GRU4RecConfig
-    from fastgru4rec.engine import FastTrainer, _GraphedSteps
+    from fastgru4rec.engine import FastTrainer, HostSyncGuard, _GraphedSteps
     from fastgru4rec.nn import GRU4RecModel
     from fastgru4rec.synthetic import synthetic_split
     from fastgru4rec.train import EpochOnDevice
@@ -360,7 +366,7 @@ def step_launches(recorder: Recorder) -> List[dict]:
         recorder.case = f"train step {name} (launch count)"
         graphed.body()                              # compiles; not counted
         recorder.launch_log = []
-        with TorchLaunches():
+        with HostSyncGuard(), TorchLaunches():      # and nothing in it waits for the device
             graphed.body()
         log, recorder.launch_log = recorder.launch_log, None
         out.append(dict(setting=name, launches=len(log),

@@ -107,7 +107,8 @@ def _score_tile(p_h, p_w, p_bias, o_m, m_m, ids, m_n, H, stride_h, stride_w,
 @triton.jit
 def _sampled_scores_kernel(p_h, p_w, p_bias, p_wcol, p_bcol, p_r, b, C, H, stride_h, stride_w,
                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    # column blocks on grid axis 0 (up to 2^31 - 1; axis 1 stops at 65,535: 4.2M columns)
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
     o_m = pid_m * BM + tl.arange(0, BM)
     o_n = pid_n * BN + tl.arange(0, BN)
     m_m, m_n = o_m < b, o_n < C
@@ -359,7 +360,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         BM, BN, BK = min(64, _pow2(b)), min(128, _pow2(C)), min(64, HP)
     else:
         BM, BN, BK = 64, 64, 32
-    _sampled_scores_kernel[(triton.cdiv(b, BM), triton.cdiv(C, BN))](
+    _sampled_scores_kernel[(triton.cdiv(C, BN), triton.cdiv(b, BM))](
         h, weight, bias, w_col, b_col, R, b, C, H, h.stride(0), weight.stride(0),
         BM=BM, BN=BN, BK=BK, PREC=prec)
     rows_loss = new_output((b,), torch.float32, dev)
