@@ -167,6 +167,8 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
 
 
 _DENSE_PER_LAUNCH = 4   # the kernel's tensor slots
+#: elements per program of the dense update (4 fp32 streams in, 3 out: memory-bound)
+_DENSE_BLOCK = 1024
 
 
 def adagrad_momentum_dense_list(params, grads, accs, vels, lr: float, momentum: float,
@@ -195,7 +197,3 @@ def adagrad_momentum_dense_list(params, grads, accs, vels, lr: float, momentum: 
         _adagrad_momentum_dense_kernel[(n_blocks,)](
             *slots, *ends[:3], float(lr), float(momentum), float(eps), NT=nt,
             HAS_MOMENTUM=has_momentum, BLOCK=_DENSE_BLOCK)
-
-
-#: elements per program of the dense update (4 fp32 streams in, 3 out: memory-bound)
-_DENSE_BLOCK = 1024
