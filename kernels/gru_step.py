@@ -35,10 +35,6 @@ import triton.language as tl
 
 from . import launch
 
-# Tests set this: every output and scratch buffer is filled with NaN before each launch, so
-# an element a kernel forgets to write fails the comparison.
-POISON = False
-
 _MASK31 = 0x7FFFFFFF
 
 
@@ -565,12 +561,6 @@ def _blocks(B: int, H: int, E: int, variant: str):
     return _np2(B, 16, 32), _np2(H, 16, 32), 16, 4
 
 
-def _poisoned(t: torch.Tensor) -> torch.Tensor:
-    if POISON:
-        t.fill_(float("nan"))
-    return t
-
-
 def _dropout_args(p: float, stream: int, which: int):
     p = float(p)
     if not 0.0 <= p < 1.0:
@@ -605,8 +595,8 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
     proj = weight_ih is not None
     E = weight_ih.shape[1] if proj else 3 * H
     x, h, weight_hh = x.contiguous(), h.contiguous(), weight_hh.contiguous()
-    out = _poisoned(torch.empty_like(h))
-    save = _poisoned(torch.empty(B, 4 * H, dtype=torch.float32, device=h.device))
+    out = launch.poisoned(torch.empty_like(h))
+    save = launch.poisoned(torch.empty(B, 4 * H, dtype=torch.float32, device=h.device))
     if B == 0:
         return out, save
     salt_in, thr_in, scale_in, drop_in = _dropout_args(dropout_in, stream, 0)
@@ -642,19 +632,19 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
     dout, x, h = dout.contiguous(), x.contiguous(), h.contiguous()
     weight_hh = weight_hh.contiguous()
     weight_ih = weight_ih.contiguous() if proj else None
-    dg = _poisoned(torch.empty(B, 4 * H, dtype=torch.float32, device=h.device))
-    dh = _poisoned(torch.empty_like(h))
+    dg = launch.poisoned(torch.empty(B, 4 * H, dtype=torch.float32, device=h.device))
+    dh = launch.poisoned(torch.empty_like(h))
     if dx_out is not None:
         if dx_out.shape != (B, E) or dx_out.dtype != x.dtype or not dx_out.is_contiguous():
             raise ValueError(f"dx_out must be a contiguous {x.dtype} ({B}, {E}) tensor")
         dx = dx_out
     else:
-        dx = _poisoned(torch.empty(B, E, dtype=x.dtype, device=x.device))
+        dx = launch.poisoned(torch.empty(B, E, dtype=x.dtype, device=x.device))
     wdt = weight_hh.dtype
-    dwhh = _poisoned(torch.empty_like(weight_hh))
-    dwih = _poisoned(torch.empty_like(weight_ih)) if proj else None
-    dbih = _poisoned(torch.empty(3 * H, dtype=wdt, device=h.device)) if has_bias_ih else None
-    dbhh = _poisoned(torch.empty(3 * H, dtype=wdt, device=h.device)) if has_bias_hh else None
+    dwhh = launch.poisoned(torch.empty_like(weight_hh))
+    dwih = launch.poisoned(torch.empty_like(weight_ih)) if proj else None
+    dbih = launch.poisoned(torch.empty(3 * H, dtype=wdt, device=h.device)) if has_bias_ih else None
+    dbhh = launch.poisoned(torch.empty(3 * H, dtype=wdt, device=h.device)) if has_bias_hh else None
     if B == 0:
         for t in (dwhh, dwih, dbih, dbhh):
             if t is not None:

@@ -9,6 +9,10 @@
 - ``require_cuda(what, *tensors)``: a launch on CPU tensors outside the interpreter is an
   error, said in one line.
 - ``sm_count(device)``: streaming multiprocessors, to size grids that fill the GPU.
+- ``new_output(shape, dtype, device)`` / ``poisoned(t)``: the buffers launch functions hand to
+  kernels, filled with NaN (integers: -2^30) first while ``poison`` is on, so an element a
+  kernel forgets to write fails the tests' comparisons. On under the interpreter (CI) and with
+  FASTGRU4REC_POISON=1 (the GPU check's device tests); tests may set ``launch.poison``.
 
 benchmarks/compile_check.py compiles every kernel for a GPU on a machine without one: it
 replaces these functions (module attributes, so the kernel modules must call them as
@@ -23,6 +27,8 @@ import triton
 
 #: FASTGRU4REC_KERNEL_BLOCKS=gpu: the GPU's block sizes in the interpreter too
 BLOCKS_ENV = "FASTGRU4REC_KERNEL_BLOCKS"
+#: FASTGRU4REC_POISON=1: poison kernel outputs on a GPU too
+POISON_ENV = "FASTGRU4REC_POISON"
 
 
 def interpreting() -> bool:
@@ -54,3 +60,19 @@ def sm_count(device: torch.device) -> int:
         return 132
     idx = device.index if device.index is not None else torch.cuda.current_device()
     return torch.cuda.get_device_properties(idx).multi_processor_count
+
+
+#: fill kernel outputs before each launch (see the module docstring); read at import
+poison = interpreting() or os.environ.get(POISON_ENV, "0") == "1"
+
+
+def poisoned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (a buffer a kernel must overwrite), filled with NaN / -2^30 while poison is on."""
+    if poison:
+        t.fill_(float("nan") if t.dtype.is_floating_point else -(1 << 30))
+    return t
+
+
+def new_output(shape, dtype, device) -> torch.Tensor:
+    """torch.empty for a kernel's output, poisoned while poison is on."""
+    return poisoned(torch.empty(shape, dtype=dtype, device=device))

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from . import launch
-from .scoring import _pow2, _score_tile, _split_plan, new_output, resolve_precision
+from .scoring import _pow2, _score_tile, _split_plan, resolve_precision
 
 
 def _blocks(b: int, H: int):
@@ -76,12 +76,12 @@ def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     targets = targets.contiguous()
     BM, BN, BK = _blocks(b, H)
     n_rb = triton.cdiv(b, BM)
-    ts = new_output((b,), torch.float32, dev)
+    ts = launch.new_output((b,), torch.float32, dev)
     _rank_target_kernel[(n_rb, BM)](h, weight, bias, targets, ts, b, N, H, h.stride(0),
                                     weight.stride(0), BM=BM, BN=BN, BK=BK, PREC=prec)
     per_split, S = _split_plan(n_rb, N, BN, dev)
-    gt = new_output((S, b), torch.int32, dev)
-    eq = new_output((S, b), torch.int32, dev)
+    gt = launch.new_output((S, b), torch.int32, dev)
+    eq = launch.new_output((S, b), torch.int32, dev)
     _rank_count_kernel[(n_rb, S)](h, weight, bias, ts, gt, eq, b, N, H, h.stride(0),
                                   weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
     return gt.sum(0, dtype=torch.int64), eq.sum(0, dtype=torch.int64)
@@ -155,7 +155,7 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
     for r0 in range(0, b, rows_per_chunk):
         hc = h[r0:r0 + rows_per_chunk]
         bc = hc.shape[0]
-        cand = new_output((bc, n_cand), torch.int64, h.device)
+        cand = launch.new_output((bc, n_cand), torch.int64, h.device)
         n_rb = triton.cdiv(bc, BM)
         _topk_tile_kernel[(n_rb * n_tiles,)](     # n_rb · n_tiles <= max(2^26, n_tiles) < 2^31
             hc, weight, bias, cand, bc, N, H, hc.stride(0), weight.stride(0), KT, n_cand, n_rb,

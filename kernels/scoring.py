@@ -19,8 +19,6 @@ written with exp/log), a single configuration, no block pointers.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -40,17 +38,6 @@ _NEG_INIT = tl.constexpr(-1e30)
 
 # ----------------------------------------------------------------------------- helpers
 
-#: Fill kernel outputs with NaN before launching so unwritten elements fail loudly. On by default
-#: under the interpreter (tests); on a GPU set FASTGRU4REC_POISON=1 or this attribute.
-POISON = launch.interpreting() or os.environ.get("FASTGRU4REC_POISON", "0") == "1"
-
-
-def new_output(shape, dtype, device) -> torch.Tensor:
-    if POISON:
-        if dtype.is_floating_point:
-            return torch.full(shape, float("nan"), dtype=dtype, device=device)
-        return torch.full(shape, -(1 << 30), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def resolve_precision(precision) -> str:
@@ -354,7 +341,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     big_blocks = launch.interpreter_blocks()
     HP = _pow2(H)
     h = h if h.stride(1) == 1 else h.contiguous()
-    R = new_output((b, C), torch.float32, dev)
+    R = launch.new_output((b, C), torch.float32, dev)
     # interpreter: its tl.dot is a non-BLAS numpy loop, cost ∝ padded M·N·K: blocks that pad little
     if big_blocks:
         BM, BN, BK = min(64, _pow2(b)), min(128, _pow2(C)), min(64, HP)
@@ -363,8 +350,8 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     _sampled_scores_kernel[(triton.cdiv(C, BN), triton.cdiv(b, BM))](
         h, weight, bias, w_col, b_col, R, b, C, H, h.stride(0), weight.stride(0),
         BM=BM, BN=BN, BK=BK, PREC=prec)
-    rows_loss = new_output((b,), torch.float32, dev)
-    dR = new_output((b, C), torch.float32, dev) if grads else R
+    rows_loss = launch.new_output((b,), torch.float32, dev)
+    dR = launch.new_output((b, C), torch.float32, dev) if grads else R
     has_lq = code == CE and logq > 0
     lq_gather = has_lq and log_support is not None
     if lq_gather:
@@ -385,7 +372,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     loss_sum = rows_loss.sum()
     if not grads:
         return loss_sum, R, None, None, None
-    dh = new_output((b, H), torch.float32, dev)
+    dh = launch.new_output((b, H), torch.float32, dev)
     if big_blocks:
         BM, BH, BK = min(64, _pow2(b)), min(64, HP), min(128, _pow2(C))
     else:
@@ -396,8 +383,9 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         if d_rows_out is not None and (d_rows_out.shape != (C, H) or not d_rows_out.is_contiguous()
                                        or d_rows_out.dtype != torch.float32):
             raise ValueError(f"d_rows_out must be a contiguous fp32 ({C}, {H}) tensor")
-        d_rows = d_rows_out if d_rows_out is not None else new_output((C, H), torch.float32, dev)
-        d_bias = new_output((C,), torch.float32, dev)
+        d_rows = (d_rows_out if d_rows_out is not None
+                  else launch.new_output((C, H), torch.float32, dev))
+        d_bias = launch.new_output((C,), torch.float32, dev)
         w_scatter = b_scatter = w_col      # unused
     else:
         d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
@@ -550,9 +538,9 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
         BM, BN, BK = 64, 128, 32
     n_rb = triton.cdiv(b, BM)
     per_split, S = _split_plan(n_rb, N, BN, dev)
-    pm = new_output((S, b), torch.float32, dev)
-    pz = new_output((S, b), torch.float32, dev)
-    pt = new_output((S, b), torch.float32, dev)
+    pm = launch.new_output((S, b), torch.float32, dev)
+    pz = launch.new_output((S, b), torch.float32, dev)
+    pt = launch.new_output((S, b), torch.float32, dev)
     _ce_full_fwd_kernel[(n_rb, S)](h, weight, bias, targets, pm, pz, pt, b, N, H, h.stride(0),
                                    weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
     lse = torch.logsumexp(pm + torch.log(pz), dim=0)
@@ -571,13 +559,13 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
         h, weight, bias, targets, lse, coef, dh, b, N, H, h.stride(0), weight.stride(0), per_split,
         BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
     accum = d_weight_out is not None
-    dW = d_weight_out if accum else new_output((N, H), torch.float32, dev)
+    dW = d_weight_out if accum else launch.new_output((N, H), torch.float32, dev)
     if accum:
         if d_bias_out is None:
             raise ValueError("d_weight_out needs d_bias_out too")
         db = d_bias_out
     else:
-        db = new_output((N,), torch.float32, dev)
+        db = launch.new_output((N,), torch.float32, dev)
     if big_blocks:
         wBM, wBN = min(32, _pow2(b)), 128
     else:
