@@ -376,7 +376,10 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     if big_blocks:
         BM, BH, BK = min(64, _pow2(b)), min(64, HP), min(128, _pow2(C))
     else:
-        BM, BH, BK = 64, 64, 32
+        # one program per (row block, 32 columns of H) walks all C columns: with b 32 and H 100
+        # only 4 programs run, so each takes deep steps over C (BK 128: 17 steps at C 2080, not
+        # 65) and no padded rows (BM 32 for b <= 32). Shared: (BM + BH) · BK · 4 B per stage.
+        BM, BH, BK = (32 if b <= 32 else 64), 32, 128
     _rows_matmul_kernel[(triton.cdiv(b, BM), triton.cdiv(H, BH))](
         dR, weight, w_col, dh, b, C, H, weight.stride(0), BM=BM, BH=BH, BK=BK, PREC=prec)
     if per_column:   # every row written once by the kernel: no zeroing
