@@ -7,9 +7,13 @@ BN columns (items), BK the reduction chunk. Variables: o_ offsets, m_ masks, b_ 
 Sampled path (small: C = b + n_sample <= a few thousand), four launches:
   1. ``_sampled_scores_kernel``   R (b, C) = h · W[col]ᵀ + bias[col]   (W rows gathered in-kernel)
   2. ``_sampled_loss_kernel``     per-row loss and dR (b, C), two streaming passes over columns
+                                  (log q per column given, or gathered from the item's log
+                                  support: the training step's form)
   3. ``_rows_matmul_kernel``      dh (b, H) = dR · W[col]
   4. ``_cols_scatter_kernel``     d_rows[inv[j]] += (dRᵀ · h)[j], d_bias[binv[j]] += Σ_i dR[i, j]
-                                  (atomics into the U unique rows: never an N × H gradient)
+                                  (atomics into the U unique rows: never an N × H gradient), or
+                                  per column (d_rows[j] = ..., plain stores: the fast engine,
+                                  whose optimizer sums repeated ids)
 Full catalog (n_sample = "all"): ``_ce_full_fwd_kernel`` (partial max / sum-exp / target score per
 split of the catalog), ``_ce_full_dh_kernel`` (recompute tiles, dh by atomics over splits),
 ``_ce_full_dw_kernel`` (recompute transposed tiles, each program owns its item tile's dW).
