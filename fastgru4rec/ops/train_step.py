@@ -100,7 +100,8 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
     # one gradient row per occurrence, [inputs; columns], written in place by the kernels: the
     # columns' by the scoring (plain stores), the inputs' by the first layer's backward
     b = inp.shape[0]
-    item_grads = torch.empty((b + C, W.shape[1]), dtype=torch.float32, device=W.device)
+    item_grads = load_kernels("launch").new_output((b + C, W.shape[1]), torch.float32,
+                                                   W.device)   # NaN in tests: all rows written
     g = fused_sampled_loss_and_grads(x, W.detach(), bias.detach(), Y, loss,
                                      logq_per_column=logq_per_column, logq=logq, bpreg=bpreg,
                                      elu_param=elu_param, scale=1.0 / batch_size,
