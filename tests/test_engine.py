@@ -158,6 +158,19 @@ def test_list_update_torch_equals_dense(momentum):
     check_dense_list("torch", [(6, 5), (7,), (3, 4)], momentum)
 
 
+def test_list_and_bias_updates_reject_mismatched_arguments():
+    p = [torch.zeros(3), torch.zeros(2)]
+    with pytest.raises(ValueError, match="2 params, 1 grads"):
+        adagrad_momentum_list(p, p[:1], p, None, 0.1, 0.0)
+    t, ids = torch.zeros(5, 2), torch.tensor([0, 1, 2])
+    bias = (torch.zeros(5), torch.zeros(3), torch.zeros(5), None, 1)   # 3 grads, 2 ids past 1
+    for backend in ("torch", "auto"):
+        with pytest.raises(ValueError, match="bias_grad has 3 rows; the ids past offset 1 are 2"):
+            adagrad_momentum_scatter(t, ids, torch.zeros(3, 2), torch.zeros(5, 2), None, 0.1,
+                                     0.0, backend=backend, bias=bias)
+    assert torch.equal(t, torch.zeros(5, 2))                          # nothing written
+
+
 def test_foreach_update_equals_dense():
     g = torch.Generator().manual_seed(1)
     shapes = [(6, 5), (7,), (3, 4)]

@@ -122,6 +122,10 @@ def adagrad_momentum_list(params: List[torch.Tensor], grads: List[torch.Tensor],
     kernels/optim.py), "auto" (triton on CUDA)."""
     if not params:
         return
+    if not len(grads) == len(accs) == len(params) or (vels is not None
+                                                      and len(vels) != len(params)):
+        raise ValueError(f"adagrad_momentum_list: {len(params)} params, {len(grads)} grads, "
+                         f"{len(accs)} accs, {'no' if vels is None else len(vels)} vels")
     if resolve_backend(backend, params[0], "optimizer") == "triton":
         load_kernels("optim").adagrad_momentum_dense_list(params, grads, accs, vels, lr,
                                                           momentum, EPS)
@@ -140,6 +144,11 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
     bias: optional (bias_table (N,), bias_grad (L - offset,), bias_acc, bias_vel, offset): the
     same update of bias_table at ids[offset:] (the training step's columns when ids are
     [inputs; columns]); on triton in the same launch as the table, after the same sort."""
+    if bias is not None:
+        offset, n_cols = bias[4], bias[1].shape[0]
+        if not 0 <= offset <= ids.shape[0] or n_cols != ids.shape[0] - offset:
+            raise ValueError(f"adagrad_momentum_scatter: bias_grad has {n_cols} rows; the ids "
+                             f"past offset {offset} are {ids.shape[0] - offset}")
     sorted_ids, perm = torch.sort(ids)
     if resolve_backend(backend, table, "optimizer") == "triton":
         load_kernels("optim").adagrad_momentum_sorted_rows(
