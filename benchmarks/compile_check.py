@@ -324,30 +324,50 @@ _NO_KERNEL = {"view", "_unsafe_view", "as_strided", "slice", "select", "expand",
               "split_with_sizes", "reshape", "narrow"}
 
 
-def step_launches(recorder: Recorder) -> List[dict]:
-    """The device launches of one CUDA-graph body of the fast engine (_GraphedSteps.body: read
-    the step's row, the fused step, the optimizer updates, the counters) at each of bench
-    train's GPU settings (fastgru4rec.bench.GPU_TRAIN_SIZES): Triton kernels as compiled here,
-    torch ops as the aten ops that launch a kernel (torch.sort counts once; on CUDA it is a few
-    kernels). A graph replays every launch as a node, and at a few µs a node their number
-    bounds the steps per second (issue: 20,000 mini-batches/s at b 32, H 100). The body runs
-    under HostSyncGuard (no host sync, no data-dependent shape)."""
-    import torch
+def count_launches(recorder: Recorder, fn: Callable[[], None], label: str) -> dict:
+    """Run ``fn`` once (it compiles), then again recording its device launches: Triton kernels
+    as compiled here, torch ops as the aten ops that launch a kernel (views, allocations and
+    this library's custom-op wrappers excluded; torch.sort counts once, on CUDA it is a few
+    kernels), under HostSyncGuard (no host sync, no data-dependent shape)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fastgru4rec.bench import GPU_TRAIN_SIZES, PRESETS
-    from fastgru4rec.config import GRU4RecConfig
-    from fastgru4rec.engine import FastTrainer, HostSyncGuard, _GraphedSteps
-    from fastgru4rec.nn import GRU4RecModel
-    from fastgru4rec.synthetic import synthetic_split
-    from fastgru4rec.train import EpochOnDevice
+    from fastgru4rec.engine import HostSyncGuard
 
     class TorchLaunches(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
-            if name not in _NO_KERNEL and recorder.launch_log is not None:
+            if (name not in _NO_KERNEL and func.namespace != "fastgru4rec"
+                    and recorder.launch_log is not None):
                 recorder.launch_log.append("torch:" + name)
             return func(*args, **(kwargs or {}))
+
+    recorder.case = f"{label} (launch count)"
+    fn()
+    recorder.launch_log = []
+    try:
+        with HostSyncGuard(), TorchLaunches():
+            fn()
+        log = recorder.launch_log
+    finally:
+        recorder.launch_log = None
+    return dict(setting=label, launches=len(log),
+                triton=sum(x.startswith("triton:") for x in log), sequence=log)
+
+
+def step_launches(recorder: Recorder) -> List[dict]:
+    """The device launches of one CUDA-graph body of the fast engine (_GraphedSteps.body: read
+    the step's row, the fused step, the optimizer updates, the counters) at each of bench
+    train's GPU settings (fastgru4rec.bench.GPU_TRAIN_SIZES). A graph replays every launch as
+    a node, and at a few µs a node their number bounds the steps per second (issue: 20,000
+    mini-batches/s at b 32, H 100)."""
+    import torch
+
+    from fastgru4rec.bench import GPU_TRAIN_SIZES, PRESETS
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.engine import FastTrainer, _GraphedSteps
+    from fastgru4rec.nn import GRU4RecModel
+    from fastgru4rec.synthetic import synthetic_split
+    from fastgru4rec.train import EpochOnDevice
 
     data = synthetic_split(n_items=3000, n_sessions=3000, seed=7)[0]
     out = []
@@ -363,15 +383,29 @@ def step_launches(recorder: Recorder) -> List[dict]:
         ep = EpochOnDevice.upload(trainer.schedule(data), trainer.device)
         graphed = _GraphedSteps(trainer, ep, 4, torch.zeros((), dtype=torch.float64))
         graphed.load_chunk(0, 4, trainer._sample_chunk(4))
-        recorder.case = f"train step {name} (launch count)"
-        graphed.body()                              # compiles; not counted
-        recorder.launch_log = []
-        with HostSyncGuard(), TorchLaunches():      # and nothing in it waits for the device
-            graphed.body()
-        log, recorder.launch_log = recorder.launch_log, None
-        out.append(dict(setting=name, launches=len(log),
-                        triton=sum(x.startswith("triton:") for x in log), sequence=log))
+        out.append(count_launches(recorder, graphed.body, f"train step {name}"))
     return out
+
+
+def gru_launches(recorder: Recorder) -> dict:
+    """The launches of one GRU layer step, forward and backward, as bench_gru times it
+    (ops.gru.gru_step_fused through autograd, b 32, H 100, "cell", int seed)."""
+    import torch
+
+    from fastgru4rec.nn import GRULayer
+    from fastgru4rec.ops.gru import gru_step_fused
+
+    layer = GRULayer(100, 100, "cell")
+    x = torch.randn(32, 100, requires_grad=True)
+    h = torch.randn(32, 100, requires_grad=True)
+    leaves = [x, h, layer.weight_ih, layer.bias_ih, layer.weight_hh, layer.bias_hh]
+    dout = torch.ones(32, 100)
+
+    def step():
+        out = gru_step_fused(x, h, layer.weight_ih, layer.bias_ih, layer.weight_hh,
+                             layer.bias_hh, "cell", backend="triton")
+        torch.autograd.grad(out, leaves, dout)
+    return count_launches(recorder, step, "gru step b32-h100 fwd+bwd")
 
 
 # --------------------------------------------------------------------------- report
@@ -418,7 +452,7 @@ def check(arch: int, quick: bool, shard: Tuple[int, int] = (0, 1)) -> dict:
     launches = []
     if shard[0] == 0:
         try:
-            launches = step_launches(recorder)
+            launches = step_launches(recorder) + [gru_launches(recorder)]
         except Exception as e:
             first = " ".join(str(e).strip().splitlines()[-3:])[:400]
             failures.append(dict(case="launches per step", error=f"{type(e).__name__}: {first}"))
@@ -450,7 +484,7 @@ def markdown(res: dict) -> str:
                      f"{r['regs']} | {r['stack_bytes']} | {r['shared']} | "
                      f"{'yes' if r['fits'] else 'NO'} |")
     for s in res.get("step_launches", []):
-        lines.append(f"\nOne CUDA-graph step at {s['setting']}: {s['launches']} launches "
+        lines.append(f"\n{s['setting']}: {s['launches']} launches "
                      f"({s['triton']} Triton): " + " → ".join(x.split(":", 1)[1]
                                                               for x in s["sequence"]))
     for f in res["failures"]:

@@ -87,3 +87,14 @@ def test_dropout_is_inverted_seeded_and_carried():
     kept = hid1[0] != 0
     assert torch.allclose(hid1[0][kept], 2.0 * clean[0][kept])
     assert out1 is hid1[-1] or torch.equal(out1, hid1[-1])
+
+
+def test_int_seed_becomes_one_cached_device_tensor():
+    """An int seed is uploaded once per (device, value), not in every call (on CUDA each
+    upload is a synchronous host-to-device copy); tensor seeds pass through."""
+    from fastgru4rec.ops.gru import _seed_tensor
+    a, b = _seed_tensor(7, torch.device("cpu")), _seed_tensor(7, "cpu")
+    assert a is b and a.dtype == torch.int64 and a.tolist() == [7]
+    assert _seed_tensor(8, "cpu").tolist() == [8]
+    s = torch.tensor([5], dtype=torch.int64)
+    assert _seed_tensor(s, "cpu").data_ptr() == s.data_ptr()

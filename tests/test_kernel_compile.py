@@ -95,6 +95,12 @@ def test_one_graph_step_makes_few_launches(quick_result):
     proc, res = quick_result
     assert res is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = {s["setting"]: s for s in res["step_launches"]}
+    gru = steps.pop("gru step b32-h100 fwd+bwd")
+    # the GRU op alone (bench_gru's form): its three kernels and nothing else (no per-call
+    # seed upload, no zero-filled gradient for the saved gates)
+    assert gru["sequence"] == ["triton:_gru_fwd_cell_kernel", "triton:_gru_bwd_cell_kernel",
+                               "triton:_gru_bwd_weights_kernel"], gru["sequence"]
+    steps = {k.removeprefix("train step "): v for k, v in steps.items()}
     assert set(steps) == {"b32-h100-s2048-ce", "b128-h512-s2048-bprmax"}
     for s in steps.values():
         seq = [x.split(":", 1)[1] for x in s["sequence"]]

@@ -152,10 +152,21 @@ def _resolve_backend(backend: str, like: torch.Tensor) -> str:
     return resolve_backend(backend, like, "GRU step")
 
 
+#: int seeds as device tensors, made once: a fresh torch.tensor on CUDA is a host-to-device copy
+#: (synchronous from pageable memory) in every call; the kernels only read the seed
+_SEED_TENSORS: dict = {}
+
+
 def _seed_tensor(seed, device) -> torch.Tensor:
     if isinstance(seed, torch.Tensor):
         return seed.reshape(1).to(device=device, dtype=torch.int64)
-    return torch.tensor([int(seed)], dtype=torch.int64, device=device)
+    key = (torch.device(device), int(seed))
+    t = _SEED_TENSORS.get(key)
+    if t is None:
+        if len(_SEED_TENSORS) >= 64:          # e.g. a caller passing a new int every step
+            _SEED_TENSORS.clear()
+        t = _SEED_TENSORS[key] = torch.tensor([key[1]], dtype=torch.int64, device=device)
+    return t
 
 
 @torch.library.custom_op("fastgru4rec::gru_step_fwd", mutates_args=())
@@ -209,6 +220,8 @@ def _gru_step_setup_context(ctx, inputs, output):
     (x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, variant, dropout_in,
      dropout_out, stream, precision) = inputs
     ctx.save_for_backward(x, h, weight_ih, weight_hh, idx, reset, seed, output[1])
+    # the saved gates (output[1]) never get a gradient: no zero-filled one per backward
+    ctx.set_materialize_grads(False)
     ctx.meta = (variant, bias_ih is not None, bias_hh is not None, dropout_in, dropout_out,
                 stream, precision)
 
