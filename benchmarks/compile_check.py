@@ -192,7 +192,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
         for variant in variants:
             for prec in (("ieee",) if quick else ("ieee", "tf32")):
                 def gru_dense(b=b, H=H, variant=variant, prec=prec):
-                    layer = GRULayer(H, H, variant)
+                    layer = GRULayer(H, H, variant=variant)
                     x = randn(b, H).requires_grad_()
                     h = randn(b, H).requires_grad_()
                     out = gru.gru_step_fused(x, h, layer.weight_ih, layer.bias_ih,
@@ -207,7 +207,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
         def gru_modes(variant=variant, quick=quick):
             b, H = 32, 100
             for dtype in ((torch.float32,) if quick else (torch.float32, torch.bfloat16)):
-                layer = GRULayer(H, H, variant).to(dtype)
+                layer = GRULayer(H, H, variant=variant).to(dtype)
                 table = randn(N, H, dtype=dtype).requires_grad_()
                 h = randn(b, H, dtype=dtype)
                 reset = torch.rand(b, generator=g) < 0.3
@@ -216,7 +216,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                                          reset=reset, dropout_in=0.2, dropout_out=0.3, seed=7,
                                          backend="triton")
                 out.float().sum().backward()
-                onehot = GRULayer(None, H, variant).to(dtype)
+                onehot = GRULayer(None, H, variant=variant).to(dtype)
                 proj = randn(N, 3 * H, dtype=dtype).requires_grad_()
                 out = gru.gru_step_fused(proj, h, None, randn(3 * H, dtype=dtype),
                                          onehot.weight_hh, onehot.bias_hh, variant,
@@ -305,7 +305,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
         yield f"train step {name} preset (no host sync)", step
     if not quick:   # two layers and the original variant, beyond the presets
         def step2():
-            layers = [GRULayer(64, 96, "original"), GRULayer(96, 64, "original")]
+            layers = [GRULayer(64, 96, variant="original"), GRULayer(96, 64, variant="original")]
             W, bias = randn(5000, 64), randn(5000)
             train_step.shared_step_grads(
                 W, bias, layers, ids(32, 5000), ids(32 + 512, 5000),
@@ -395,7 +395,7 @@ def gru_launches(recorder: Recorder) -> dict:
     from fastgru4rec.nn import GRULayer
     from fastgru4rec.ops.gru import gru_step_fused
 
-    layer = GRULayer(100, 100, "cell")
+    layer = GRULayer(100, 100, variant="cell")
     x = torch.randn(32, 100, requires_grad=True)
     h = torch.randn(32, 100, requires_grad=True)
     leaves = [x, h, layer.weight_ih, layer.bias_ih, layer.weight_hh, layer.bias_hh]

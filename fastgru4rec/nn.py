@@ -35,42 +35,74 @@ def glorot_blocks_(weight: torch.Tensor, n_blocks: int, generator: torch.Generat
     return weight
 
 
-class GRULayer(nn.Module):
-    """One GRU layer, a drop-in for torch.nn.GRUCell in the "cell" variant (same parameter
-    names and shapes: weight_ih (3H, in), weight_hh (3H, H), bias_ih (3H), bias_hh (3H); so
-    ``load_state_dict`` from an nn.GRUCell works).
+def _glorot_blocks_via_cpu(weight: torch.Tensor, n_blocks: int,
+                           generator: torch.Generator) -> torch.Tensor:
+    """glorot_blocks_ for a parameter on any device: the seeded generator is a CPU one, so a
+    weight elsewhere (GRULayer(..., device="cuda")) is drawn on the CPU and copied over; the
+    values are those of the same layer built on the CPU."""
+    if weight.device.type == "cpu":
+        return glorot_blocks_(weight, n_blocks, generator)
+    with torch.no_grad():
+        return weight.copy_(glorot_blocks_(torch.empty(weight.shape, dtype=weight.dtype),
+                                           n_blocks, generator))
 
-    The "original" variant has a single bias per gate (bias_ih) and no bias_hh. With
-    input_size=None the layer has no weight_ih: its input projection comes from elsewhere
-    (the one-hot first layer gathers rows of an (N, 3H) table).
+
+class GRULayer(nn.Module):
+    """One GRU layer, a drop-in for torch.nn.GRUCell in the "cell" variant: the same
+    constructor (input_size, hidden_size, bias=True, device=None, dtype=None), the same
+    parameter names and shapes (weight_ih (3H, in), weight_hh (3H, H), bias_ih (3H),
+    bias_hh (3H); so ``load_state_dict`` from an nn.GRUCell works) and the same call forms
+    (batched (b, in) or unbatched (in,) input, h None or of the input's batch form).
+
+    Keyword-only: ``variant`` "cell" (torch.nn.GRUCell's form) or "original" (the Theano form:
+    the reset gate applied to h before the recurrent product, a single bias per gate in
+    bias_ih and no bias_hh); ``generator`` seeds the initialisation (GRU4Rec's Glorot-uniform
+    per gate block, not nn.GRUCell's U(±1/sqrt(H))). With input_size=None the layer has no
+    weight_ih: its input projection comes from elsewhere (the one-hot first layer gathers rows
+    of an (N, 3H) table).
     """
 
-    def __init__(self, input_size: Optional[int], hidden_size: int, variant: str = "cell",
+    def __init__(self, input_size: Optional[int], hidden_size: int, bias: bool = True,
+                 device=None, dtype=None, *, variant: str = "cell",
                  generator: Optional[torch.Generator] = None):
         super().__init__()
         if variant not in ("cell", "original"):
             raise ValueError(f"unknown GRU variant {variant!r} (original, cell)")
-        self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
-        H = hidden_size
+        if not isinstance(bias, bool):
+            raise TypeError(f"GRULayer: bias must be True or False, got {bias!r} "
+                            "(the variant is the keyword argument variant=)")
+        if int(hidden_size) <= 0 or (input_size is not None and int(input_size) <= 0):
+            raise ValueError(f"GRULayer: sizes must be positive, got input_size={input_size}, "
+                             f"hidden_size={hidden_size}")
+        self.input_size, self.hidden_size, self.variant = input_size, int(hidden_size), variant
+        self.bias = bias
+        H, like = self.hidden_size, dict(device=device, dtype=dtype)
         if input_size is not None:
-            self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size))
-            self.bias_ih = nn.Parameter(torch.zeros(3 * H))
+            self.weight_ih = nn.Parameter(torch.empty(3 * H, int(input_size), **like))
+            self.bias_ih = nn.Parameter(torch.zeros(3 * H, **like)) if bias else None
         else:
             self.register_parameter("weight_ih", None)
             self.register_parameter("bias_ih", None)
-        self.weight_hh = nn.Parameter(torch.empty(3 * H, H))
-        if variant == "cell":
-            self.bias_hh = nn.Parameter(torch.zeros(3 * H))
+        self.weight_hh = nn.Parameter(torch.empty(3 * H, H, **like))
+        if variant == "cell" and bias:
+            self.bias_hh = nn.Parameter(torch.zeros(3 * H, **like))
         else:
             self.register_parameter("bias_hh", None)
         self.reset_parameters(generator)
 
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        return s if self.variant == "cell" else s + f", variant={self.variant!r}"
+
     def reset_parameters(self, generator: Optional[torch.Generator] = None):
         generator = generator or torch.Generator().manual_seed(0)
         if self.weight_ih is not None:
-            glorot_blocks_(self.weight_ih, 3, generator)
-            nn.init.zeros_(self.bias_ih)
-        glorot_blocks_(self.weight_hh, 3, generator)
+            _glorot_blocks_via_cpu(self.weight_ih, 3, generator)
+            if self.bias_ih is not None:
+                nn.init.zeros_(self.bias_ih)
+        _glorot_blocks_via_cpu(self.weight_hh, 3, generator)
         if self.bias_hh is not None:
             nn.init.zeros_(self.bias_hh)
 
@@ -83,9 +115,26 @@ class GRULayer(nn.Module):
         return gru_step(gi, h, self.weight_hh, self.bias_hh, self.variant)
 
     def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """nn.GRUCell's call form: x (b, in), h (b, H) or None -> h' (b, H)."""
+        """nn.GRUCell's call form: x (b, in) and h (b, H) or None -> h' (b, H); unbatched
+        x (in,) and h (H,) or None -> h' (H,)."""
+        if self.weight_ih is None:
+            raise RuntimeError("GRULayer(input_size=None) has no input projection: call "
+                               "step(gi, h) with gi (b, 3H)")
+        if x.dim() not in (1, 2):
+            raise ValueError(f"GRULayer: expected input of shape (batch, {self.input_size}) or "
+                             f"({self.input_size},), got {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"GRULayer: input has {x.shape[-1]} features, expected "
+                             f"input_size={self.input_size}")
+        unbatched = x.dim() == 1
+        want = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
         if h is None:
-            h = x.new_zeros(x.shape[0], self.hidden_size)
+            h = x.new_zeros(want)
+        elif tuple(h.shape) != want:
+            raise ValueError(f"GRULayer: hidden state of shape {tuple(h.shape)} for input of "
+                             f"shape {tuple(x.shape)}, expected {want}")
+        if unbatched:
+            return self.step(self.project(x.unsqueeze(0)), h.unsqueeze(0)).squeeze(0)
         return self.step(self.project(x), h)
 
 
@@ -129,9 +178,13 @@ class GRU4RecModel(nn.Module):
             in_size = None
         gru = []
         for l, H in enumerate(layers):
-            gru.append(GRULayer(in_size, H, variants[l], generator=g))
+            gru.append(GRULayer(in_size, H, variant=variants[l], generator=g))
             in_size = H
         self.gru = nn.ModuleList(gru)
+
+    def extra_repr(self) -> str:
+        s = f"n_items={self.n_items}, layers={self.layers}, embedding_mode={self.embedding_mode!r}"
+        return s + (f", embedding_dim={self.embedding_dim}" if self.embedding_dim else "")
 
     # -------------------------------------------------------------- tables
     def sparse_tables(self) -> List[str]:

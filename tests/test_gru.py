@@ -14,7 +14,7 @@ def test_cell_variant_is_a_drop_in_for_nn_grucell():
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_()
-    layer = GRULayer(7, 5, "cell").double()
+    layer = GRULayer(7, 5, variant="cell").double()
     layer.load_state_dict(ref.state_dict())
     x, h = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     assert torch.allclose(layer(x, h), ref(x, h), rtol=1e-12, atol=1e-14)
@@ -27,7 +27,7 @@ def test_original_variant_matches_hand_formula():
     b, E, H = 3, 4, 2
     x, h = rng.normal(size=(b, E)), rng.normal(size=(b, H))
     Wx, Wh, bias = rng.normal(size=(3 * H, E)), rng.normal(size=(3 * H, H)), rng.normal(size=3 * H)
-    layer = GRULayer(E, H, "original").double()
+    layer = GRULayer(E, H, variant="original").double()
     with torch.no_grad():
         layer.weight_ih.copy_(torch.tensor(Wx))
         layer.weight_hh.copy_(torch.tensor(Wh))
@@ -98,3 +98,42 @@ def test_int_seed_becomes_one_cached_device_tensor():
     assert _seed_tensor(8, "cpu").tolist() == [8]
     s = torch.tensor([5], dtype=torch.int64)
     assert _seed_tensor(s, "cpu").data_ptr() == s.data_ptr()
+
+
+def test_cell_variant_takes_nn_grucell_constructor_and_call_forms():
+    """GRUCell(input_size, hidden_size, bias, device, dtype); unbatched (in,) input; no bias."""
+    torch.manual_seed(1)
+    ref = torch.nn.GRUCell(6, 4, False, None, torch.float64)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    layer = GRULayer(6, 4, False, None, torch.float64)
+    assert layer.bias_ih is None and layer.bias_hh is None
+    assert layer.weight_ih.dtype == torch.float64
+    layer.load_state_dict(ref.state_dict())
+    x, h = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    assert torch.allclose(layer(x, h), ref(x, h), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(layer(x), ref(x), rtol=1e-12, atol=1e-14)
+    one = layer(x[1], h[1])
+    assert one.shape == (4,) and torch.allclose(one, ref(x[1], h[1]), rtol=1e-12, atol=1e-14)
+    assert layer(x[1]).shape == (4,)
+    assert repr(layer) == "GRULayer(6, 4, bias=False)"
+    assert repr(GRULayer(6, 4, variant="original")) == "GRULayer(6, 4, variant='original')"
+
+
+def test_layer_rejects_bad_shapes_and_arguments_with_one_line_errors():
+    import pytest
+    layer = GRULayer(6, 4)
+    for x, h, what in [(torch.randn(3, 5), None, "5 features"),
+                       (torch.randn(2, 3, 6), None, "(2, 3, 6)"),
+                       (torch.randn(3, 6), torch.randn(2, 4), "(2, 4)"),
+                       (torch.randn(6), torch.randn(1, 4), "(1, 4)")]:
+        with pytest.raises(ValueError, match=what.replace("(", r"\(").replace(")", r"\)")) as e:
+            layer(x, h)
+        assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match="variant="):
+        GRULayer(6, 4, "original")
+    with pytest.raises(ValueError, match="hidden_size=0"):
+        GRULayer(6, 0)
+    with pytest.raises(RuntimeError, match="step"):
+        GRULayer(None, 4)(torch.randn(2, 12))
