@@ -1,0 +1,100 @@
+"""evaluate_model (REFERENCE §5) against a naive float64 loop written here: each test session
+from a zero state, its events fed one at a time, the hidden state carried inside the session,
+every later event ranked against ALL items by hand (numpy), the three tie modes.
+
+The session-parallel evaluation (lanes that end, are refilled and shrink) must give the same
+ranks; a state lost between steps, a missed reset or a lane mix-up changes them because the
+model's recurrent weights are large (the next scores depend strongly on the history).
+"""
+import numpy as np
+import pytest
+import torch
+
+from fastgru4rec.data import SessionData
+from fastgru4rec.evaluate import evaluate_model
+from fastgru4rec.nn import GRU4RecModel
+
+N_ITEMS, H = 23, 8
+CUTOFFS = (1, 2, 5, 10)
+
+
+def _model(mode):
+    torch.manual_seed(5)
+    model = GRU4RecModel(N_ITEMS, layers=(H, 6), embedding_mode=mode,
+                         embedding_dim=5 if mode == "separate" else 0, seed=3).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 1.5 if "weight_hh" in name else 0.7)
+        # planted exact ties with the targets' scores: three pairs of identical items
+        for a, b in [(1, 2), (7, 11), (15, 16)]:
+            model.item_weight[b] = model.item_weight[a]
+            model.item_bias[b] = model.item_bias[a]
+    return model
+
+
+def _test_data(rng):
+    lengths = [1, 2, 5, 3, 9, 1, 4, 2, 7, 6, 3]       # length-1 sessions give no evaluation point
+    sess, items, times = [], [], []
+    for s, n in enumerate(lengths):
+        sess += [f"s{s}"] * n
+        items += rng.integers(0, N_ITEMS, n).tolist()
+        times += [float(s)] * n
+    # item ids "0".."22" in index order: the map is the identity
+    item_map = SessionData.item_map_only([str(i) for i in range(N_ITEMS)], np.ones(N_ITEMS))
+    return SessionData.from_arrays(np.array(sess), np.array(items).astype(str), np.array(times),
+                                   item_map=item_map), lengths
+
+
+def _naive_ranks(model, data, mode):
+    """Ranks of every evaluation point, session by session, one event at a time."""
+    W = model.item_weight.detach().numpy()
+    bias = model.item_bias.detach().numpy()
+    ranks = []
+    for s in range(data.n_sessions):
+        events = data.items[data.offsets[s]:data.offsets[s + 1]]
+        hidden = [torch.zeros(1, h, dtype=torch.float64) for h in model.layers]
+        for t in range(len(events) - 1):
+            with torch.no_grad():
+                h_last, hidden = model(torch.tensor([events[t]]), hidden)
+            scores = W @ h_last[0].numpy() + bias
+            target = scores[events[t + 1]]
+            greater = int((scores > target).sum())
+            equal = int((scores == target).sum()) - 1          # the other items tied with it
+            ranks.append({"standard": greater + 1, "conservative": greater + equal + 1,
+                          "median": greater + 0.5 * equal + 1}[mode])
+    return np.array(ranks, dtype=np.float64)
+
+
+@pytest.mark.parametrize("embedding_mode", ["shared", "separate", "onehot"])
+@pytest.mark.parametrize("mode", ["standard", "conservative", "median"])
+@pytest.mark.parametrize("batch_size", [1, 3, 512])
+def test_evaluate_model_equals_the_naive_session_loop(embedding_mode, mode, batch_size):
+    data, lengths = _test_data(np.random.default_rng(11))
+    model = _model(embedding_mode)
+    ranks = _naive_ranks(model, data, mode)
+    assert len(ranks) == sum(n - 1 for n in lengths)
+    got = evaluate_model(model, data, CUTOFFS, mode, batch_size=batch_size)
+    assert got["n_events"] == len(ranks)
+    for k in CUTOFFS:
+        inside = ranks <= k
+        assert got["recall"][k] == pytest.approx(inside.mean(), abs=1e-12), (k, "recall")
+        assert got["mrr"][k] == pytest.approx(np.where(inside, 1 / ranks, 0).mean(), abs=1e-12), \
+            (k, "mrr")
+
+
+def test_the_history_matters_on_this_data():
+    """Guard for the test above: ranks from a state-less model (zero state at every event)
+    differ from the naive loop's, so a lost state cannot pass it."""
+    data, _ = _test_data(np.random.default_rng(11))
+    model = _model("shared")
+    stateful = _naive_ranks(model, data, "standard")
+    W, bias = model.item_weight.detach().numpy(), model.item_bias.detach().numpy()
+    stateless = []
+    for s in range(data.n_sessions):
+        events = data.items[data.offsets[s]:data.offsets[s + 1]]
+        for t in range(len(events) - 1):
+            with torch.no_grad():
+                h_last, _ = model(torch.tensor([events[t]]))
+            scores = W @ h_last[0].numpy() + bias
+            stateless.append(int((scores > scores[events[t + 1]]).sum()) + 1)
+    assert np.mean(np.array(stateless) != stateful) > 0.3
