@@ -137,3 +137,35 @@ def test_layer_rejects_bad_shapes_and_arguments_with_one_line_errors():
         GRULayer(6, 0)
     with pytest.raises(RuntimeError, match="step"):
         GRULayer(None, 4)(torch.randn(2, 12))
+
+
+def test_fused_step_reference_equals_nn_grucell_composition():
+    """gru_step_fused_reference (the oracle of the Triton step) against nn.GRUCell in float64:
+    input rows gathered by idx, restarting lanes from a zero state, inverted dropout with the
+    documented keep masks on the input rows (which=0) and on the output (which=1)."""
+    from fastgru4rec.ops.gru import dropout_keep_mask, gru_step_fused_reference
+    torch.manual_seed(2)
+    N, E, H, b = 9, 5, 4, 6
+    cell = torch.nn.GRUCell(E, H).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.normal_()
+    table = torch.randn(N, E, dtype=torch.float64)
+    h = torch.randn(b, H, dtype=torch.float64)
+    idx = torch.tensor([3, 0, 8, 3, 5, 1])
+    reset = torch.tensor([False, True, False, False, True, False])
+    p_in, p_out, seed, stream = 0.3, 0.4, 1234, 2
+    got = gru_step_fused_reference(table, h, cell.weight_ih, cell.bias_ih, cell.weight_hh,
+                                   cell.bias_hh, "cell", idx=idx, reset=reset, dropout_in=p_in,
+                                   dropout_out=p_out, seed=seed, stream=stream)
+    keep_in = dropout_keep_mask(seed, b, E, p_in, stream, 0).double()
+    keep_out = dropout_keep_mask(seed, b, H, p_out, stream, 1).double()
+    assert 0 < keep_in.mean() < 1 and 0 < keep_out.mean() < 1
+    x = table[idx] * keep_in / (1 - p_in)
+    h0 = torch.where(reset[:, None], torch.zeros_like(h), h)
+    want = cell(x, h0) * keep_out / (1 - p_out)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+    # without dropout and with no lane restarting: exactly nn.GRUCell on the gathered rows
+    plain = gru_step_fused_reference(table, h, cell.weight_ih, cell.bias_ih, cell.weight_hh,
+                                     cell.bias_hh, "cell", idx=idx)
+    assert torch.allclose(plain, cell(table[idx], h), rtol=1e-12, atol=1e-14)
