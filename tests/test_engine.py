@@ -11,8 +11,7 @@ from fastgru4rec.engine import FastTrainer, HostSyncGuard, full_width_steps
 from fastgru4rec.evaluate import evaluate_model
 from fastgru4rec.nn import GRU4RecModel
 from fastgru4rec.ops.optim import (adagrad_momentum_dense, adagrad_momentum_foreach,
-                                   adagrad_momentum_list, adagrad_momentum_rows,
-                                   adagrad_momentum_scatter)
+                                   adagrad_momentum_list, adagrad_momentum_scatter)
 from fastgru4rec.sampling import SampleStore
 from fastgru4rec.synthetic import synthetic_split
 from fastgru4rec.train import EpochOnDevice, Trainer
@@ -28,39 +27,67 @@ def _one_thread():
 
 
 # ------------------------------------------------------------------ optimizer pieces
-def _scatter_case(seed, L, N, H, dtype=torch.float64):
+#: scales (table, acc, vel, grad) of the two regimes: "unit" (acc + g² ~ 1: placing epsilon
+#: outside the sqrt moves the step by ~1e-6 relative, below a float32 tolerance) and "small"
+#: (acc ~ 1e-7, g ~ 1e-4: acc + g² ~ 1e-7 < eps = 1e-6, so sqrt(acc + eps) ~ 1e-3 and
+#: sqrt(acc) + eps ~ 3e-4: the epsilon placement changes the step ~3x)
+SCALES = {"unit": (1.0, 1.0, 0.1, 1.0), "small": (1e-2, 1e-7, 1e-3, 1e-4)}
+
+
+def _scatter_case(seed, L, N, H, dtype=torch.float64, scale="unit"):
+    s_t, s_a, s_v, s_g = SCALES[scale]
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, N, (L,), generator=g)
     ids[: L // 3] = ids[L // 3: 2 * (L // 3)]          # plenty of repeats
     shape = (N, H) if H else (N,)
     gshape = (L, H) if H else (L,)
-    table = torch.randn(shape, generator=g, dtype=dtype)
-    acc = torch.rand(shape, generator=g, dtype=dtype)
-    vel = torch.randn(shape, generator=g, dtype=dtype) * 0.1
-    grad = torch.randn(gshape, generator=g, dtype=dtype)
+    table = torch.randn(shape, generator=g, dtype=dtype) * s_t
+    acc = torch.rand(shape, generator=g, dtype=dtype) * s_a
+    vel = torch.randn(shape, generator=g, dtype=dtype) * s_v
+    grad = torch.randn(gshape, generator=g, dtype=dtype) * s_g
     return ids, table, acc, vel, grad
 
 
+def adagrad_reference(P, acc, vel, G, lr, mu):
+    """REFERENCE §4 written out in float64 numpy, on one row or a whole tensor:
+    acc += g²;  v = μ·v - lr·g / sqrt(acc + 1e-6);  p += v   (μ = 0: p -= lr·g / sqrt(..),
+    no velocity kept). Returns the new (P, acc, vel)."""
+    acc = acc + G * G
+    step = lr * G / np.sqrt(acc + 1e-6)
+    if mu > 0:
+        vel = mu * vel - step
+        return P + vel, acc, vel
+    return P - step, acc, vel
+
+
 def _unique_reference(ids, table, acc, vel, grad, lr, momentum):
-    """adagrad_momentum_rows on unique ids with hand-summed gradients (float64)."""
-    table, acc = table.clone(), acc.clone()
-    vel = vel.clone() if vel is not None else None
-    rows, inv = torch.unique(ids, return_inverse=True)
-    summed = torch.zeros((rows.shape[0],) + grad.shape[1:], dtype=grad.dtype)
-    for j in range(ids.shape[0]):                      # literal loop: an independent sum
-        summed[inv[j]] += grad[j]
-    adagrad_momentum_rows(table, rows, summed, acc, vel, lr, momentum, backend="torch")
-    return table, acc, vel
+    """The sparse update of REFERENCE §4 in float64 numpy, independent of the library: the
+    gradients of repeated ids summed row by row, then each touched row updated once
+    (adagrad_reference); untouched rows keep value, accumulator and velocity. Returns torch
+    float64 tensors (vel None when momentum is off)."""
+    P = table.double().numpy().copy()
+    A = acc.double().numpy().copy()
+    V = vel.double().numpy().copy() if vel is not None else np.zeros_like(P)
+    gr = grad.double().numpy()
+    ids = ids.numpy()
+    G = {}
+    for j in range(ids.shape[0]):                      # literal loop: duplicates summed
+        r = int(ids[j])
+        G[r] = G[r] + gr[j] if r in G else gr[j].copy()
+    for r, g in G.items():
+        P[r], A[r], V[r] = adagrad_reference(P[r], A[r], V[r], g, lr, momentum)
+    return (torch.from_numpy(P), torch.from_numpy(A),
+            torch.from_numpy(V) if vel is not None else None)
 
 
 SCATTER_CASES = [(1, 5, 7), (40, 30, 16), (61, 200, 100), (50, 9, 0)]
 
 
 def check_scatter_update(backend, momentum, L, N, H, device="cpu", dtype=torch.float64,
-                         tol=1e-12):
+                         tol=1e-12, scale="unit"):
     """adagrad_momentum_scatter on ``device`` against the unique-row float64 reference; rows
     not named by the ids must stay bit-identical. (Also run by tests/test_optim_kernel.py.)"""
-    ids, table, acc, vel, grad = _scatter_case(L * 7 + H, L, N, H)
+    ids, table, acc, vel, grad = _scatter_case(L * 7 + H, L, N, H, scale=scale)
     vel = vel if momentum > 0 else None
     ref = _unique_reference(ids, table, acc, vel, grad, 0.07, momentum)
     t, a = table.to(device, dtype), acc.to(device, dtype)
@@ -83,18 +110,41 @@ def test_scatter_update_equals_unique_rows(momentum, L, N, H):
     check_scatter_update("torch", momentum, L, N, H)
 
 
+#: small-state cases (SCALES["small"]), where epsilon dominates the denominator
+SMALL_SCATTER_CASES = [(40, 30, 16), (50, 9, 0)]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+@pytest.mark.parametrize("L,N,H", SMALL_SCATTER_CASES)
+def test_scatter_update_equals_unique_rows_epsilon_dominated(momentum, L, N, H):
+    check_scatter_update("torch", momentum, L, N, H, scale="small")
+
+
+def test_small_scale_separates_epsilon_placement():
+    """The "small" regime is what makes the epsilon tests bite: with epsilon outside the sqrt
+    (lr·g / (sqrt(acc) + eps)) the reference's updated table differs by > 10% relative, the
+    "unit" regime by < 1e-5 (under the float32 tolerance 2e-6 only by luck of size)."""
+    for scale, lo, hi in (("small", 0.1, 10.0), ("unit", 0.0, 1e-5)):
+        _, P, A, V, G = _scatter_case(3, 40, 40, 16, scale=scale)
+        P, A, V, G = (x.numpy() for x in (P, A, V, G[:40]))
+        want, acc, _ = adagrad_reference(P, A, V, G, 0.07, 0.4)
+        wrong = P + 0.4 * V - 0.07 * G / (np.sqrt(acc) + 1e-6)
+        rel = np.linalg.norm(wrong - want) / np.linalg.norm(want)
+        assert lo < rel < hi, (scale, rel)
+
+
 #: (L ids, N rows, H, bias offset): the bias rows are the ids at positions >= offset
 SCATTER_BIAS_CASES = [(40, 30, 16, 12), (61, 200, 100, 0), (9, 50, 8, 9), (70, 25, 33, 20)]
 
 
 def check_scatter_with_bias(backend, momentum, L, N, H, offset, device="cpu",
-                            dtype=torch.float64, tol=1e-12):
+                            dtype=torch.float64, tol=1e-12, scale="unit"):
     """adagrad_momentum_scatter(..., bias=...) against the float64 unique-row reference run on
     the table at ids and on the bias at ids[offset:] separately; a bias row named only before
     offset (an input that is no column) keeps its value, accumulator and velocity bit-exactly.
     (Also run by tests/test_optim_kernel.py.)"""
-    ids, table, acc, vel, grad = _scatter_case(L * 5 + H + offset, L, N, H)
-    _, bias, b_acc, b_vel, b_grad = _scatter_case(L + 99, L, N, 0)
+    ids, table, acc, vel, grad = _scatter_case(L * 5 + H + offset, L, N, H, scale=scale)
+    _, bias, b_acc, b_vel, b_grad = _scatter_case(L + 99, L, N, 0, scale=scale)
     ids[0] = ids[L - 1] if offset == 0 else ids[0]
     if 0 < offset < L:       # plant: an id only before offset, and one on both sides
         ids[offset:] = torch.where(ids[offset:] == ids[0], (ids[0] + 1) % N, ids[offset:])
@@ -130,17 +180,26 @@ def test_scatter_update_with_bias_equals_separate_updates(momentum, L, N, H, off
     check_scatter_with_bias("torch", momentum, L, N, H, offset)
 
 
-def check_dense_list(backend, shapes, momentum, device="cpu", dtype=torch.float64, tol=1e-12):
-    """adagrad_momentum_list against adagrad_momentum_dense per tensor in float64.
-    (Also run by tests/test_optim_kernel.py.)"""
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_scatter_update_with_bias_epsilon_dominated(momentum):
+    check_scatter_with_bias("torch", momentum, 40, 30, 16, 12, scale="small")
+
+
+def check_dense_list(backend, shapes, momentum, device="cpu", dtype=torch.float64, tol=1e-12,
+                     scale="unit"):
+    """adagrad_momentum_list against the float64 numpy reference (adagrad_reference) per
+    tensor. (Also run by tests/test_optim_kernel.py.)"""
+    s_t, s_a, s_v, s_g = SCALES[scale]
     g = torch.Generator().manual_seed(len(shapes) * 10 + int(momentum * 10))
-    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    accs = [torch.rand(s, generator=g, dtype=torch.float64) for s in shapes]
-    vels = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    want = [copy.deepcopy(x) for x in (params, accs, vels)]
-    for p, gr, a, v in zip(want[0], grads, want[1], want[2]):
-        adagrad_momentum_dense(p, gr, a, v if momentum else None, 0.1, momentum)
+    params = [torch.randn(s, generator=g, dtype=torch.float64) * s_t for s in shapes]
+    grads = [torch.randn(s, generator=g, dtype=torch.float64) * s_g for s in shapes]
+    accs = [torch.rand(s, generator=g, dtype=torch.float64) * s_a for s in shapes]
+    vels = [torch.randn(s, generator=g, dtype=torch.float64) * s_v for s in shapes]
+    want = [[], [], []]
+    for p, gr, a, v in zip(params, grads, accs, vels):
+        for out, x in zip(want, adagrad_reference(p.numpy(), a.numpy(), v.numpy(), gr.numpy(),
+                                                  0.1, momentum)):
+            out.append(torch.from_numpy(x))
     got = [[x.to(device, dtype) for x in xs] for xs in (params, accs, vels)]
     adagrad_momentum_list(got[0], [x.to(device, dtype) for x in grads], got[1],
                           got[2] if momentum else None, 0.1, momentum, backend=backend)
@@ -153,9 +212,10 @@ def check_dense_list(backend, shapes, momentum, device="cpu", dtype=torch.float6
         assert all(torch.equal(v.cpu(), v0.to(dtype)) for v, v0 in zip(got[2], vels))
 
 
+@pytest.mark.parametrize("scale", ["unit", "small"])
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
-def test_list_update_torch_equals_dense(momentum):
-    check_dense_list("torch", [(6, 5), (7,), (3, 4)], momentum)
+def test_list_update_torch_equals_dense(momentum, scale):
+    check_dense_list("torch", [(6, 5), (7,), (3, 4)], momentum, scale=scale)
 
 
 def test_list_and_bias_updates_reject_mismatched_arguments():
@@ -259,14 +319,29 @@ def _assert_same_params(m1, m2, rtol):
         assert err < rtol, (name, err)
 
 
+def _assert_equal_params(m1, m2):
+    for (name, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert torch.equal(p, q), (name, ((p - q).norm() / q.norm()).item())
+
+
 @pytest.mark.parametrize("fixed_shapes", [True, False])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_fast_loop_equals_reference_after_100_steps(small_split, name, fixed_shapes):
+    """The issue's requirement is agreement within 1e-4 after 100 steps; the tests hold the
+    engine to what it achieves. fixed_shapes=False (the CPU default) runs Trainer.train_step
+    itself: bit-identical. fixed_shapes=True (the GPU's fixed-shape step: sorted scatter
+    updates, foreach dense update, masked lanes) reorders float32 sums: measured max 3.7e-6
+    relative on a parameter (shared-ce, gru.0.weight_hh) and 2.0e-8 on the mean loss, so
+    2e-5 and 1e-7 (about 5x)."""
     ref, ref_stats, _ = _train(Trainer, small_split, CONFIGS[name], 100)
     fast, fast_stats, _ = _train(FastTrainer, small_split, CONFIGS[name], 100, fixed_shapes)
     assert fast_stats.n_steps == ref_stats.n_steps == 100
-    _assert_same_params(fast, ref, 1e-4)
-    assert fast_stats.loss == pytest.approx(ref_stats.loss, rel=1e-4)
+    if fixed_shapes:
+        _assert_same_params(fast, ref, 2e-5)
+        assert fast_stats.loss == pytest.approx(ref_stats.loss, rel=1e-7, abs=0)
+    else:
+        _assert_equal_params(fast, ref)
+        assert fast_stats.loss == ref_stats.loss
     start = GRU4RecModel(small_split[0].n_items, ref.layers, ref.embedding_mode,
                          ref.embedding_dim, seed=5)
     assert (ref.item_weight - start.item_weight).norm() > 1e-2   # it did train
@@ -291,9 +366,11 @@ def test_graph_path_counters_equal_reference_over_whole_epoch(small_split):
     n_full = full_width_steps(EpochOnDevice.upload(graphed.schedule(small_split[0]), CPU),
                               cfg.batch_size, stats.n_steps)
     assert 0 < n_full < stats.n_steps                       # both phases ran
-    _assert_same_params(model, ref, 1e-4)
-    _assert_same_params(fast_model, ref, 1e-4)
-    assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-4)
+    # requirement 1e-4; measured: graph path 4.8e-6 (parameters) and 2.0e-8 (loss) relative,
+    # the eager fast loop (fixed_shapes=False on CPU: Trainer.train_step) bit-identical
+    _assert_same_params(model, ref, 2.5e-5)
+    _assert_equal_params(fast_model, ref)
+    assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-7, abs=0)
     test = small_split[1]
     r_ref = evaluate_model(ref, test, (20,), "conservative", 256, CPU)
     r_fast = evaluate_model(model, test, (20,), "conservative", 256, CPU)

@@ -399,12 +399,16 @@ def test_load_rejects_inconsistent_payload_with_data_error(fitted, tmp_path, how
 
 def test_fit_engines_agree_on_cpu(small):
     """On the CPU the fast engine runs the reference step (samples moved in chunks): the same
-    seed gives bit-identical parameters to the eager reference loop."""
+    seed gives bit-identical parameters and epoch losses to the eager reference loop (the
+    issue requires 1e-4; measured difference 0, so equality is asserted)."""
     train, _ = small
     fast = GRU4Rec(**{**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}).fit(
         train, progress=False, engine="fast")
     ref = GRU4Rec(**{**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}).fit(
         train, progress=False, engine="reference")
     assert _states_equal(_state(fast), _state(ref))
+    assert len(fast.history) == len(ref.history) == 2
+    assert [(s.n_steps, s.n_events, s.loss) for s in fast.history] == \
+        [(s.n_steps, s.n_events, s.loss) for s in ref.history]
     with pytest.raises(ValueError, match="unknown engine"):
         GRU4Rec(**FAST).fit(train, progress=False, engine="turbo")

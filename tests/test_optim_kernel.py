@@ -13,14 +13,27 @@ from conftest import kernel_test_setup
 
 K, DEV = kernel_test_setup("optim")
 
-from test_engine import (SCATTER_BIAS_CASES, SCATTER_CASES, check_dense_list,  # noqa: E402
-                         check_scatter_update, check_scatter_with_bias)
+from test_engine import (SCATTER_BIAS_CASES, SCATTER_CASES, SMALL_SCATTER_CASES,  # noqa: E402
+                         check_dense_list, check_scatter_update, check_scatter_with_bias)
+
+# The references (test_engine._unique_reference / adagrad_reference) are REFERENCE §4 written
+# out in float64 numpy, not library code. The "unit" cases have acc + g² ~ 1, where epsilon
+# placement moves the result by ~1e-6 relative, no more than the float32 tolerance 2e-6; the
+# "small" cases (acc ~ 1e-7, g ~ 1e-4, scales in test_engine.SCALES) make epsilon dominate the
+# denominator, so lr·g / (sqrt(acc) + eps) in place of lr·g / sqrt(acc + eps) is ~10% off.
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
 @pytest.mark.parametrize("L,N,H", SCATTER_CASES + [(300, 1000, 512), (7, 3, 33)])
 def test_triton_scatter_update_equals_unique_rows(momentum, L, N, H):
     check_scatter_update("triton", momentum, L, N, H, device=DEV, dtype=torch.float32, tol=2e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+@pytest.mark.parametrize("L,N,H", SMALL_SCATTER_CASES)
+def test_triton_scatter_update_epsilon_dominated(momentum, L, N, H):
+    check_scatter_update("triton", momentum, L, N, H, device=DEV, dtype=torch.float32, tol=2e-6,
+                         scale="small")
 
 
 def test_triton_scatter_update_rejects_strided_rows():
@@ -38,6 +51,12 @@ def test_triton_scatter_update_with_bias_equals_separate_updates(momentum, L, N,
                             tol=2e-6)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_triton_scatter_update_with_bias_epsilon_dominated(momentum):
+    check_scatter_with_bias("triton", momentum, 40, 30, 16, 12, device=DEV, dtype=torch.float32,
+                            tol=2e-6, scale="small")
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
 @pytest.mark.parametrize("shapes", [[(7,)], [(300, 100), (300,), (300, 100), (300,)],
                                     [(1500, 2), (0,), (5, 3), (1025,), (2, 2), (4096,)]])
@@ -45,6 +64,12 @@ def test_triton_list_update_equals_dense(momentum, shapes):
     """One launch for up to four tensors (a GRU layer), the rest in the next; tensors of
     several blocks, ending inside a block, and empty."""
     check_dense_list("triton", shapes, momentum, device=DEV, dtype=torch.float32, tol=2e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+def test_triton_list_update_epsilon_dominated(momentum):
+    check_dense_list("triton", [(7,), (300, 5), (1025,)], momentum, device=DEV,
+                     dtype=torch.float32, tol=2e-6, scale="small")
 
 
 def test_triton_list_update_rejects_mismatched_state():
