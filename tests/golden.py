@@ -3,7 +3,7 @@ import json
 import os
 from pathlib import Path
 
-import pytest
+from conftest import missing_data
 
 SHARED = Path(os.environ.get("FASTGRU4REC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -11,5 +11,5 @@ SHARED = Path(os.environ.get("FASTGRU4REC_SHARED", Path(__file__).resolve().pare
 def golden():
     path = SHARED / "golden" / "authors_gru4rec.json"
     if not path.is_file():
-        pytest.skip(f"golden outputs not found at {path}")
+        missing_data(f"golden outputs not found at {path} (set FASTGRU4REC_SHARED)")
     return json.loads(path.read_text())

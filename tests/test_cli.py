@@ -312,9 +312,7 @@ def test_bad_input_subprocess(files, bad, tmp_path):
 
 # ---------------------------------------------------------------------------- demo
 def test_demo_one_epoch_json(capsys):
-    t0 = time.perf_counter()
     rc, out, err = call(capsys, "demo", "--epochs", "1", "--json")
-    seconds = time.perf_counter() - t0
     assert rc == 0, err
     res = json.loads(out)
     assert res["params"]["n_epochs"] == 1
@@ -325,5 +323,3 @@ def test_demo_one_epoch_json(capsys):
     assert g["recall"]["20"] > 0.3 and g["mrr"]["20"] > 0.1
     if "POP" in res["results"]:
         assert g["recall"]["20"] > res["results"]["POP"]["recall"]["20"]
-    # "reasonable time": generous, as this machine is shared
-    assert seconds < 120, f"demo --epochs 1 took {seconds:.0f} s"

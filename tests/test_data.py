@@ -1,5 +1,4 @@
 """Tests of fastgru4rec.data: grouping, ordering, id handling, item maps, and error messages."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from fastgru4rec.data import SessionData, read_events, read_sessions, require_trainable
 from fastgru4rec.errors import DataError
+
+from conftest import shared_path
 
 BIG = "12345678901234567890"  # does not fit int64 either
 
@@ -313,18 +314,11 @@ def test_inconsistent_session_data():
 # the real RSC15 sample (../shared/data)
 # --------------------------------------------------------------------------------------------
 
-DATA = Path(os.environ.get("FASTGRU4REC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-RSC15 = DATA / "rsc15-sample"
-needs_data = pytest.mark.skipif(not (RSC15 / "train_full.tsv").exists(),
-                                reason=f"RSC15 sample not found at {RSC15} (set FASTGRU4REC_DATA)")
-
-
 @pytest.fixture(scope="module")
 def rsc15_train():
-    return read_sessions(RSC15 / "train_full.tsv")
+    return read_sessions(shared_path("rsc15-sample", "train_full.tsv"))
 
 
-@needs_data
 def test_rsc15_sample_train_counts(rsc15_train):
     d = rsc15_train
     assert (d.n_events, d.n_sessions, d.n_items) == (99_943, 24_761, 13_133)
@@ -337,9 +331,8 @@ def test_rsc15_sample_train_counts(rsc15_train):
     assert np.all(np.diff(d.times)[inside[1:]] >= 0)
 
 
-@needs_data
 def test_rsc15_sample_test_mapped(rsc15_train):
-    t = read_sessions(RSC15 / "test.tsv", item_map=rsc15_train)
+    t = read_sessions(shared_path("rsc15-sample", "test.tsv"), item_map=rsc15_train)
     assert (t.n_events, t.n_sessions, t.n_unknown_events) == (7_299, 1_703, 0)
     assert len(np.unique(t.items)) == 2_875
     assert t.n_items == rsc15_train.n_items
