@@ -18,8 +18,14 @@ BACKENDS = ("auto", "torch", "triton")
 ENV_BACKEND = "FASTGRU4REC_BACKEND"
 
 
+# Looked up once, at import (find_spec does not import triton): torch.compile traces
+# resolve_backend, and Dynamo (torch 2.11) refuses to trace importlib.util.find_spec itself,
+# which graph-broke every compiled call of an op; a module-level bool traces as a constant.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def resolve_backend(backend: str, like: torch.Tensor, op: str = "op") -> str:
