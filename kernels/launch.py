@@ -6,6 +6,9 @@
   program, not per flop). True when interpreting, unless FASTGRU4REC_KERNEL_BLOCKS=gpu: then
   the interpreter runs the GPU's blocks, so the CPU tests cover the tile logic (block edges,
   K loops, catalog splits) a GPU runs (tests/test_gpu_blocks.py).
+- ``interpreter_problem()``: None when the interpreter can run this package's kernels, else why
+  not, in one line (Triton 3.6's interpreter fails under NumPy >= 2.4: a scalar argument
+  passed on to a @jit helper that loops over it); the kernel tests skip with that reason.
 - ``require_cuda(what, *tensors)``: a launch on CPU tensors outside the interpreter is an
   error, said in one line.
 - ``sm_count(device)``: streaming multiprocessors, to size grids that fill the GPU.
@@ -24,6 +27,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 #: FASTGRU4REC_KERNEL_BLOCKS=gpu: the GPU's block sizes in the interpreter too
 BLOCKS_ENV = "FASTGRU4REC_KERNEL_BLOCKS"
@@ -44,6 +48,47 @@ def interpreter_blocks() -> bool:
     if os.environ.get(BLOCKS_ENV, "").lower() == "gpu":
         return False
     return interpreting()
+
+
+@triton.jit
+def _interpreter_probe_loop(x_ptr, n, BLOCK: tl.constexpr):
+    # a scalar argument passed on to a helper that loops over it: the kernels' K loops
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, n, BLOCK):
+        o = k0 + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + o, mask=o < n, other=0.0)
+    return acc
+
+
+# Run only in the interpreter, never on a GPU: not named *_kernel, so compile_check (which
+# compiles every *_kernel for sm_90) leaves it out.
+@triton.jit
+def _interpreter_probe(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    tl.store(out_ptr + tl.arange(0, BLOCK), _interpreter_probe_loop(x_ptr, n, BLOCK))
+
+
+_INTERPRETER_PROBLEM: list = []
+
+
+def interpreter_problem():
+    """None if Triton's CPU interpreter runs a K loop like the kernels' (or nothing is being
+    interpreted), else the reason in one line. Probed once per process."""
+    if not interpreting():
+        return None
+    if not _INTERPRETER_PROBLEM:
+        x = torch.arange(10, dtype=torch.float32)
+        out = torch.zeros(4)
+        try:
+            _interpreter_probe[(1,)](x, out, 10, BLOCK=4)
+            problem = None if out.tolist() == [12.0, 15.0, 8.0, 10.0] else \
+                f"the interpreter computed a wrong probe sum {out.tolist()}"
+        except Exception as e:   # noqa: BLE001 - any failure means the kernels cannot run
+            import numpy
+            problem = (f"Triton {triton.__version__}'s CPU interpreter fails with NumPy "
+                       f"{numpy.__version__} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:120]}); install numpy<2.4 or a newer Triton")
+        _INTERPRETER_PROBLEM.append(problem)
+    return _INTERPRETER_PROBLEM[0]
 
 
 def require_cuda(what: str, *tensors) -> None:

@@ -5,21 +5,16 @@ top-k equal to torch.topk's values with ties broken by the lower index.
 
 Runs on a GPU, or on CPU with TRITON_INTERPRET=1 set at process start (see
 test_scoring_kernel.py)."""
-import os
 
 import pytest
 import torch
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start "
-                "(e.g. TRITON_INTERPRET=1 pytest tests/test_ranking_kernel.py)",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from conftest import kernel_test_setup
+
+_, DEV = kernel_test_setup("ranking")
 
 from fastgru4rec.ops.ranking import (RANK_MODES, rank_counts, rank_counts_from_scores,  # noqa: E402
                                      ranks_from_counts, topk_scores, topk_scores_reference)
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def tie_data(seed, b, N, H):
@@ -60,6 +55,18 @@ def test_rank_target_from_same_tile_arithmetic():
     ref_gt, _ = rank_counts(h, W, bias, t, backend="torch")
     assert int((gt.cpu() - ref_gt).abs().max()) <= 2
 
+
+def test_rank_nan_target_counts_like_the_reference():
+    """A row whose hidden state is NaN (a diverged model) gets n_equal = 0 from the kernel as
+    from the reference, which ranks_from_counts turns into a miss."""
+    h, W, bias, t = tie_data(3, 4, 1200, 16)
+    h[1] = float("nan")
+    ref = rank_counts_from_scores(h @ W.t() + bias, t)
+    got = rank_counts(h.to(DEV), W.to(DEV), bias.to(DEV), t.to(DEV), backend="triton",
+                      precision="ieee")
+    assert torch.equal(got[0].cpu(), ref[0]) and torch.equal(got[1].cpu(), ref[1])
+    assert int(ref[1][1]) == 0 and bool((ref[1][[0, 2, 3]] >= 1).all())
+    assert ranks_from_counts(*got, "standard")[1].item() == float("inf")
 
 @pytest.mark.parametrize("b,N,k", [(1, 50, 1), (5, 1100, 10), (3, 1500, 600), (2, 1300, 1024),
                                    (66, 700, 20)])

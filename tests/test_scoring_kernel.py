@@ -5,17 +5,14 @@ duplicate ids in Y), the autograd wrapper, and the full-catalog cross-entropy.
 Runs on a GPU, or on CPU in Triton's interpreter: TRITON_INTERPRET=1 must be set before the
 kernels are imported (Triton reads it when a kernel is decorated), so CI sets it for the run.
 """
-import os
 
 import numpy as np
 import pytest
 import torch
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start "
-                "(e.g. TRITON_INTERPRET=1 pytest tests/test_scoring_kernel.py)",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from conftest import kernel_test_setup
+
+_, DEV = kernel_test_setup("scoring")
 
 from fastgru4rec.config import LOSSES  # noqa: E402
 from fastgru4rec.ops.scoring import (full_catalog_cross_entropy,  # noqa: E402
@@ -25,7 +22,6 @@ from fastgru4rec.ops.scoring import (full_catalog_cross_entropy,  # noqa: E402
                                      fused_sampled_loss_and_grads_reference,
                                      logq_column_correction, resolve_backend)
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # interpreter exp overflow → σ = 0
 
 
