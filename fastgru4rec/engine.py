@@ -280,7 +280,8 @@ class FastTrainer(Trainer):
         graphed = None
         if self.use_graph and n_full > 0:
             graphed = _GraphedSteps(self, ep, n_full, loss_sum)
-        hidden = self.model.init_hidden(B)
+        # the schedule starts min(B, sessions) lanes (compacted later by the steps' keep lists)
+        hidden = self.model.init_hidden(min(B, data.n_sessions))
         t = 0
         while t < n_steps:
             k = min(self.chunk_steps, n_steps - t)

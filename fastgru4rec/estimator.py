@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -150,10 +151,16 @@ class GRU4Rec:
     @classmethod
     def load(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "GRU4Rec":
         path = Path(path)
+        # resolved first, so that a bad device is named as such, not as a bad model file
+        device = resolve_device(device)
         if not path.is_file():
             raise DataError(f"{path}: model file not found")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            # torch warns (three lines) about some files it still reads; the checks below
+            # decide whether the content is a model
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt file, not a torch file, or disallowed (pickled code)
             raise DataError(f"{path}: not a readable fastgru4rec model ({type(e).__name__})") from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
@@ -173,5 +180,11 @@ class GRU4Rec:
             # a tampered or truncated payload: one line, naming the file
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'missing entry'})") from None
+        bad = [name for name, t in est.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            # a NaN model would rank nothing and recommend arbitrary items
+            raise DataError(f"{path}: parameter {bad[0]} holds NaN or infinite values "
+                            f"({len(bad)} such tensor(s)); the model is unusable")
         return est
 

@@ -178,7 +178,8 @@ class Trainer:
         ep = EpochOnDevice.upload(self.schedule(data), self.device)
         n_steps = ep.n_steps if max_steps is None else min(max_steps, ep.n_steps)
         n_events = ep.step_off[n_steps]
-        hidden = self.model.init_hidden(self.cfg.batch_size)
+        # the schedule starts min(B, sessions) lanes (compacted later by the steps' keep lists)
+        hidden = self.model.init_hidden(min(self.cfg.batch_size, data.n_sessions))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = EpochProgress(epoch, n_events, self.cfg.batch_size, progress)
         for t in range(n_steps):

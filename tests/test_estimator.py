@@ -397,6 +397,40 @@ def test_load_rejects_inconsistent_payload_with_data_error(fitted, tmp_path, how
     assert "\n" not in str(ei.value) and str(path) in str(ei.value)
 
 
+def test_load_rejects_non_finite_weights(fitted, tmp_path):
+    # a NaN model would evaluate and recommend without complaint; load refuses it by name
+    path = tmp_path / "m.pt"
+    fitted.save(path)
+    payload = torch.load(path, weights_only=True)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][name] = payload["state_dict"][name].clone()
+    payload["state_dict"][name].view(-1)[3] = float("nan")
+    torch.save(payload, path)
+    with pytest.raises(DataError, match=f"parameter {name} holds NaN") as ei:
+        GRU4Rec.load(path)
+    assert "\n" not in str(ei.value) and str(path) in str(ei.value)
+
+
+def test_load_names_a_bad_device_not_the_file(fitted, tmp_path):
+    path = tmp_path / "m.pt"
+    fitted.save(path)
+    with pytest.raises(ConfigError, match="device='foo': not a torch device"):
+        GRU4Rec.load(path, device="foo")
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_fit_with_batch_larger_than_the_sessions(engine):
+    # 7 sessions, batch 64: the schedule runs 7 lanes; both engines must start with 7 rows
+    # of hidden state (they crashed with 64) and agree with each other
+    train, test = synthetic_split(n_items=20, n_sessions=8, seed=3)
+    assert train.n_sessions < 64
+    model = GRU4Rec(**{**FAST, "batch_size": 64, "n_epochs": 2}).fit(
+        train, progress=False, engine=engine)
+    assert all(np.isfinite(s.loss) and s.n_events > 0 for s in model.history)
+    other = GRU4Rec(**{**FAST, "batch_size": 64, "n_epochs": 2}).fit(
+        train, progress=False, engine="fast" if engine == "reference" else "reference")
+    assert _states_equal(_state(model), _state(other))
+
 def test_fit_engines_agree_on_cpu(small):
     """On the CPU the fast engine runs the reference step (samples moved in chunks): the same
     seed gives bit-identical parameters and epoch losses to the eager reference loop (the

@@ -31,6 +31,30 @@ def test_planted_ties_each_mode():
     assert acc.result()["mrr"][2] == pytest.approx(1 / 3)   # only row 1 (rank 1) is inside @2
 
 
+def test_nan_target_score_is_a_miss_not_rank_one():
+    # A NaN score compares false with everything: #(>) = #(==) = 0, which the formulas alone
+    # would turn into rank 1 (a diverged model scoring perfectly). Row 0: NaN target; row 1:
+    # a finite target among NaN items (those are not counted above it); row 2: all NaN.
+    nan = float("nan")
+    scores = torch.tensor([[0.9, nan, 0.5], [nan, 0.2, nan], [nan, nan, nan]])
+    targets = torch.tensor([1, 1, 0])
+    g, e = rank_counts_from_scores(scores, targets)
+    assert g.tolist() == [0, 0, 0] and e.tolist() == [0, 1, 0]
+    for mode in ("standard", "conservative", "median"):
+        assert ranks_from_counts(g, e, mode).tolist() == [float("inf"), 1.0, float("inf")]
+    acc = MetricAccumulator([1, 3], "standard")
+    acc.add_counts(g, e)
+    res = acc.result()
+    assert res["recall"] == {1: pytest.approx(1 / 3), 3: pytest.approx(1 / 3)}
+    assert res["mrr"] == {1: pytest.approx(1 / 3), 3: pytest.approx(1 / 3)}
+    # the tiled path (two passes, target score read from its tile) gives the same counts
+    h = torch.tensor([[nan, 1.0], [1.0, 0.0]])
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    bias = torch.zeros(3)
+    full = rank_counts_from_scores(torch.addmm(bias, h, W.t()), torch.tensor([0, 0]))
+    tiled = rank_counts_from_hidden(h, W, bias, torch.tensor([0, 0]), max_elements=2)
+    assert [x.tolist() for x in tiled] == [x.tolist() for x in full] == [[0, 1], [0, 1]]
+
 def test_tiled_counts_equal_untiled_with_planted_ties():
     rng = np.random.default_rng(0)
     b, N, H = 7, 103, 5

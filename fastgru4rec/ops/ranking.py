@@ -54,15 +54,21 @@ def rank_counts_from_hidden(h: torch.Tensor, item_weight: torch.Tensor, item_bia
 
 
 def ranks_from_counts(n_greater: torch.Tensor, n_equal: torch.Tensor, mode: str) -> torch.Tensor:
-    """float64 ranks (1 = best): standard #(>)+1, conservative #(>=), median in between."""
+    """float64 ranks (1 = best): standard #(>)+1, conservative #(>=), median in between.
+
+    A finite target score ties with itself (n_equal >= 1); n_equal == 0 means the target's
+    score is NaN (a diverged or corrupt model), where every comparison is false and the
+    formulas would give rank 1. Such a row gets rank +inf: a miss at every cutoff."""
     g, e = n_greater.double(), n_equal.double()
     if mode == "standard":
-        return g + 1
-    if mode == "conservative":
-        return g + e
-    if mode == "median":
-        return g + 0.5 * (e - 1) + 1
-    raise ValueError(f"unknown rank mode {mode!r} (choose from {', '.join(RANK_MODES)})")
+        ranks = g + 1
+    elif mode == "conservative":
+        ranks = g + e
+    elif mode == "median":
+        ranks = g + 0.5 * (e - 1) + 1
+    else:
+        raise ValueError(f"unknown rank mode {mode!r} (choose from {', '.join(RANK_MODES)})")
+    return ranks.masked_fill(n_equal == 0, float("inf"))
 
 
 # ============================================================================ fused paths
