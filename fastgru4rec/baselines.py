@@ -60,7 +60,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .data import SessionData, as_session_data, read_sessions
+from .data import SessionData, as_session_data, read_sessions, require_evaluable
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_CUTOFFS, evaluate_session_steps
 from .ops.ranking import RANK_MODES, rank_counts_from_scores
@@ -705,6 +705,8 @@ def run(args) -> int:
     log(f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, {train.n_items:,} "
         f"items ({time.perf_counter() - t0:.1f} s)")
     tests = {str(t): read_sessions(t, item_map=train, **read_kw) for t in args.test}
+    for test in tests.values():
+        require_evaluable(test)   # else every metric would be a meaningless 0
     results: Dict[str, Dict[str, Dict]] = {t: {} for t in tests}
 
     for k, model in models.items():

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .fileio import atomic_write
+from .fileio import atomic_write, check_writable
 
 SCHEMA = "fastgru4rec-bench/1"
 
@@ -441,17 +441,35 @@ def plot_result(result: Dict[str, Any], path) -> Path:
     fig.suptitle(f"{env['device_name']} - {_config_brief(result['config'])}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as f:   # a file object: savefig needs the format named
+            fig.savefig(f, format=_plot_format(path), dpi=110)
+    finally:
+        plt.close(fig)
     return path
+
+
+def _plot_format(path) -> str:
+    """The image format of a --plot path, from its extension (png without one); ConfigError
+    when matplotlib cannot write it."""
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from .errors import ConfigError
+
+    fmt = Path(path).suffix[1:].lower() or "png"
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if fmt not in supported:
+        raise ConfigError(f"--plot {path}: cannot draw a .{fmt} file (formats: "
+                          f"{', '.join(sorted(supported))})")
+    return fmt
 
 
 # ------------------------------------------------------------------------ CLI
 def _parse_synthetic(text: Optional[str]) -> Dict[str, Any]:
     from .config import parse_param_string
     from .errors import ConfigError
-    from .synthetic import synthetic_events
+    from .synthetic import check_synthetic_params, synthetic_events
 
     if not text:
         return {}
@@ -467,6 +485,7 @@ def _parse_synthetic(text: Optional[str]) -> Dict[str, Any]:
             raise ConfigError(f"--synthetic: {key}={value!r} is not a number") from None
         out[key] = int(num) if num.is_integer() and key not in ("test_fraction", "zipf",
                                                                 "p_follow", "mean_length") else num
+    check_synthetic_params(where="--synthetic", **out)
     return out
 
 
@@ -494,8 +513,18 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--epochs must be positive (got {args.epochs})")
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError(f"--max-steps must be positive (got {args.max_steps})")
+    # Output destinations are checked before the benchmark, not after it.
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path == "":
+            raise ConfigError(f"{option}: the path is empty")
+        if path is not None:
+            check_writable(path)
     if args.plot:
-        _require_matplotlib()
+        _plot_format(args.plot)
+    if args.eval_batch_size <= 0:
+        raise ConfigError(f"--eval-batch-size must be positive (got {args.eval_batch_size})")
+    if args.warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must be >= 0 (got {args.warmup_steps})")
     if args.threads:
         torch.set_num_threads(args.threads)
     params: Dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
@@ -518,10 +547,12 @@ def cmd_bench(args) -> int:
         train.source = "synthetic"
         test.source = "synthetic (test split)"
     else:
-        from .data import read_sessions, require_trainable
+        from .data import read_sessions, require_evaluable, require_trainable
         train = read_sessions(data_path)
         require_trainable(train)
         test = read_sessions(args.test, item_map=train) if args.test else None
+        if test is not None:
+            require_evaluable(test)
     log(f"bench: train {train.n_events:,} events / {train.n_sessions:,} sessions / "
         f"{train.n_items:,} items" + (f"; test {test.n_events:,} events" if test else "")
         + f" (read in {time.perf_counter() - t0:.1f} s)")
@@ -531,13 +562,14 @@ def cmd_bench(args) -> int:
                        compare_reference=args.compare_reference,
                        eval_batch_size=args.eval_batch_size, progress=not args.quiet,
                        label=args.label, preset=args.preset, log=log)
+    # The table first: a file that fails to write must not lose the numbers measured.
+    print(format_table(result), flush=True)
     if args.json:
         write_json_atomic(args.json, result)
         log(f"bench: wrote {args.json}")
     if args.plot:
         plot_result(result, args.plot)
         log(f"bench: wrote {args.plot}")
-    print(format_table(result))
     return 0
 
 

@@ -3,7 +3,7 @@
     fastgru4rec demo                                   synthetic data, no download: GRU4Rec vs POP
     fastgru4rec train TRAIN [-t TEST ...] [-ps k=v,k=v | -pf PARAMFILE] [-m 1 5 10 20]
                       [-e conservative] [-s MODEL] [--json]
-    fastgru4rec evaluate MODEL TEST ... [-m ...] [-e ...] [--json]
+    fastgru4rec evaluate MODEL TEST ... [-m ...] [-e ...] [--json] [-q]
     fastgru4rec recommend MODEL ITEM [ITEM ...] [-k 20] [--json]
     fastgru4rec preprocess rsc15 CLICKS OUTDIR
 
@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from typing import Dict, List, Optional
 
 from .config import GRU4RecConfig, parse_param_string, read_param_file
 from .errors import ConfigError
+from .fileio import check_writable
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE   # 141: what a shell reports for `... | head -1`
 
 
 # ------------------------------------------------------------------------ output helpers
@@ -69,7 +73,7 @@ def _add_eval_args(p: argparse.ArgumentParser):
 def _add_threads_arg(p: argparse.ArgumentParser):
     # The per-step ops of GRU4Rec are small: on a busy machine one thread is often faster.
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice)")
+                   help="CPU threads for torch (default or 0: leave torch's setting)")
 
 
 def _add_data_args(p: argparse.ArgumentParser):
@@ -88,8 +92,24 @@ def _check_eval_args(args):
 
 
 def _read_kw(args) -> Dict:
+    # Checked here as well as in read_events, to name the options rather than the API's names.
+    if len({args.session_key, args.item_key, args.time_key}) < 3:
+        raise ConfigError(f"--session-key {args.session_key!r}, --item-key {args.item_key!r} and "
+                          f"--time-key {args.time_key!r} must name three different columns")
+    if args.sep is not None and (len(args.sep) != 1 or args.sep in "\r\n\""):
+        raise ConfigError(f"--sep must be a single character other than a newline or '\"' "
+                          f"(got {args.sep!r})")
     return dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,
                 sep=args.sep)
+
+
+def _check_save_path(path: Optional[str]):
+    """Before training, not after an hour of it: a destination that cannot be written."""
+    if path is None:
+        return
+    if path == "":
+        raise ConfigError("-s/--save-model: the path is empty")
+    check_writable(path)
 
 
 def _log(args, msg: str):
@@ -99,17 +119,20 @@ def _log(args, msg: str):
 
 # ------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
-    from .data import read_sessions
+    from .data import read_sessions, require_evaluable
     from .estimator import GRU4Rec
 
     params = _params_from_args(args)
     model = GRU4Rec(device=args.device, **params)
     _check_eval_args(args)  # before training, not after an hour of it
+    _check_save_path(args.save_model)
     t0 = time.perf_counter()
     train = read_sessions(args.train, **_read_kw(args))
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
                f"{train.n_items:,} items ({time.perf_counter() - t0:.1f} s)")
     tests = [read_sessions(t, item_map=train, **_read_kw(args)) for t in args.test or []]
+    for test in tests:
+        require_evaluable(test)
 
     def on_epoch(s):
         _log(args, f"epoch {s.epoch:>3}: loss {s.loss:.4f}  {s.events_per_s:,.0f} events/s  "
@@ -133,12 +156,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .data import SessionData, read_sessions, require_evaluable
     from .estimator import GRU4Rec
 
     _check_eval_args(args)
+    read_kw = _read_kw(args)
     model = GRU4Rec.load(args.model, device=args.device)
-    results = {str(t): model.evaluate(t, args.cutoffs, args.mode, args.eval_batch_size,
-                                      **_read_kw(args)) for t in args.test}
+    item_map = SessionData.item_map_only(model.item_ids, model.supports, "<model item map>")
+    # Every test file is read and checked before any is evaluated: a bad last file fails fast.
+    tests = {}
+    for path in args.test:
+        test = read_sessions(path, item_map=item_map, **read_kw)
+        require_evaluable(test)   # else every metric would be a meaningless 0
+        tests[str(path)] = test
+    progress = not (args.json or args.quiet)
+    results = {path: model.evaluate(test, args.cutoffs, args.mode, args.eval_batch_size,
+                                    progress=progress) for path, test in tests.items()}
     _print_results(args, {"results": {k: _jsonable(v) for k, v in results.items()}}, results)
     return 0
 
@@ -172,14 +205,15 @@ def cmd_demo(args) -> int:
     from .synthetic import synthetic_split
 
     t0 = time.perf_counter()
+    params = dict(layers=[100], loss="cross-entropy", batch_size=64, dropout_p_hidden=0.2,
+                  learning_rate=0.1, momentum=0.1, n_sample=512, sample_alpha=0.5, logq=1.0,
+                  n_epochs=args.epochs, elu_param=0.0, seed=args.seed)
+    # validates --epochs and --seed (by the parameters' rules) before the data is generated
+    model = GRU4Rec(device=args.device, **params)
     train, test = synthetic_split(seed=args.seed)
     _log(args, f"synthetic data (seed {args.seed}): train {train.n_events:,} events / "
                f"{train.n_sessions:,} sessions / {train.n_items:,} items; "
                f"test {test.n_events:,} events / {test.n_sessions:,} sessions")
-    params = dict(layers=[100], loss="cross-entropy", batch_size=64, dropout_p_hidden=0.2,
-                  learning_rate=0.1, momentum=0.1, n_sample=512, sample_alpha=0.5, logq=1.0,
-                  n_epochs=args.epochs, elu_param=0.0, seed=args.seed)
-    model = GRU4Rec(device=args.device, **params)
     model.fit(train, progress=not (args.json or args.quiet), on_epoch=lambda s: _log(
         args, f"epoch {s.epoch}: loss {s.loss:.4f}  {s.events_per_s:,.0f} events/s"))
     cutoffs = list(DEFAULT_CUTOFFS)
@@ -240,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("test", nargs="+")
     e.add_argument("--device", default="cpu")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_eval_args(e)
     _add_data_args(e)
     e.set_defaults(func=cmd_evaluate)
@@ -262,23 +297,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """numpy's MemoryError, torch's CUDA OutOfMemoryError or its CPU allocator's failure (a
+    plain RuntimeError: "DefaultCPUAllocator: can't allocate memory")."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(e, MemoryError) or (oom is not None and isinstance(e, oom)) \
+        or "can't allocate memory" in str(e)
+
+
+def _silence_stdout():
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush of it does not
+    fail a second time ("Exception ignored ... BrokenPipeError"); the recipe of Python's
+    signal-module docs."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):   # stdout without a file descriptor (e.g. captured)
+        pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # 0: leave torch's setting (as `baselines --threads` documents); the subcommand may
+        # still apply its own (baselines does, per fit)
         if getattr(args, "threads", None) is not None:
-            if args.threads <= 0:
-                raise ConfigError(f"--threads must be positive (got {args.threads})")
-            import torch
-            torch.set_num_threads(args.threads)
-        return int(args.func(args) or 0)
+            if args.threads < 0:
+                raise ConfigError(f"--threads must be positive, or 0 for torch's own setting "
+                                  f"(got {args.threads})")
+            if args.threads > 0:
+                import torch
+                torch.set_num_threads(args.threads)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()   # a closed pipe must fail here, inside the handler below
+        return rc
+    except BrokenPipeError:
+        # The reader of our output went away (`... --json | head -1`): not an error of the
+        # input. Quiet, with the status of a process killed by SIGPIPE, as other tools give.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (ValueError, OSError) as e:
-        # DataError / ConfigError / bad arguments: one line, no traceback
-        print(f"fastgru4rec {args.command}: error: {e}", file=sys.stderr)
+        # DataError / ConfigError / WriteError / bad arguments: one line, no traceback
+        print(f"fastgru4rec {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RuntimeError as e:  # e.g. training diverged, model not trained
-        print(f"fastgru4rec {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except (MemoryError, RuntimeError) as e:
+        if _is_out_of_memory(e):
+            # sizes too large for this machine (parameters, --synthetic, data): one line
+            print(f"fastgru4rec {args.command}: error: out of memory: "
+                  f"{_one_line(e) or type(e).__name__}; try smaller sizes", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        from .train import TrainingDiverged
+        print(f"fastgru4rec {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        # a diverged loss is a consequence of the parameters or data given: bad input;
+        # any other RuntimeError is this program's failure
+        return EXIT_BAD_INPUT if isinstance(e, TrainingDiverged) else 1
     except KeyboardInterrupt:
         print(f"fastgru4rec {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import json
 import math
+import operator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
@@ -19,6 +20,15 @@ from .errors import ConfigError
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")
 GRU_VARIANTS = ("auto", "original", "cell")
+
+# Upper bounds of the sizes, far beyond anything that fits in memory: a larger value could only
+# end in an allocation failure deep inside training (or an integer overflow in numpy/torch), so
+# it is rejected up front, naming the parameter. A 2^20-unit layer's recurrent weights alone
+# are 3 * 2^40 floats (12 TiB); 2^40 pre-drawn int64 ids are 8 TiB.
+MAX_UNITS = 1 << 20            # layers, embedding
+MAX_BATCH_SIZE = 1 << 24
+MAX_SAMPLES = 1 << 40          # n_sample, sample_store_size
+MAX_INT = (1 << 63) - 1        # n_epochs and seed: what a signed 64-bit integer holds
 
 
 @dataclass
@@ -46,7 +56,11 @@ class GRU4RecConfig:
     seed: int = 42
 
     def __post_init__(self):
-        self.layers = _as_layers(self.layers)
+        try:
+            self.layers = _as_layers(self.layers)
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter layers={self.layers!r}: every layer size must be a "
+                              "positive integer") from None
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -56,13 +70,18 @@ class GRU4RecConfig:
 
         if not self.layers or any(h <= 0 for h in self.layers):
             bad("layers", "every layer size must be a positive integer")
+        if any(h > MAX_UNITS for h in self.layers):
+            bad("layers", f"a layer of more than {MAX_UNITS:,} units cannot fit in memory")
         if self.loss not in LOSSES:
             bad("loss", f"unknown loss (choose from {', '.join(LOSSES)})")
         if self.gru_variant not in GRU_VARIANTS:
             bad("gru_variant", f"choose from {', '.join(GRU_VARIANTS)}")
-        for name in ("batch_size", "n_epochs", "sample_store_size"):
+        for name, most in (("batch_size", MAX_BATCH_SIZE), ("n_epochs", MAX_INT),
+                           ("sample_store_size", MAX_SAMPLES)):
             if int(getattr(self, name)) <= 0:
                 bad(name, "must be a positive integer")
+            if int(getattr(self, name)) > most:
+                bad(name, f"must be at most {most:,}")
         if self.full_catalog:
             if self.loss != "cross-entropy":
                 bad("loss", "n_sample=all (every item scored) is defined for cross-entropy only")
@@ -71,10 +90,16 @@ class GRU4RecConfig:
                             "to correct)")
         if isinstance(self.n_sample, str) and not self.full_catalog:
             bad("n_sample", 'must be zero, a positive integer or "all"')
-        for name in ("n_sample", "embedding"):
+        for name, most in (("n_sample", MAX_SAMPLES), ("embedding", MAX_UNITS)):
             if getattr(self, name) != "all" and int(getattr(self, name)) < 0:
                 bad(name, "must be zero or a positive integer" +
                     (' (or "all")' if name == "n_sample" else ""))
+            if getattr(self, name) != "all" and int(getattr(self, name)) > most:
+                bad(name, f"must be at most {most:,}")
+        # torch's generator, numpy's and the native sampler (which is given seed + 1) all take
+        # a non-negative 64-bit seed
+        if not (0 <= int(self.seed) < MAX_INT):
+            bad("seed", f"must be an integer in [0, {MAX_INT - 1}]")
         for name in ("dropout_p_embed", "dropout_p_hidden", "momentum"):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
@@ -128,18 +153,44 @@ class GRU4RecConfig:
             if key not in known:
                 raise ConfigError(f"{where}: unknown parameter {key!r} (known: {', '.join(known)})")
             kwargs[key] = _coerce(key, value, known[key].type, where)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:
+            # the range checks of validate(): name the source too (a file, the -ps string)
+            if where == "parameters":
+                raise
+            raise ConfigError(f"{where}: {e}") from None
 
     def replace(self, **changes) -> "GRU4RecConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
 
 def _as_layers(value) -> Tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,)
+    """100, "100/100", [100, 100] -> (100, 100). Raises ValueError/TypeError on anything that
+    is not a whole number (1.5 must not become 1 silently)."""
     if isinstance(value, str):
-        return tuple(int(v) for v in value.split("/"))
-    return tuple(int(v) for v in value)
+        value = value.split("/")
+    try:
+        items = list(value)
+    except TypeError:
+        items = [value]   # a single number
+    return tuple(_as_int(v) for v in items)
+
+
+def _as_int(value) -> int:
+    """A whole number (int, numpy integer, integral float, or its text) as int; else
+    ValueError/TypeError."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, str):
+        return int(value.strip())
+    try:
+        return operator.index(value)       # int, numpy integer
+    except TypeError:
+        number = float(value)              # float, numpy float; TypeError if not a number
+        if not number.is_integer():        # 1.5 must not become 1; nan and inf are not whole
+            raise ValueError(f"{value!r} is not a whole number") from None
+        return int(number)
 
 
 def _coerce(key: str, value: Any, type_name: Any, where: str) -> Any:
@@ -162,15 +213,16 @@ def _coerce(key: str, value: Any, type_name: Any, where: str) -> Any:
             raise ValueError
         if type_name in ("int", "float") and isinstance(value, bool):
             raise ValueError  # JSON true/false is not a number
+        if value is None:
+            raise ValueError  # JSON null: no default is implied
         if type_name == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
+            return _as_int(value)
         if type_name == "float":
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: parameter {key}={value!r} is not a valid {type_name}") from None
+        what = "list of whole numbers (e.g. 100/100)" if "Tuple" in type_name else type_name
+        raise ConfigError(f"{where}: parameter {key}={value!r} is not a valid {what}") from None
 
 
 def parse_param_string(text: str) -> Dict[str, str]:
@@ -197,11 +249,15 @@ def read_param_file(path) -> Dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: contains a NUL byte; not a text parameter file")
     if path.suffix.lower() == ".json":
         try:
             params = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid JSON (nested too deeply)") from None
         if not isinstance(params, dict):
             raise ConfigError(f"{path}: a JSON parameter file must hold an object")
         return params
@@ -209,6 +265,9 @@ def read_param_file(path) -> Dict[str, Any]:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as e:
         raise ConfigError(f"{path}: line {e.lineno}: not valid Python syntax") from None
+    except (MemoryError, RecursionError):
+        # CPython's parser gives up on deeply nested expressions (e.g. 100000 unary minuses)
+        raise ConfigError(f"{path}: too deeply nested to parse as a parameter file") from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "gru4rec_params" for t in node.targets
@@ -239,3 +298,6 @@ def _literal_params(node: ast.AST, path: Path) -> Dict[str, Any]:
             f"{path}: line {getattr(node, 'lineno', '?')}: gru4rec_params must be a dict or "
             "OrderedDict of literal values"
         ) from None
+    except (MemoryError, RecursionError):
+        raise ConfigError(f"{path}: line {getattr(node, 'lineno', '?')}: gru4rec_params is "
+                          "too deeply nested to read") from None

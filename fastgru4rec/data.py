@@ -16,6 +16,7 @@ applies, the row (1-based data row, header not counted) and the column.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -27,13 +28,20 @@ import pyarrow.csv as pa_csv
 
 from .errors import DataError
 
-__all__ = ["SessionData", "read_events", "read_sessions", "require_trainable"]
+__all__ = ["SessionData", "read_events", "read_sessions", "require_trainable",
+           "require_evaluable"]
 
 # Extension (lower case) -> format. Text formats map to their default separator.
 _TEXT_SEPARATORS = {".tsv": "\t", ".txt": "\t", ".dat": "\t", ".csv": ","}
 _PARQUET_EXTENSIONS = (".parquet", ".pq")
 # Compression suffixes pyarrow decompresses on the fly (for text formats).
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
+# The first bytes of files that are not text, for a message that says so (instead of a header
+# of binary garbage): (magic, what the file looks like).
+_MAGIC = ((b"\x1f\x8b", "a gzip-compressed file"), (b"PK\x03\x04", "a zip archive"),
+          *((b"BZh%d" % level, "a bzip2-compressed file") for level in range(1, 10)),
+          (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"), (b"\xfd7zXZ\x00", "an xz-compressed file"),
+          (b"\x04\x22\x4d\x18", "an lz4-compressed file"), (b"PAR1", "a Parquet file (name it .parquet)"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +152,8 @@ class SessionData:
             raise DataError(f"{source}: session_ids, item_ids and times must be 1-D arrays "
                             f"of the same length (got shapes {session_ids.shape}, "
                             f"{item_ids.shape}, {times.shape})")
+        if len(session_ids) == 0:   # as read_sessions treats a header-only file
+            raise DataError(f"{source}: no events (empty arrays)")
         table = pa.table({"session": _numpy_to_arrow(session_ids),
                           "item": _numpy_to_arrow(item_ids),
                           "time": _numpy_to_arrow(times)})
@@ -198,6 +208,13 @@ def read_events(source, session_key: str = "SessionId", item_key: str = "ItemId"
     Text files need a header row.
     """
     keys = _Keys(session_key, item_key, time_key)
+    if len({session_key, item_key, time_key}) < 3:
+        # one column cannot be two of them (pyarrow would fail with a KeyError deep inside)
+        raise DataError(f"session_key={session_key!r}, item_key={item_key!r} and "
+                        f"time_key={time_key!r} must name three different columns")
+    if sep is not None and (not isinstance(sep, str) or len(sep) != 1 or sep in "\r\n\""):
+        raise DataError(f"separator sep={sep!r}: must be a single character other than "
+                        "a newline or '\"'")
     if isinstance(source, pa.Table):
         return _normalize(_select(source, "<Table>", keys), "<Table>", keys)
     if _is_dataframe(source):
@@ -246,18 +263,40 @@ def _missing_columns_error(name: str, keys: _Keys, found: list, sep: Optional[st
         # file read as tab-separated).
         return DataError(f"{head}: the header is a single column {found[0][:60]!r} when split "
                          f"on {sep!r}; check the separator (pass sep=)")
-    shown = ", ".join(str(c) for c in found) if found else "(none)"
+    shown = _show_columns(found) if found else "(none)"
     msg = f"{head} (columns found: {shown}); set " + ", ".join(keys.hint(c) + "=" for c in missing)
     if sep is not None and len(missing) == len(wanted):
         msg += " (text files need a header row)"
     return DataError(msg)
 
 
+def _show_columns(names: list, limit: int = 10) -> str:
+    """Column names for a message: the first ``limit`` (then the count), each cut to 60
+    characters, plain where that is unambiguous and repr() where a name has invisible or
+    misleading characters ("Item\\rId" must not pass for ItemId)."""
+    shown = []
+    for c in names[:limit]:
+        c = str(c)
+        short = c[:60]
+        plain = short != "" and short.isprintable() and short == short.strip() and "," not in short
+        shown.append((short if plain else repr(short)) + ("..." if len(c) > 60 else ""))
+    if len(names) > limit:
+        shown.append(f"... ({len(names):,} columns)")
+    return ", ".join(shown)
+
+
+def _check_columns(name: str, keys: _Keys, found: list, sep: Optional[str]) -> None:
+    """Raise DataError unless each key column is present exactly once."""
+    if any(c not in found for c in (keys.session, keys.item, keys.time)):
+        raise _missing_columns_error(name, keys, found, sep)
+    for c in (keys.session, keys.item, keys.time):
+        if found.count(c) > 1:   # which one would be meant is a guess
+            raise DataError(f"{name}: column {c!r} appears {found.count(c)} times in the header")
+
+
 def _select(table: pa.Table, name: str, keys: _Keys) -> pa.Table:
     """Keep the three key columns (in the order session, item, time)."""
-    found = table.column_names
-    if any(c not in found for c in (keys.session, keys.item, keys.time)):
-        raise _missing_columns_error(name, keys, found, None)
+    _check_columns(name, keys, table.column_names, None)
     if table.num_rows == 0:
         raise DataError(f"{name}: no events (empty table)")
     return table.select([keys.session, keys.item, keys.time])
@@ -268,6 +307,7 @@ def _read_dataframe(df, keys: _Keys) -> pa.Table:
     found = [str(c) for c in df.columns]
     if any(c not in df.columns for c in (keys.session, keys.item, keys.time)):
         raise _missing_columns_error(name, keys, found, None)
+    _check_columns(name, keys, list(df.columns), None)
     if len(df) == 0:
         raise DataError(f"{name}: no events (empty table)")
     arrays = []
@@ -292,16 +332,35 @@ def _read_parquet(path: Path, name: str, keys: _Keys) -> pa.Table:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{name}: cannot read as Parquet: {_one_line(e)}") from None
-    if any(c not in schema.names for c in (keys.session, keys.item, keys.time)):
-        raise _missing_columns_error(name, keys, list(schema.names), None)
-    table = pq.read_table(path, columns=[keys.session, keys.item, keys.time])
+    _check_columns(name, keys, list(schema.names), None)
+    try:
+        table = pq.read_table(path, columns=[keys.session, keys.item, keys.time])
+    except (pa.ArrowException, OSError) as e:   # a corrupt or truncated body
+        raise DataError(f"{name}: cannot read as Parquet: {_one_line(e)}") from None
     if table.num_rows == 0:
         raise DataError(f"{name}: no events (no rows)")
     return _normalize(table, name, keys)
 
 
+def _check_text(path: Path, name: str, start: bytes) -> None:
+    """Raise DataError if a text file is not text: compressed without a compression suffix
+    (``start``: its first raw bytes) or holding NUL bytes in its first KB."""
+    if not path.name.lower().endswith(_COMPRESSION_SUFFIXES):
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(8)
+        except OSError as e:
+            raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
+        for magic, what in _MAGIC:
+            if raw.startswith(magic):
+                raise DataError(f"{name}: looks like {what}, not text")
+    if b"\0" in start[:1024]:
+        raise DataError(f"{name}: looks like a binary file (NUL bytes), not UTF-8 text")
+
+
 def _read_header(path: Path, name: str, sep: str) -> Optional[list]:
-    """Column names of a text file's first line; None for an empty file."""
+    """Column names of a text file's first line; None for an empty file. Raises DataError for
+    a file that is not text."""
     try:
         # pyarrow streams have no readline: read blocks until the first newline.
         first = b""
@@ -311,9 +370,10 @@ def _read_header(path: Path, name: str, sep: str) -> Optional[list]:
                 if not block:
                     break
                 first += block
-        first = first.split(b"\n", 1)[0]
     except (OSError, pa.ArrowInvalid) as e:
         raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
+    _check_text(path, name, first)
+    first = first.split(b"\n", 1)[0]
     line = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     if not line.strip():
         return None
@@ -340,8 +400,7 @@ def _read_text(path: Path, name: str, keys: _Keys, sep: str) -> pa.Table:
     # file. CSV keeps the usual double-quote quoting.
     quoted = sep == "," or any(c.startswith('"') for c in header)
     header = [c.strip('"') if quoted else c for c in header]
-    if any(c not in header for c in (keys.session, keys.item, keys.time)):
-        raise _missing_columns_error(name, keys, header, sep)
+    _check_columns(name, keys, header, sep)
 
     invalid_rows = []  # first malformed line (wrong number of fields), reported below
 
@@ -373,13 +432,14 @@ def _read_text(path: Path, name: str, keys: _Keys, sep: str) -> pa.Table:
         table = read(pa.float64())
     except pa.ArrowInvalid as e:
         # A time that is not a number (or another conversion problem): read the times as
-        # text so that _normalize can name the bad row and value.
+        # text so that _normalize can name the bad row and value. One thread: only the
+        # single-threaded reader knows row numbers (error path only).
         try:
-            table = read(pa.string())
-        except pa.ArrowInvalid:
-            raise DataError(f"{name}: {_one_line(e)}") from None
+            table = read(pa.string(), use_threads=False)
+        except pa.ArrowInvalid as e2:
+            raise DataError(_csv_error(name, header, e2)) from None
         _normalize(table, name, keys)  # raises with the row if a time is bad
-        raise DataError(f"{name}: {_one_line(e)}") from None
+        raise DataError(_csv_error(name, header, e)) from None
     except OSError as e:
         raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
     if invalid_rows:
@@ -402,6 +462,22 @@ def _read_text(path: Path, name: str, keys: _Keys, sep: str) -> pa.Table:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
+
+
+def _csv_error(name: str, header: list, e: Exception) -> str:
+    """pyarrow's "In CSV column #1: Row #3: CSV conversion error to string: invalid UTF8 data"
+    (0-based column, 1-based line) in this library's form "NAME: row 2, column 'ItemId': ..."
+    (1-based data row, header not counted)."""
+    text = _one_line(e)
+    m = re.match(r"In CSV column #(\d+):(?: Row #(\d+):)? (?:CSV conversion error to \w+: )?(.*)",
+                 text)
+    if not m or int(m.group(1)) >= len(header):
+        return f"{name}: {text}"
+    column, line, what = int(m.group(1)), m.group(2), m.group(3)
+    if what == "invalid UTF8 data":
+        what = "invalid UTF-8 text"
+    where = f"row {int(line) - 1}, " if line else ""
+    return f"{name}: {where}column {header[column]!r}: {what}"
 
 
 def _first_true(mask) -> int:
@@ -450,10 +526,14 @@ def _time_column(col: pa.ChunkedArray, name: str, key: str) -> pa.ChunkedArray:
     t = col.type
     text = None  # the original strings, to quote a bad value as written
     if pa.types.is_timestamp(t):
-        # datetime columns (e.g. from pandas): seconds since the epoch.
-        col = pc.divide(col.cast(pa.timestamp("us", tz=t.tz)).cast(pa.int64()).cast(pa.float64()), 1e6)
+        # datetime columns (e.g. from pandas): seconds since the epoch (UTC). The count of the
+        # column's own unit is divided once: casting to another unit first fails for
+        # nanoseconds ("would lose data"). safe=False: counts above 2^53 (any ns time) become
+        # the nearest float64, about 0.2 us apart at today's times.
+        per_second = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
+        col = pc.divide(col.cast(pa.int64()).cast(pa.float64(), safe=False), per_second)
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        col = col.cast(pa.float64())
+        col = col.cast(pa.float64(), safe=False)   # integers above 2^53: the nearest float64
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         text = col
         try:
@@ -525,6 +605,8 @@ def _source_name(source) -> str:
 
 def _dictionary_codes(col: pa.ChunkedArray):
     """Dense codes in order of first appearance. Returns (codes int64 (n,), uniques pa.Array)."""
+    if col.num_chunks == 0:   # no events: no chunk to take the dictionary from
+        return np.zeros(0, dtype=np.int64), pa.array([], type=col.type)
     encoded = pc.dictionary_encode(col)
     # pyarrow encodes all chunks with one shared memo table: every chunk's dictionary is a
     # prefix of the last one, so codes are consistent across chunks.
@@ -623,3 +705,13 @@ def require_trainable(data: SessionData) -> None:
     """Raise DataError unless some session has at least 2 events (one training step)."""
     if data.n_sessions == 0 or int(data.session_lengths.max()) < 2:
         raise DataError(f"{data.source}: no session has 2 or more events; nothing to train on")
+
+
+def require_evaluable(data: SessionData) -> None:
+    """Raise DataError unless test data has an evaluation point (a session with 2 or more
+    events: each event but the first is predicted). Without one every metric would be a
+    meaningless 0."""
+    if data.n_sessions == 0 or int(data.session_lengths.max()) < 2:
+        known = " known" if data.n_unknown_events else ""
+        raise DataError(f"{data.source}: no evaluation points: every test session has fewer "
+                        f"than 2{known} events")

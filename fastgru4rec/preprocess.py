@@ -32,7 +32,7 @@ import pyarrow.csv as pa_csv
 
 from .data import _dictionary_codes, _Keys, _normalize, _read_header, read_events
 from .errors import ConfigError, DataError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_writable
 
 __all__ = ["preprocess_rsc15", "register_cli", "run", "format_stats"]
 
@@ -184,6 +184,11 @@ def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progres
 
     Returns {"input": counts, "filtered": counts, "train_full": counts, "test": counts,
     "train_tr": counts, "train_valid": counts} with counts = {"events", "sessions", "items"}.
+
+    An empty train_full or test is a DataError (nothing is written). The validation pair
+    train_tr / train_valid can be empty (train_full spans a day or less): the files are still
+    written, header only, so that no stale file of an earlier run is left beside the others;
+    the counts say so (the command prints a warning).
     """
     if isinstance(min_item_support, bool) or not isinstance(min_item_support, (int, np.integer)) \
             or min_item_support < 1:
@@ -193,6 +198,7 @@ def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progres
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory")
+    check_writable(out / "train_full.tsv")   # before reading, not after
 
     ev = _Events(_read_clicks(path, name))
     everything = np.ones(len(ev.s_codes), dtype=bool)
@@ -210,6 +216,10 @@ def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progres
     if not train_full.any():
         raise DataError(f"{name}: every session ends in the last day of the data; "
                         "nothing is left for training")
+    if not test.any():
+        # the evaluation half of the main pair: an empty test.tsv is of no use
+        raise DataError(f"{name}: no test session is left (sessions ending in the last day "
+                        "with 2 or more events of training items); nothing to evaluate on")
     train_tr, train_valid = ev.split_last_day(train_full)
     masks = {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": train_valid}
 
@@ -236,6 +246,14 @@ def run(args) -> int:
     stats = preprocess_rsc15(args.clicks, args.outdir, min_item_support=args.min_item_support,
                              progress=not args.quiet)
     print(format_stats(stats))
+    # The main pair (train_full, test) is usable; say plainly when the validation pair is not
+    # (not silenced by --quiet, which is about progress).
+    empty = [f"{key}.tsv" for key in ("train_tr", "train_valid") if stats[key]["events"] == 0]
+    if empty:
+        print(f"fastgru4rec preprocess: warning: {' and '.join(empty)} "
+              f"{'holds' if len(empty) == 1 else 'hold'} no events (splitting "
+              "train_full at its last day left nothing there); train_full.tsv and test.tsv are "
+              "complete", file=sys.stderr)
     return 0
 
 

@@ -9,17 +9,55 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
 
 from .data import SessionData
+from .errors import ConfigError
+
+# Sizes above these cannot be generated in any memory (10^9 sessions are > 2*10^9 events, each
+# with string ids); larger values would only fail deep inside numpy (or overflow its sizes).
+MAX_ITEMS = 10 ** 9
+MAX_SESSIONS = 10 ** 9
+
+
+def check_synthetic_params(where: str = "synthetic data", **params) -> None:
+    """Raise ConfigError, naming the parameter, for a value synthetic_events / synthetic_split
+    cannot use. Only the parameters given are checked."""
+    def bad(key, why):
+        raise ConfigError(f"{where}: parameter {key}={params[key]!r}: {why}")
+
+    for key, least, most in (("n_items", 1, MAX_ITEMS), ("n_sessions", 1, MAX_SESSIONS),
+                             ("n_successors", 1, 10 ** 6), ("seed", 0, (1 << 63) - 1)):
+        if key in params:
+            v = params[key]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                bad(key, "must be an integer")
+            if not least <= v <= most:
+                bad(key, f"must be an integer in [{least}, {most:,}]")
+    for key, least, most, closed in (("mean_length", 2.0, 50.0, True), ("zipf", 0.0, math.inf, True),
+                                     ("p_follow", 0.0, 1.0, True),
+                                     ("test_fraction", 0.0, 1.0, False)):
+        if key in params:
+            v = params[key]
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                bad(key, "must be a number")
+            inside = least <= v <= most if closed else least < v < most
+            if isinstance(params[key], bool) or not math.isfinite(v) or not inside:
+                bad(key, f"must be a number in {'[' if closed else '('}{least:g}, {most:g}"
+                         f"{']' if closed and math.isfinite(most) else ')'}")
 
 
 def synthetic_events(n_items: int = 3000, n_sessions: int = 40000, mean_length: float = 4.0,
                      zipf: float = 1.1, n_successors: int = 4, p_follow: float = 0.75,
                      seed: int = 7) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(session_ids, item_ids, times) event arrays, item ids as strings 'i<k>'."""
+    check_synthetic_params(n_items=n_items, n_sessions=n_sessions, mean_length=mean_length,
+                           zipf=zipf, n_successors=n_successors, p_follow=p_follow, seed=seed)
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, n_items + 1) ** zipf
     popularity /= popularity.sum()
@@ -56,6 +94,7 @@ def synthetic_events(n_items: int = 3000, n_sessions: int = 40000, mean_length: 
 
 def synthetic_split(test_fraction: float = 0.1, **kwargs) -> Tuple[SessionData, SessionData]:
     """(train, test) SessionData; test is mapped with the training item map."""
+    check_synthetic_params(test_fraction=test_fraction)
     session_ids, item_ids, times = synthetic_events(**kwargs)
     cut = np.quantile(times, 1.0 - test_fraction)
     # sessions are contiguous and time-ordered in the generated arrays: a session belongs to

@@ -1,0 +1,495 @@
+"""Bad input, end to end: every case of the bad-input audit ends with exit status 2 and ONE
+stderr line ``fastgru4rec <command>: error: ...`` naming what is wrong and where (never a
+traceback), or, through the API, one DataError/ConfigError line. Outputs are checked before
+the long work, and written atomically."""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fastgru4rec import GRU4Rec
+from fastgru4rec.cli import EXIT_BROKEN_PIPE, main
+from fastgru4rec.config import GRU4RecConfig, read_param_file
+from fastgru4rec.data import SessionData, read_events, read_sessions
+from fastgru4rec.errors import ConfigError, DataError
+from fastgru4rec.fileio import WriteError, atomic_write, check_writable
+
+from conftest import one_torch_thread, subprocess_env, write_tsv
+
+ROOT = Path(__file__).resolve().parents[1]
+PS = "layers=8,batch_size=8,n_sample=8,sample_store_size=4096,n_epochs=1"
+SYNTH = "n_sessions=150,n_items=40"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def _error_lines(err: str):
+    """stderr lines less Python warnings (a warning line and the source line after it)."""
+    keep, skip_next = [], False
+    for line in err.splitlines():
+        if skip_next:
+            skip_next = False
+            continue
+        if "Warning:" in line and ".py:" in line:
+            skip_next = True
+            continue
+        keep.append(line)
+    return keep
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_error(result, command, *fragments, out_empty=True):
+    """Exit 2, no traceback, one stderr line naming ``fragments``; returns that line."""
+    rc, out, err = result
+    assert "Traceback" not in err
+    assert rc == 2, (rc, err)
+    lines = _error_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"fastgru4rec {command}: error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    if out_empty:
+        assert out == ""
+    return lines[0]
+
+
+def api_error(exc_type, func, *args, **kwargs) -> str:
+    with pytest.raises(exc_type) as ei:
+        func(*args, **kwargs)
+    msg = str(ei.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Small train/test files, a test file whose sessions have one event each, and a model."""
+    d = tmp_path_factory.mktemp("bad_input")
+    rows = [(f"s{s}", f"i{(s * 7 + j) % 13}", 100 * s + j) for s in range(40) for j in range(4)]
+    paths = {"dir": d,
+             "train": write_tsv(d / "train.tsv", rows),
+             "test": write_tsv(d / "test.tsv", rows[:40]),
+             "single": write_tsv(d / "single.tsv", [(f"t{s}", f"i{s % 13}", s) for s in range(9)]),
+             "model": d / "model.pt"}
+    with one_torch_thread():
+        assert main(["train", str(paths["train"]), "-ps", PS, "-s", str(paths["model"]), "-q"]) == 0
+    return paths
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("the long work started although an argument was bad")
+
+
+# ================================================================ A. no more tracebacks
+@pytest.mark.parametrize("argv_tail", [["--session-key", "ItemId"], ["--item-key", "Time"]])
+def test_keys_naming_the_same_column(files, capsys, argv_tail):
+    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-q", *argv_tail), "train",
+                 "three different columns", *argv_tail[1:])
+    assert_error(cli(capsys, "evaluate", files["model"], files["test"], *argv_tail), "evaluate",
+                 "three different columns")
+    assert_error(cli(capsys, "baselines", files["train"], files["test"], "--only", "pop", "-q",
+                     *argv_tail), "baselines", "three different columns")
+
+
+def test_keys_naming_the_same_column_api(files):
+    msg = api_error(DataError, read_sessions, files["train"], session_key="ItemId")
+    assert "session_key='ItemId'" in msg and "three different columns" in msg
+    df = pd.DataFrame({"SessionId": ["a"], "ItemId": ["x"], "Time": [1.0]})
+    api_error(DataError, read_sessions, df, time_key="ItemId")
+
+
+def test_key_column_twice_in_the_header(tmp_path):
+    p = tmp_path / "dup.tsv"
+    p.write_text("SessionId\tItemId\tTime\tTime\n1\t2\t1\t1\n1\t3\t2\t2\n")
+    assert "column 'Time' appears 2 times" in api_error(DataError, read_sessions, p)
+    table = pa.table([pa.array(["a"]), pa.array(["x"]), pa.array([1.0]), pa.array([2.0])],
+                     names=["SessionId", "ItemId", "Time", "Time"])
+    assert "column 'Time' appears 2 times" in api_error(DataError, read_events, table)
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 7.11 PiB for an array with shape (488281250000, 2048)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 6976000000000000 bytes."),
+])
+def test_out_of_memory_is_a_one_line_error(files, capsys, monkeypatch, error):
+    # Real allocation failures depend on the machine (overcommit): raised where numpy / torch
+    # raise them, inside training.
+    def fit(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(GRU4Rec, "fit", fit)
+    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-q"), "train", "out of memory")
+
+
+@pytest.mark.parametrize("param, name", [
+    ("layers=1000000000000", "layers"),
+    ("sample_store_size=1000000000000000", "sample_store_size"),
+    ("n_sample=100000000000000", "n_sample"),
+    ("embedding=10000000000,constrained_embedding=False", "embedding"),
+    ("batch_size=1000000000000", "batch_size"),
+])
+def test_sizes_that_cannot_fit_are_rejected_naming_the_parameter(files, capsys, monkeypatch,
+                                                                 param, name):
+    monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
+    assert_error(cli(capsys, "train", files["train"], "-ps", f"{PS},{param}", "-q"), "train",
+                 f"parameter {name}=", "parameter string")
+
+
+def test_deeply_nested_python_param_file(files, capsys, tmp_path):
+    p = tmp_path / "deep.py"
+    p.write_text("gru4rec_params = " + "-" * 100000 + "1\n")
+    assert "deep.py" in api_error(ConfigError, read_param_file, p)
+    assert_error(cli(capsys, "train", files["train"], "-pf", p, "-q"), "train", str(p))
+    q = tmp_path / "deep.json"
+    q.write_text("[" * 100000 + "]" * 100000)
+    assert "deep.json" in api_error(ConfigError, read_param_file, q)
+
+
+def test_empty_arrays_and_empty_synthetic_split(capsys):
+    assert "no events" in api_error(DataError, SessionData.from_arrays, [], [], [])
+    assert_error(cli(capsys, "bench", "--synthetic", "test_fraction=1", "-q"), "bench",
+                 "--synthetic", "test_fraction=")
+
+
+@pytest.mark.parametrize("spec, name", [
+    ("n_sessions=1e12", "n_sessions"), ("n_sessions=0", "n_sessions"),
+    ("n_sessions=-5", "n_sessions"), ("n_items=0", "n_items"), ("zipf=nan", "zipf"),
+    ("test_fraction=2", "test_fraction"), ("n_sessions=1.5", "n_sessions"),
+    ("p_follow=-1", "p_follow"), ("seed=-1", "seed"),
+])
+def test_synthetic_parameters_out_of_range(capsys, spec, name):
+    assert_error(cli(capsys, "bench", "--synthetic", spec, "-q"), "bench", "--synthetic",
+                 f"parameter {name}=")
+
+
+def test_synthetic_api_checks_its_parameters():
+    from fastgru4rec.synthetic import synthetic_split
+
+    assert "n_items" in api_error(ConfigError, synthetic_split, n_items=0)
+    assert "test_fraction" in api_error(ConfigError, synthetic_split, test_fraction=0.0)
+
+
+# ================================================================ B. outputs checked first
+def test_save_model_to_a_directory_fails_before_training(files, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
+    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-s", tmp_path, "-q"), "train",
+                 f"cannot write {tmp_path}", "directory")
+    assert not list(tmp_path.parent.glob(".*.tmp"))
+    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-s",
+                     files["train"] / "m.pt", "-q"), "train",
+                 f"cannot write {files['train'] / 'm.pt'}", f"{files['train']} is not a directory")
+    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-s", "", "-q"), "train",
+                 "-s/--save-model", "empty")
+
+
+def test_save_model_creates_missing_folders(files, capsys, tmp_path):
+    target = tmp_path / "new" / "sub" / "m.pt"
+    rc, _, err = cli(capsys, "train", files["train"], "-ps", PS, "-s", target, "-q")
+    assert rc == 0, err
+    assert target.is_file() and not list(target.parent.glob(".*.tmp"))
+
+
+def test_atomic_write_errors_name_the_destination(tmp_path):
+    with pytest.raises(WriteError) as ei, atomic_write(tmp_path) as f:
+        f.write(b"x")
+    assert str(ei.value) == f"cannot write {tmp_path}: is a directory (give a file name)"
+    assert not list(tmp_path.parent.glob(".*.tmp")), "temporary file outside the destination's folder"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WriteError, match=f"{blocker} is not a directory"):
+        check_writable(blocker / "out.json")
+    assert isinstance(ei.value, OSError)   # callers catching OSError still do
+
+
+def test_bench_output_paths_checked_before_the_benchmark(capsys, monkeypatch, tmp_path):
+    from fastgru4rec import bench
+
+    monkeypatch.setattr(bench, "run_bench", _fail_if_called)
+    assert_error(cli(capsys, "bench", "--synthetic", SYNTH, "--json", tmp_path, "-q"), "bench",
+                 f"cannot write {tmp_path}")
+    assert_error(cli(capsys, "bench", "--synthetic", SYNTH, "--json", "", "-q"), "bench",
+                 "--json", "empty")
+
+
+def test_bench_prints_the_table_before_writing_json(capsys, monkeypatch, tmp_path):
+    from fastgru4rec import bench
+
+    def failing_write(path, obj):
+        raise WriteError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(bench, "write_json_atomic", failing_write)
+    out_json = tmp_path / "out.json"
+    rc, out, err = cli(capsys, "bench", "--synthetic", SYNTH, "--max-steps", "2",
+                       "--warmup-steps", "0", "-ps", PS, "--json", out_json, "-q")
+    assert_error((rc, out, err), "bench", f"cannot write {out_json}", "No space left",
+                 out_empty=False)
+    assert "events/s" in out and "mb/s" in out   # the numbers measured are not lost
+
+
+def test_bench_plot_is_written_atomically(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastgru4rec import bench
+
+    result = {"runs": [{"engine": "reference", "batches_per_s": 10.0, "eval": None}],
+              "env": {"device_name": "cpu"}, "config": GRU4RecConfig().to_dict()}
+    png = tmp_path / "p.png"
+    bench.plot_result(result, png)
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ConfigError, match="xyz"):
+        bench._plot_format(tmp_path / "p.xyz")
+
+
+def test_preprocess_outdir_checked_before_reading(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    clicks = tmp_path / "clicks.dat"
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n")
+    assert_error(cli(capsys, "preprocess", "rsc15", clicks, blocker / "out", "--quiet"),
+                 "preprocess", "cannot write", f"{blocker} is not a directory")
+
+
+# ================================================================ C. messages
+def test_binary_and_compressed_files_are_named_as_such(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    garbage = tmp_path / "garbage.tsv"
+    garbage.write_bytes(b"Sess\0ion\t" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    line = assert_error(cli(capsys, "train", garbage, "-q"), "train", str(garbage),
+                        "binary file")
+    assert len(line) < 200 and line.isprintable()
+    packed = tmp_path / "packed.tsv"   # gzip data without the .gz suffix
+    packed.write_bytes(gzip.compress(b"SessionId\tItemId\tTime\n1\t2\t3\n"))
+    assert_error(cli(capsys, "train", packed, "-q"), "train", str(packed), "gzip-compressed")
+
+
+def test_wide_and_odd_headers_are_shown_short_and_unambiguous(capsys, tmp_path):
+    wide = tmp_path / "wide.tsv"
+    wide.write_text("\t".join(f"col{i}" for i in range(100_000)) + "\n" +
+                    "\t".join("1" for _ in range(100_000)) + "\n")
+    line = assert_error(cli(capsys, "train", wide, "-q"), "train", str(wide), "(100,000 columns)")
+    assert len(line) < 600
+    cr = tmp_path / "cr.tsv"
+    cr.write_bytes(b"SessionId\tItem\rId\tTime\n1\t2\t3\n")
+    assert_error(cli(capsys, "train", cr, "-q"), "train", str(cr), "'Item\\rId'")
+
+
+@pytest.mark.parametrize("sep", ["::", ""])
+def test_separator_must_be_one_character(files, capsys, sep):
+    assert_error(cli(capsys, "train", files["train"], "--sep", sep, "-q"), "train", "--sep",
+                 repr(sep))
+    assert "sep=" in api_error(DataError, read_sessions, files["train"], sep=sep)
+
+
+def test_corrupt_parquet_names_the_file(capsys, tmp_path):
+    p = tmp_path / "corrupt.parquet"
+    pq.write_table(pa.table({"SessionId": [str(i // 3) for i in range(3000)],
+                             "ItemId": [f"item{i}" for i in range(3000)],
+                             "Time": np.arange(3000, dtype=np.float64)}), p,
+                   compression="snappy")
+    raw = bytearray(p.read_bytes())
+    raw[8:2000] = b"\xff" * 1992   # the column chunks, not the footer
+    p.write_bytes(bytes(raw))
+    assert_error(cli(capsys, "train", p, "-q"), "train", str(p), "cannot read as Parquet")
+
+
+def test_datetime_ns_times_are_read_in_order(tmp_path):
+    base = 1411462780513000011   # nanoseconds: not a whole number of microseconds
+    df = pd.DataFrame({
+        "SessionId": ["a", "a", "a", "b"],
+        "ItemId": ["late", "early", "middle", "x"],
+        "Time": pd.to_datetime([base + 2_000_000_000, base, base + 1_000_000_000, base - 10**9],
+                               unit="ns"),
+    })
+    assert str(df["Time"].dtype) == "datetime64[ns]"
+    p = tmp_path / "dt.parquet"
+    df.to_parquet(p, index=False)
+    for source in (df, p):
+        data = read_sessions(source)
+        assert list(data.session_ids) == ["b", "a"]   # b starts a second earlier
+        a = data.items[data.offsets[1]:data.offsets[2]]
+        assert [data.item_ids[i] for i in a] == ["early", "middle", "late"]
+        assert data.times[data.offsets[1]] == pytest.approx(base / 1e9, abs=1e-6)
+    # plain integer times beyond 2^53 (e.g. nanoseconds in an int64 column) are read too
+    ints = df.assign(Time=df["Time"].astype("int64"))
+    assert read_sessions(ints).n_events == 4
+
+
+def test_invalid_utf8_names_row_and_column(capsys, tmp_path):
+    p = tmp_path / "bad.tsv"
+    p.write_bytes(b"SessionId\tItemId\tTime\n1\tab\t1\n1\t\xff\xfe\t2\n")
+    assert_error(cli(capsys, "train", p, "-q"), "train", f"{p}: row 2, column 'ItemId'",
+                 "invalid UTF-8")
+
+
+@pytest.mark.parametrize("seed", ["-2", "99999999999999999999999"])
+def test_seed_out_of_range_names_the_value_given(files, capsys, seed):
+    assert_error(cli(capsys, "train", files["train"], "-ps", f"{PS},seed={seed}", "-q"), "train",
+                 f"parameter seed={seed}:")
+
+
+def test_demo_seed_out_of_range(capsys, monkeypatch):
+    from fastgru4rec import synthetic
+
+    monkeypatch.setattr(synthetic, "synthetic_split", _fail_if_called)
+    assert_error(cli(capsys, "demo", "--seed", "-1", "-q"), "demo", "seed=-1")
+
+
+def test_param_file_value_errors_name_the_file(files, capsys, tmp_path):
+    p = tmp_path / "null.json"
+    p.write_text('{"loss": null}')
+    assert_error(cli(capsys, "train", files["train"], "-pf", p, "-q"), "train", str(p), "loss")
+    q = tmp_path / "range.json"
+    q.write_text('{"batch_size": 0}')
+    assert_error(cli(capsys, "train", files["train"], "-pf", q, "-q"), "train", str(q),
+                 "batch_size")
+    nul = tmp_path / "nul.py"
+    nul.write_bytes(b"gru4rec_params = {}\0\n")
+    line = assert_error(cli(capsys, "train", files["train"], "-pf", nul, "-q"), "train",
+                        str(nul), "NUL")
+    assert "None" not in line
+
+
+def test_fractional_layer_sizes_are_rejected():
+    for layers in ([1.5], "100/1.5", [True]):
+        assert "layers" in api_error(ConfigError, GRU4Rec, layers=layers)
+        assert "layers" in api_error(ConfigError, GRU4RecConfig, layers=layers)
+    assert GRU4RecConfig(layers=[100.0, np.int64(50)]).layers == (100, 50)
+
+
+# ================================================================ D. no evaluation points
+def test_evaluate_without_evaluation_points(files, capsys):
+    assert_error(cli(capsys, "evaluate", files["model"], files["test"], files["single"]),
+                 "evaluate", str(files["single"]), "no evaluation points", "fewer than 2")
+
+
+def test_train_test_file_without_evaluation_points_fails_before_training(files, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
+    assert_error(cli(capsys, "train", files["train"], "-t", files["single"], "-ps", PS, "-q"),
+                 "train", str(files["single"]), "no evaluation points")
+
+
+def test_baselines_test_file_without_evaluation_points(files, capsys):
+    assert_error(cli(capsys, "baselines", files["train"], files["single"], "--only", "pop", "-q"),
+                 "baselines", str(files["single"]), "no evaluation points")
+
+
+def test_cli_load_with_a_bad_device_names_the_option(files, capsys):
+    line = assert_error(cli(capsys, "evaluate", files["model"], files["test"], "--device", "foo"),
+                        "evaluate", "device='foo'", "not a torch device")
+    assert "inconsistent" not in line
+
+# ================================================================ E. docs and code agree
+def test_threads_zero_leaves_torch_alone(files, capsys):
+    rc, out, err = cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+                       "--threads", "0", "--json")
+    assert rc == 0, err
+    assert "POP" in json.loads(out)["results"][str(files["test"])]
+    assert_error(cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+                     "--threads", "-1", "-q"), "baselines", "--threads")
+
+
+def test_readme_param_files_exist():
+    readme = (ROOT / "README.md").read_text()
+    paths = re.findall(r"-pf (\S+)", readme)
+    assert paths
+    for path in paths:
+        assert (ROOT / path).is_file(), path
+
+
+# ================================================================ F. minor
+def test_broken_pipe_is_quiet(files, tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "fastgru4rec", "evaluate", str(files["model"]),
+                          str(files["test"]), "--json"], cwd=str(tmp_path),
+                         env=subprocess_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()   # the reader is gone before anything is written (`| head -0`)
+    err = p.stderr.read().decode()
+    rc = p.wait(timeout=120)
+    assert rc == EXIT_BROKEN_PIPE == 141, err
+    assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err
+
+
+def test_training_divergence_exits_2(files, capsys, monkeypatch):
+    from fastgru4rec.train import TrainingDiverged
+
+    def fit(*args, **kwargs):
+        raise TrainingDiverged("loss became nan in epoch 1 (step 3); lower learning_rate or "
+                               "check the data")
+
+    monkeypatch.setattr(GRU4Rec, "fit", fit)
+    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-q"), "train", "loss became nan")
+
+
+def test_evaluate_shows_progress_unless_json_or_quiet(files, capsys, monkeypatch):
+    seen = []
+    original = GRU4Rec.evaluate
+
+    def evaluate(self, *args, **kwargs):
+        seen.append(kwargs.get("progress"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRU4Rec, "evaluate", evaluate)
+    for extra, expected in ((["--json"], False), (["-q"], False), ([], True)):
+        rc, _, err = cli(capsys, "evaluate", files["model"], files["test"], *extra)
+        assert rc == 0, err
+        assert seen.pop() is expected
+
+
+def _clicks(path: Path, sessions):
+    """yoochoose-clicks.dat lines: sessions = [(session id, day, [items])], events 60 s apart."""
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2014, 4, 1, tzinfo=timezone.utc)
+    lines = []
+    for sid, day, items in sessions:
+        for j, item in enumerate(items):
+            t = t0 + timedelta(days=day, seconds=60 * j)
+            lines.append(f"{sid},{t.strftime('%Y-%m-%dT%H:%M:%S')}.000Z,{item},0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_preprocess_empty_validation_split_warns(capsys, tmp_path):
+    # train_full spans less than a day: its last-day split leaves train_tr / train_valid empty
+    clicks = _clicks(tmp_path / "clicks.dat",
+                     [(1, 0, "ABAB"), (2, 0, "BABA"), (3, 3, "ABAB")])
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
+                          "--quiet")
+    assert rc == 0, err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("fastgru4rec preprocess: warning: "), err
+    assert "train_valid.tsv" in lines[0] and "test.tsv are complete" in lines[0]
+    assert (out / "train_valid.tsv").read_text() == "SessionId\tItemId\tTime\n"
+    assert len((out / "test.tsv").read_text().splitlines()) == 5
+
+
+def test_preprocess_empty_test_is_an_error(capsys, tmp_path):
+    # the last day's only session has items unknown to training: no test session is left
+    clicks = _clicks(tmp_path / "clicks.dat",
+                     [(1, 0, "ABAB"), (2, 1, "BABA"), (3, 3, "CDCD")])
+    out = tmp_path / "out"
+    assert_error(cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
+                     "--quiet"), "preprocess", str(clicks), "no test session")
+    assert not out.exists()
