@@ -24,7 +24,8 @@ from .errors import ConfigError
 from .fileio import check_writable
 
 EXIT_BAD_INPUT = 2
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE   # 141: what a shell reports for `... | head -1`
+# 141: what a shell reports for `... | head -1` (SIGPIPE is 13; Windows' signal module lacks it)
+EXIT_BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
 
 
 # ------------------------------------------------------------------------ output helpers

@@ -39,9 +39,13 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 # The first bytes of files that are not text, for a message that says so (instead of a header
 # of binary garbage): (magic, what the file looks like).
 _MAGIC = ((b"\x1f\x8b", "a gzip-compressed file"), (b"PK\x03\x04", "a zip archive"),
-          *((b"BZh%d" % level, "a bzip2-compressed file") for level in range(1, 10)),
+          # bzip2: "BZh", the block size digit, then the block magic (pi's digits): ten bytes,
+          # as "BZh1" alone is a possible column name
+          *((b"BZh%d1AY&SY" % level, "a bzip2-compressed file") for level in range(1, 10)),
           (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"), (b"\xfd7zXZ\x00", "an xz-compressed file"),
-          (b"\x04\x22\x4d\x18", "an lz4-compressed file"), (b"PAR1", "a Parquet file (name it .parquet)"))
+          (b"\x04\x22\x4d\x18", "an lz4-compressed file"))
+# Parquet's "PAR1" is plain text too: a file is taken for Parquet only when it also ends with it
+_PARQUET_MAGIC = b"PAR1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,12 +352,18 @@ def _check_text(path: Path, name: str, start: bytes) -> None:
     if not path.name.lower().endswith(_COMPRESSION_SUFFIXES):
         try:
             with open(path, "rb") as f:
-                raw = f.read(8)
+                raw = f.read(10)
+                tail = b""
+                if raw.startswith(_PARQUET_MAGIC):
+                    f.seek(max(0, os.fstat(f.fileno()).st_size - 4))
+                    tail = f.read(4)
         except OSError as e:
             raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
         for magic, what in _MAGIC:
             if raw.startswith(magic):
                 raise DataError(f"{name}: looks like {what}, not text")
+        if tail == _PARQUET_MAGIC:
+            raise DataError(f"{name}: looks like a Parquet file (name it .parquet), not text")
     if b"\0" in start[:1024]:
         raise DataError(f"{name}: looks like a binary file (NUL bytes), not UTF-8 text")
 

@@ -37,7 +37,10 @@ def check_synthetic_params(where: str = "synthetic data", **params) -> None:
                 bad(key, "must be an integer")
             if not least <= v <= most:
                 bad(key, f"must be an integer in [{least}, {most:,}]")
-    for key, least, most, closed in (("mean_length", 2.0, 50.0, True), ("zipf", 0.0, math.inf, True),
+    # mean_length and zipf: any finite number works (lengths are 2 + a geometric draw capped at
+    # 50, so a mean below 2 gives length-2 sessions; a negative zipf favours high item ids)
+    for key, least, most, closed in (("mean_length", -math.inf, math.inf, True),
+                                     ("zipf", -math.inf, math.inf, True),
                                      ("p_follow", 0.0, 1.0, True),
                                      ("test_fraction", 0.0, 1.0, False)):
         if key in params:
@@ -48,8 +51,10 @@ def check_synthetic_params(where: str = "synthetic data", **params) -> None:
                 bad(key, "must be a number")
             inside = least <= v <= most if closed else least < v < most
             if isinstance(params[key], bool) or not math.isfinite(v) or not inside:
+                if not math.isfinite(least):
+                    bad(key, "must be a finite number")
                 bad(key, f"must be a number in {'[' if closed else '('}{least:g}, {most:g}"
-                         f"{']' if closed and math.isfinite(most) else ')'}")
+                         f"{']' if closed else ')'}")
 
 
 def synthetic_events(n_items: int = 3000, n_sessions: int = 40000, mean_length: float = 4.0,

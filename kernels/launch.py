@@ -84,9 +84,13 @@ def interpreter_problem():
                 f"the interpreter computed a wrong probe sum {out.tolist()}"
         except Exception as e:   # noqa: BLE001 - any failure means the kernels cannot run
             import numpy
-            problem = (f"Triton {triton.__version__}'s CPU interpreter fails with NumPy "
-                       f"{numpy.__version__} ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:120]}); install numpy<2.4 or a newer Triton")
+            what = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+            numpy_version = tuple(int(p) for p in numpy.__version__.split(".")[:2] if p.isdigit())
+            if numpy_version >= (2, 4):   # the known case: Triton 3.6 under NumPy 2.4+
+                problem = (f"Triton {triton.__version__}'s CPU interpreter fails with NumPy "
+                           f"{numpy.__version__} ({what}); install numpy<2.4 or a newer Triton")
+            else:
+                problem = f"Triton {triton.__version__}'s CPU interpreter fails ({what})"
         _INTERPRETER_PROBLEM.append(problem)
     return _INTERPRETER_PROBLEM[0]
 

@@ -187,6 +187,12 @@ def test_synthetic_api_checks_its_parameters():
 
     assert "n_items" in api_error(ConfigError, synthetic_split, n_items=0)
     assert "test_fraction" in api_error(ConfigError, synthetic_split, test_fraction=0.0)
+    assert "zipf" in api_error(ConfigError, synthetic_split, zipf=float("inf"))
+    # values the generator handles stay allowed: lengths are capped at 50 and at least 2
+    for kw in (dict(mean_length=60), dict(mean_length=1.5), dict(zipf=-0.5)):
+        train, _ = synthetic_split(n_sessions=200, n_items=30, **kw)
+        lengths = train.session_lengths
+        assert lengths.min() >= 1 and lengths.max() <= 50 and train.n_events > 0
 
 
 # ================================================================ B. outputs checked first
@@ -280,6 +286,22 @@ def test_binary_and_compressed_files_are_named_as_such(capsys, tmp_path):
     packed = tmp_path / "packed.tsv"   # gzip data without the .gz suffix
     packed.write_bytes(gzip.compress(b"SessionId\tItemId\tTime\n1\t2\t3\n"))
     assert_error(cli(capsys, "train", packed, "-q"), "train", str(packed), "gzip-compressed")
+    import bz2
+    bzipped = tmp_path / "bzipped.tsv"
+    bzipped.write_bytes(bz2.compress(b"SessionId\tItemId\tTime\n1\t2\t3\n"))
+    assert_error(cli(capsys, "train", bzipped, "-q"), "train", str(bzipped), "bzip2-compressed")
+    parquet = tmp_path / "table.tsv"   # a Parquet file under a text name
+    pq.write_table(pa.table({"SessionId": [1], "ItemId": [2], "Time": [3.0]}), parquet)
+    assert_error(cli(capsys, "train", parquet, "-q"), "train", str(parquet), "Parquet file")
+
+
+@pytest.mark.parametrize("first", ["PAR1", "BZh1", "PK"])
+def test_text_whose_header_starts_like_a_magic_number_is_read(tmp_path, first):
+    # "PAR1" and "BZh1" are printable: plain text may start with them
+    path = tmp_path / "events.tsv"
+    path.write_text(f"{first}\tSessionId\tItemId\tTime\n0\t1\ta\t1\n0\t1\tb\t2\n")
+    data = read_sessions(path)
+    assert (data.n_events, data.n_sessions, data.n_items) == (2, 1, 2)
 
 
 def test_wide_and_odd_headers_are_shown_short_and_unambiguous(capsys, tmp_path):
@@ -401,8 +423,20 @@ def test_cli_load_with_a_bad_device_names_the_option(files, capsys):
 
 # ================================================================ E. docs and code agree
 def test_threads_zero_leaves_torch_alone(files, capsys):
-    rc, out, err = cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
-                       "--threads", "0", "--json")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)   # not the default 1 of baselines, so that a change shows
+    try:
+        rc, out, err = cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+                           "--threads", "0", "--json")
+        assert torch.get_num_threads() == 2
+        rc1, _, err1 = cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+                           "--json")
+        assert rc1 == 0, err1
+        assert torch.get_num_threads() == 1   # baselines' documented default
+    finally:
+        torch.set_num_threads(before)
     assert rc == 0, err
     assert "POP" in json.loads(out)["results"][str(files["test"])]
     assert_error(cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
