@@ -210,3 +210,45 @@ def kernel_test_setup(kernels_name: str):
         pytest.skip(problem, allow_module_level=True)
     on_cpu = launch.interpreting()
     return kernels, ("cuda" if torch.cuda.is_available() and not on_cpu else "cpu")
+
+
+# ------------------------------------------------------------------ the CLI in-process
+def run_cli(capsys, *args):
+    """fastgru4rec.cli.main(args) in this process: (exit status, stdout, stderr)."""
+    from fastgru4rec.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def cli_error_lines(err: str):
+    """stderr lines less Python warnings (a warning line and its source line after it: the
+    native-extension RuntimeWarning may be printed by a run that got as far as training; it is
+    not part of the error report)."""
+    keep, skip_next = [], False
+    for line in err.splitlines():
+        if skip_next:
+            skip_next = False
+            continue
+        if "Warning:" in line and ".py:" in line:
+            skip_next = True
+            continue
+        keep.append(line)
+    return keep
+
+
+def assert_cli_error(result, command, *fragments, out_empty=True):
+    """result = (rc, out, err): exit 2, no traceback, one stderr line
+    ``fastgru4rec <command>: error: ...`` holding each of ``fragments``; returns that line."""
+    rc, out, err = result
+    assert "Traceback" not in err
+    assert rc == 2, (rc, err)
+    lines = cli_error_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"fastgru4rec {command}: error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    if out_empty:
+        assert out == ""
+    return lines[0]

@@ -24,7 +24,8 @@ from fastgru4rec.data import SessionData, read_events, read_sessions
 from fastgru4rec.errors import ConfigError, DataError
 from fastgru4rec.fileio import WriteError, atomic_write, check_writable
 
-from conftest import one_torch_thread, subprocess_env, write_tsv
+from conftest import (assert_cli_error, cli_error_lines, one_torch_thread, run_cli,
+                      subprocess_env, write_tsv)
 
 ROOT = Path(__file__).resolve().parents[1]
 PS = "layers=8,batch_size=8,n_sample=8,sample_store_size=4096,n_epochs=1"
@@ -35,41 +36,6 @@ SYNTH = "n_sessions=150,n_items=40"
 def _single_thread():
     with one_torch_thread():
         yield
-
-
-def _error_lines(err: str):
-    """stderr lines less Python warnings (a warning line and the source line after it)."""
-    keep, skip_next = [], False
-    for line in err.splitlines():
-        if skip_next:
-            skip_next = False
-            continue
-        if "Warning:" in line and ".py:" in line:
-            skip_next = True
-            continue
-        keep.append(line)
-    return keep
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_error(result, command, *fragments, out_empty=True):
-    """Exit 2, no traceback, one stderr line naming ``fragments``; returns that line."""
-    rc, out, err = result
-    assert "Traceback" not in err
-    assert rc == 2, (rc, err)
-    lines = _error_lines(err)
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"fastgru4rec {command}: error: "), lines[0]
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    if out_empty:
-        assert out == ""
-    return lines[0]
 
 
 def api_error(exc_type, func, *args, **kwargs) -> str:
@@ -102,11 +68,11 @@ def _fail_if_called(*args, **kwargs):
 # ================================================================ A. no more tracebacks
 @pytest.mark.parametrize("argv_tail", [["--session-key", "ItemId"], ["--item-key", "Time"]])
 def test_keys_naming_the_same_column(files, capsys, argv_tail):
-    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-q", *argv_tail), "train",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-q", *argv_tail), "train",
                  "three different columns", *argv_tail[1:])
-    assert_error(cli(capsys, "evaluate", files["model"], files["test"], *argv_tail), "evaluate",
+    assert_cli_error(run_cli(capsys, "evaluate", files["model"], files["test"], *argv_tail), "evaluate",
                  "three different columns")
-    assert_error(cli(capsys, "baselines", files["train"], files["test"], "--only", "pop", "-q",
+    assert_cli_error(run_cli(capsys, "baselines", files["train"], files["test"], "--only", "pop", "-q",
                      *argv_tail), "baselines", "three different columns")
 
 
@@ -138,7 +104,7 @@ def test_out_of_memory_is_a_one_line_error(files, capsys, monkeypatch, error):
         raise error
 
     monkeypatch.setattr(GRU4Rec, "fit", fit)
-    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-q"), "train", "out of memory")
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-q"), "train", "out of memory")
 
 
 @pytest.mark.parametrize("param, name", [
@@ -151,7 +117,7 @@ def test_out_of_memory_is_a_one_line_error(files, capsys, monkeypatch, error):
 def test_sizes_that_cannot_fit_are_rejected_naming_the_parameter(files, capsys, monkeypatch,
                                                                  param, name):
     monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
-    assert_error(cli(capsys, "train", files["train"], "-ps", f"{PS},{param}", "-q"), "train",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", f"{PS},{param}", "-q"), "train",
                  f"parameter {name}=", "parameter string")
 
 
@@ -159,7 +125,7 @@ def test_deeply_nested_python_param_file(files, capsys, tmp_path):
     p = tmp_path / "deep.py"
     p.write_text("gru4rec_params = " + "-" * 100000 + "1\n")
     assert "deep.py" in api_error(ConfigError, read_param_file, p)
-    assert_error(cli(capsys, "train", files["train"], "-pf", p, "-q"), "train", str(p))
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-pf", p, "-q"), "train", str(p))
     q = tmp_path / "deep.json"
     q.write_text("[" * 100000 + "]" * 100000)
     assert "deep.json" in api_error(ConfigError, read_param_file, q)
@@ -167,7 +133,7 @@ def test_deeply_nested_python_param_file(files, capsys, tmp_path):
 
 def test_empty_arrays_and_empty_synthetic_split(capsys):
     assert "no events" in api_error(DataError, SessionData.from_arrays, [], [], [])
-    assert_error(cli(capsys, "bench", "--synthetic", "test_fraction=1", "-q"), "bench",
+    assert_cli_error(run_cli(capsys, "bench", "--synthetic", "test_fraction=1", "-q"), "bench",
                  "--synthetic", "test_fraction=")
 
 
@@ -178,7 +144,7 @@ def test_empty_arrays_and_empty_synthetic_split(capsys):
     ("p_follow=-1", "p_follow"), ("seed=-1", "seed"),
 ])
 def test_synthetic_parameters_out_of_range(capsys, spec, name):
-    assert_error(cli(capsys, "bench", "--synthetic", spec, "-q"), "bench", "--synthetic",
+    assert_cli_error(run_cli(capsys, "bench", "--synthetic", spec, "-q"), "bench", "--synthetic",
                  f"parameter {name}=")
 
 
@@ -198,19 +164,19 @@ def test_synthetic_api_checks_its_parameters():
 # ================================================================ B. outputs checked first
 def test_save_model_to_a_directory_fails_before_training(files, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
-    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-s", tmp_path, "-q"), "train",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-s", tmp_path, "-q"), "train",
                  f"cannot write {tmp_path}", "directory")
     assert not list(tmp_path.parent.glob(".*.tmp"))
-    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-s",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-s",
                      files["train"] / "m.pt", "-q"), "train",
                  f"cannot write {files['train'] / 'm.pt'}", f"{files['train']} is not a directory")
-    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-s", "", "-q"), "train",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-s", "", "-q"), "train",
                  "-s/--save-model", "empty")
 
 
 def test_save_model_creates_missing_folders(files, capsys, tmp_path):
     target = tmp_path / "new" / "sub" / "m.pt"
-    rc, _, err = cli(capsys, "train", files["train"], "-ps", PS, "-s", target, "-q")
+    rc, _, err = run_cli(capsys, "train", files["train"], "-ps", PS, "-s", target, "-q")
     assert rc == 0, err
     assert target.is_file() and not list(target.parent.glob(".*.tmp"))
 
@@ -231,9 +197,9 @@ def test_bench_output_paths_checked_before_the_benchmark(capsys, monkeypatch, tm
     from fastgru4rec import bench
 
     monkeypatch.setattr(bench, "run_bench", _fail_if_called)
-    assert_error(cli(capsys, "bench", "--synthetic", SYNTH, "--json", tmp_path, "-q"), "bench",
+    assert_cli_error(run_cli(capsys, "bench", "--synthetic", SYNTH, "--json", tmp_path, "-q"), "bench",
                  f"cannot write {tmp_path}")
-    assert_error(cli(capsys, "bench", "--synthetic", SYNTH, "--json", "", "-q"), "bench",
+    assert_cli_error(run_cli(capsys, "bench", "--synthetic", SYNTH, "--json", "", "-q"), "bench",
                  "--json", "empty")
 
 
@@ -245,9 +211,9 @@ def test_bench_prints_the_table_before_writing_json(capsys, monkeypatch, tmp_pat
 
     monkeypatch.setattr(bench, "write_json_atomic", failing_write)
     out_json = tmp_path / "out.json"
-    rc, out, err = cli(capsys, "bench", "--synthetic", SYNTH, "--max-steps", "2",
+    rc, out, err = run_cli(capsys, "bench", "--synthetic", SYNTH, "--max-steps", "2",
                        "--warmup-steps", "0", "-ps", PS, "--json", out_json, "-q")
-    assert_error((rc, out, err), "bench", f"cannot write {out_json}", "No space left",
+    assert_cli_error((rc, out, err), "bench", f"cannot write {out_json}", "No space left",
                  out_empty=False)
     assert "events/s" in out and "mb/s" in out   # the numbers measured are not lost
 
@@ -271,7 +237,7 @@ def test_preprocess_outdir_checked_before_reading(capsys, tmp_path):
     blocker.write_text("x")
     clicks = tmp_path / "clicks.dat"
     clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n")
-    assert_error(cli(capsys, "preprocess", "rsc15", clicks, blocker / "out", "--quiet"),
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, blocker / "out", "--quiet"),
                  "preprocess", "cannot write", f"{blocker} is not a directory")
 
 
@@ -280,19 +246,19 @@ def test_binary_and_compressed_files_are_named_as_such(capsys, tmp_path):
     rng = np.random.default_rng(0)
     garbage = tmp_path / "garbage.tsv"
     garbage.write_bytes(b"Sess\0ion\t" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
-    line = assert_error(cli(capsys, "train", garbage, "-q"), "train", str(garbage),
+    line = assert_cli_error(run_cli(capsys, "train", garbage, "-q"), "train", str(garbage),
                         "binary file")
     assert len(line) < 200 and line.isprintable()
     packed = tmp_path / "packed.tsv"   # gzip data without the .gz suffix
     packed.write_bytes(gzip.compress(b"SessionId\tItemId\tTime\n1\t2\t3\n"))
-    assert_error(cli(capsys, "train", packed, "-q"), "train", str(packed), "gzip-compressed")
+    assert_cli_error(run_cli(capsys, "train", packed, "-q"), "train", str(packed), "gzip-compressed")
     import bz2
     bzipped = tmp_path / "bzipped.tsv"
     bzipped.write_bytes(bz2.compress(b"SessionId\tItemId\tTime\n1\t2\t3\n"))
-    assert_error(cli(capsys, "train", bzipped, "-q"), "train", str(bzipped), "bzip2-compressed")
+    assert_cli_error(run_cli(capsys, "train", bzipped, "-q"), "train", str(bzipped), "bzip2-compressed")
     parquet = tmp_path / "table.tsv"   # a Parquet file under a text name
     pq.write_table(pa.table({"SessionId": [1], "ItemId": [2], "Time": [3.0]}), parquet)
-    assert_error(cli(capsys, "train", parquet, "-q"), "train", str(parquet), "Parquet file")
+    assert_cli_error(run_cli(capsys, "train", parquet, "-q"), "train", str(parquet), "Parquet file")
 
 
 @pytest.mark.parametrize("first", ["PAR1", "BZh1", "PK"])
@@ -308,16 +274,16 @@ def test_wide_and_odd_headers_are_shown_short_and_unambiguous(capsys, tmp_path):
     wide = tmp_path / "wide.tsv"
     wide.write_text("\t".join(f"col{i}" for i in range(100_000)) + "\n" +
                     "\t".join("1" for _ in range(100_000)) + "\n")
-    line = assert_error(cli(capsys, "train", wide, "-q"), "train", str(wide), "(100,000 columns)")
+    line = assert_cli_error(run_cli(capsys, "train", wide, "-q"), "train", str(wide), "(100,000 columns)")
     assert len(line) < 600
     cr = tmp_path / "cr.tsv"
     cr.write_bytes(b"SessionId\tItem\rId\tTime\n1\t2\t3\n")
-    assert_error(cli(capsys, "train", cr, "-q"), "train", str(cr), "'Item\\rId'")
+    assert_cli_error(run_cli(capsys, "train", cr, "-q"), "train", str(cr), "'Item\\rId'")
 
 
 @pytest.mark.parametrize("sep", ["::", ""])
 def test_separator_must_be_one_character(files, capsys, sep):
-    assert_error(cli(capsys, "train", files["train"], "--sep", sep, "-q"), "train", "--sep",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "--sep", sep, "-q"), "train", "--sep",
                  repr(sep))
     assert "sep=" in api_error(DataError, read_sessions, files["train"], sep=sep)
 
@@ -331,7 +297,7 @@ def test_corrupt_parquet_names_the_file(capsys, tmp_path):
     raw = bytearray(p.read_bytes())
     raw[8:2000] = b"\xff" * 1992   # the column chunks, not the footer
     p.write_bytes(bytes(raw))
-    assert_error(cli(capsys, "train", p, "-q"), "train", str(p), "cannot read as Parquet")
+    assert_cli_error(run_cli(capsys, "train", p, "-q"), "train", str(p), "cannot read as Parquet")
 
 
 def test_datetime_ns_times_are_read_in_order(tmp_path):
@@ -359,13 +325,13 @@ def test_datetime_ns_times_are_read_in_order(tmp_path):
 def test_invalid_utf8_names_row_and_column(capsys, tmp_path):
     p = tmp_path / "bad.tsv"
     p.write_bytes(b"SessionId\tItemId\tTime\n1\tab\t1\n1\t\xff\xfe\t2\n")
-    assert_error(cli(capsys, "train", p, "-q"), "train", f"{p}: row 2, column 'ItemId'",
+    assert_cli_error(run_cli(capsys, "train", p, "-q"), "train", f"{p}: row 2, column 'ItemId'",
                  "invalid UTF-8")
 
 
 @pytest.mark.parametrize("seed", ["-2", "99999999999999999999999"])
 def test_seed_out_of_range_names_the_value_given(files, capsys, seed):
-    assert_error(cli(capsys, "train", files["train"], "-ps", f"{PS},seed={seed}", "-q"), "train",
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", f"{PS},seed={seed}", "-q"), "train",
                  f"parameter seed={seed}:")
 
 
@@ -373,20 +339,20 @@ def test_demo_seed_out_of_range(capsys, monkeypatch):
     from fastgru4rec import synthetic
 
     monkeypatch.setattr(synthetic, "synthetic_split", _fail_if_called)
-    assert_error(cli(capsys, "demo", "--seed", "-1", "-q"), "demo", "seed=-1")
+    assert_cli_error(run_cli(capsys, "demo", "--seed", "-1", "-q"), "demo", "seed=-1")
 
 
 def test_param_file_value_errors_name_the_file(files, capsys, tmp_path):
     p = tmp_path / "null.json"
     p.write_text('{"loss": null}')
-    assert_error(cli(capsys, "train", files["train"], "-pf", p, "-q"), "train", str(p), "loss")
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-pf", p, "-q"), "train", str(p), "loss")
     q = tmp_path / "range.json"
     q.write_text('{"batch_size": 0}')
-    assert_error(cli(capsys, "train", files["train"], "-pf", q, "-q"), "train", str(q),
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-pf", q, "-q"), "train", str(q),
                  "batch_size")
     nul = tmp_path / "nul.py"
     nul.write_bytes(b"gru4rec_params = {}\0\n")
-    line = assert_error(cli(capsys, "train", files["train"], "-pf", nul, "-q"), "train",
+    line = assert_cli_error(run_cli(capsys, "train", files["train"], "-pf", nul, "-q"), "train",
                         str(nul), "NUL")
     assert "None" not in line
 
@@ -400,24 +366,24 @@ def test_fractional_layer_sizes_are_rejected():
 
 # ================================================================ D. no evaluation points
 def test_evaluate_without_evaluation_points(files, capsys):
-    assert_error(cli(capsys, "evaluate", files["model"], files["test"], files["single"]),
+    assert_cli_error(run_cli(capsys, "evaluate", files["model"], files["test"], files["single"]),
                  "evaluate", str(files["single"]), "no evaluation points", "fewer than 2")
 
 
 def test_train_test_file_without_evaluation_points_fails_before_training(files, capsys,
                                                                         monkeypatch):
     monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
-    assert_error(cli(capsys, "train", files["train"], "-t", files["single"], "-ps", PS, "-q"),
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-t", files["single"], "-ps", PS, "-q"),
                  "train", str(files["single"]), "no evaluation points")
 
 
 def test_baselines_test_file_without_evaluation_points(files, capsys):
-    assert_error(cli(capsys, "baselines", files["train"], files["single"], "--only", "pop", "-q"),
+    assert_cli_error(run_cli(capsys, "baselines", files["train"], files["single"], "--only", "pop", "-q"),
                  "baselines", str(files["single"]), "no evaluation points")
 
 
 def test_cli_load_with_a_bad_device_names_the_option(files, capsys):
-    line = assert_error(cli(capsys, "evaluate", files["model"], files["test"], "--device", "foo"),
+    line = assert_cli_error(run_cli(capsys, "evaluate", files["model"], files["test"], "--device", "foo"),
                         "evaluate", "device='foo'", "not a torch device")
     assert "inconsistent" not in line
 
@@ -428,10 +394,10 @@ def test_threads_zero_leaves_torch_alone(files, capsys):
     before = torch.get_num_threads()
     torch.set_num_threads(2)   # not the default 1 of baselines, so that a change shows
     try:
-        rc, out, err = cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+        rc, out, err = run_cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
                            "--threads", "0", "--json")
         assert torch.get_num_threads() == 2
-        rc1, _, err1 = cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+        rc1, _, err1 = run_cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
                            "--json")
         assert rc1 == 0, err1
         assert torch.get_num_threads() == 1   # baselines' documented default
@@ -439,7 +405,7 @@ def test_threads_zero_leaves_torch_alone(files, capsys):
         torch.set_num_threads(before)
     assert rc == 0, err
     assert "POP" in json.loads(out)["results"][str(files["test"])]
-    assert_error(cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+    assert_cli_error(run_cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
                      "--threads", "-1", "-q"), "baselines", "--threads")
 
 
@@ -472,7 +438,7 @@ def test_training_divergence_exits_2(files, capsys, monkeypatch):
                                "check the data")
 
     monkeypatch.setattr(GRU4Rec, "fit", fit)
-    assert_error(cli(capsys, "train", files["train"], "-ps", PS, "-q"), "train", "loss became nan")
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-q"), "train", "loss became nan")
 
 
 def test_evaluate_shows_progress_unless_json_or_quiet(files, capsys, monkeypatch):
@@ -485,7 +451,7 @@ def test_evaluate_shows_progress_unless_json_or_quiet(files, capsys, monkeypatch
 
     monkeypatch.setattr(GRU4Rec, "evaluate", evaluate)
     for extra, expected in ((["--json"], False), (["-q"], False), ([], True)):
-        rc, _, err = cli(capsys, "evaluate", files["model"], files["test"], *extra)
+        rc, _, err = run_cli(capsys, "evaluate", files["model"], files["test"], *extra)
         assert rc == 0, err
         assert seen.pop() is expected
 
@@ -509,10 +475,10 @@ def test_preprocess_empty_validation_split_warns(capsys, tmp_path):
     clicks = _clicks(tmp_path / "clicks.dat",
                      [(1, 0, "ABAB"), (2, 0, "BABA"), (3, 3, "ABAB")])
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
+    rc, _, err = run_cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
                           "--quiet")
     assert rc == 0, err
-    lines = _error_lines(err)
+    lines = cli_error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("fastgru4rec preprocess: warning: "), err
     assert "train_valid.tsv" in lines[0] and "test.tsv are complete" in lines[0]
     assert (out / "train_valid.tsv").read_text() == "SessionId\tItemId\tTime\n"
@@ -524,6 +490,6 @@ def test_preprocess_empty_test_is_an_error(capsys, tmp_path):
     clicks = _clicks(tmp_path / "clicks.dat",
                      [(1, 0, "ABAB"), (2, 1, "BABA"), (3, 3, "CDCD")])
     out = tmp_path / "out"
-    assert_error(cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
                      "--quiet"), "preprocess", str(clicks), "no test session")
     assert not out.exists()

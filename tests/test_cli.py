@@ -13,7 +13,7 @@ import pytest
 from fastgru4rec.cli import main
 from fastgru4rec.config import GRU4RecConfig
 
-from conftest import one_torch_thread, subprocess_env
+from conftest import assert_cli_error, one_torch_thread, run_cli, subprocess_env
 
 # tiny and fast; n_epochs=2 so that the epoch list is checked
 PS = "layers=16,batch_size=16,n_sample=8,sample_store_size=4096,n_epochs=2,learning_rate=0.1"
@@ -40,39 +40,6 @@ def _run(*args, cwd, timeout=120):
     p = _popen(*args, cwd=cwd)
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
-
-
-def _error_lines(err: str):
-    """stderr lines that are not Python warnings (the native-extension RuntimeWarning may be
-    printed by a run that got as far as training; it is not part of the error report)."""
-    lines = err.splitlines()
-    keep, skip_next = [], False
-    for line in lines:
-        if skip_next:
-            skip_next = False
-            continue
-        if "Warning:" in line and ".py:" in line:
-            skip_next = True  # the warning's source line follows
-            continue
-        keep.append(line)
-    return keep
-
-
-def assert_one_line_error(rc, out, err, command, *fragments):
-    assert "Traceback" not in err
-    assert rc == 2, (rc, err)
-    lines = _error_lines(err)
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"fastgru4rec {command}: error: "), lines[0]
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    assert out == ""
-
-
-def call(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ---------------------------------------------------------------------------- data files
@@ -137,7 +104,7 @@ def call_main(*args):
 
 
 def test_train_in_process_json_and_tables(files, capsys, tmp_path):
-    rc, out, err = call(capsys, "train", files["train"], "-t", files["test"], files["test"],
+    rc, out, err = run_cli(capsys, "train", files["train"], "-t", files["test"], files["test"],
                         "-ps", PS, "--json", "-m", "2", "7")
     assert rc == 0, err
     res = json.loads(out)
@@ -147,14 +114,14 @@ def test_train_in_process_json_and_tables(files, capsys, tmp_path):
     assert "model" not in res
     assert err == ""  # --json: no progress or log lines
     # without --json: a table on stdout, the log on stderr
-    rc, out, err = call(capsys, "train", files["train"], "-t", files["test"], "-ps", PS, "-m", "3")
+    rc, out, err = run_cli(capsys, "train", files["train"], "-t", files["test"], "-ps", PS, "-m", "3")
     assert rc == 0
     assert "Recall" in out and "MRR" in out and "@3" in out
     assert "epoch   1" in err and "epoch   2" in err
 
 
 def test_evaluate_and_recommend_from_saved_model(files, capsys):
-    rc, out, err = call(capsys, "evaluate", files["model"], files["test"], "--json", "-m", "1", "20",
+    rc, out, err = run_cli(capsys, "evaluate", files["model"], files["test"], "--json", "-m", "1", "20",
                         "-e", "standard")
     assert rc == 0, err
     r = json.loads(out)["results"][str(files["test"])]
@@ -164,15 +131,15 @@ def test_evaluate_and_recommend_from_saved_model(files, capsys):
 
     ids = files["item_ids"]
     expected = GRU4Rec.load(files["model"]).recommend([ids[0], ids[1]], k=3)
-    rc, out, err = call(capsys, "recommend", files["model"], ids[0], ids[1], "-k", "3")
+    rc, out, err = run_cli(capsys, "recommend", files["model"], ids[0], ids[1], "-k", "3")
     assert rc == 0, err
     assert out.splitlines() == expected
-    rc, out, err = call(capsys, "recommend", files["model"], ids[0], "unknown-item", ids[1],
+    rc, out, err = run_cli(capsys, "recommend", files["model"], ids[0], "unknown-item", ids[1],
                         "-k", "3", "--json")
     assert rc == 0, err
     assert json.loads(out) == {"session": [ids[0], "unknown-item", ids[1]],
                                "recommendations": expected}
-    rc, out, err = call(capsys, "recommend", files["model"], ids[0], "-k", "5", "--exclude-seen")
+    rc, out, err = run_cli(capsys, "recommend", files["model"], ids[0], "-k", "5", "--exclude-seen")
     assert rc == 0 and len(out.splitlines()) == 5 and ids[0] not in out.splitlines()
 
 
@@ -194,7 +161,7 @@ def test_param_files(files, capsys, tmp_path, kind):
         expect = dict(loss="top1-max", layers=[10, 6], n_sample=0, constrained_embedding=False,
                       embedding=0)
     model = tmp_path / "m.pt"
-    rc, out, err = call(capsys, "train", files["train"], "-pf", pf, "-t", files["test"], "-s", model,
+    rc, out, err = run_cli(capsys, "train", files["train"], "-pf", pf, "-t", files["test"], "-s", model,
                         "--json")
     assert rc == 0, err
     res = json.loads(out)
@@ -262,26 +229,26 @@ def test_train_bad_input(files, bad, capsys, case, tmp_path):
         p.write_text("gru4rec_params = dict(loss=input())\n")
         args = [p if a == "NOTLIT" else a for a in args]
     # -q: the informational "train: N events ..." line would precede the error otherwise
-    rc, out, err = call(capsys, *args, "-s", model, "-q")
-    assert_one_line_error(rc, out, err, "train", *frags)
+    rc, out, err = run_cli(capsys, *args, "-s", model, "-q")
+    assert_cli_error((rc, out, err), "train", *frags)
     assert not model.exists()  # failed before training/saving
 
 
 def test_evaluate_and_recommend_bad_input(files, bad, capsys, tmp_path):
-    rc, out, err = call(capsys, "evaluate", tmp_path / "none.pt", files["test"])
-    assert_one_line_error(rc, out, err, "evaluate", "none.pt", "not found")
-    rc, out, err = call(capsys, "evaluate", files["model"], bad["unknown_items"])
-    assert_one_line_error(rc, out, err, "evaluate", "none of its items")
-    rc, out, err = call(capsys, "evaluate", files["model"], bad["bad_time"])
-    assert_one_line_error(rc, out, err, "evaluate", "row 2", "'Time'")
+    rc, out, err = run_cli(capsys, "evaluate", tmp_path / "none.pt", files["test"])
+    assert_cli_error((rc, out, err), "evaluate", "none.pt", "not found")
+    rc, out, err = run_cli(capsys, "evaluate", files["model"], bad["unknown_items"])
+    assert_cli_error((rc, out, err), "evaluate", "none of its items")
+    rc, out, err = run_cli(capsys, "evaluate", files["model"], bad["bad_time"])
+    assert_cli_error((rc, out, err), "evaluate", "row 2", "'Time'")
     not_model = tmp_path / "not_model.pt"
     not_model.write_text("hello")
-    rc, out, err = call(capsys, "evaluate", not_model, files["test"])
-    assert_one_line_error(rc, out, err, "evaluate", "not_model.pt")
-    rc, out, err = call(capsys, "recommend", files["model"], "nope1", "nope2")
-    assert_one_line_error(rc, out, err, "recommend", "known")
-    rc, out, err = call(capsys, "recommend", files["model"], files["item_ids"][0], "-k", "0")
-    assert_one_line_error(rc, out, err, "recommend", "k must be positive")
+    rc, out, err = run_cli(capsys, "evaluate", not_model, files["test"])
+    assert_cli_error((rc, out, err), "evaluate", "not_model.pt")
+    rc, out, err = run_cli(capsys, "recommend", files["model"], "nope1", "nope2")
+    assert_cli_error((rc, out, err), "recommend", "known")
+    rc, out, err = run_cli(capsys, "recommend", files["model"], files["item_ids"][0], "-k", "0")
+    assert_cli_error((rc, out, err), "recommend", "k must be positive")
 
 
 def test_argparse_errors_exit_2_without_traceback(capsys):
@@ -307,12 +274,12 @@ def test_bad_input_subprocess(files, bad, tmp_path):
     t_end = time.monotonic() + 180
     for p, (args, command, frags) in zip(procs, cases):
         out, err = p.communicate(timeout=max(1, t_end - time.monotonic()))
-        assert_one_line_error(p.returncode, out, err, command, *frags)
+        assert_cli_error((p.returncode, out, err), command, *frags)
 
 
 # ---------------------------------------------------------------------------- demo
 def test_demo_one_epoch_json(capsys):
-    rc, out, err = call(capsys, "demo", "--epochs", "1", "--json")
+    rc, out, err = run_cli(capsys, "demo", "--epochs", "1", "--json")
     assert rc == 0, err
     res = json.loads(out)
     assert res["params"]["n_epochs"] == 1
