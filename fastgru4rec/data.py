@@ -308,9 +308,6 @@ def _select(table: pa.Table, name: str, keys: _Keys) -> pa.Table:
 
 def _read_dataframe(df, keys: _Keys) -> pa.Table:
     name = "<DataFrame>"
-    found = [str(c) for c in df.columns]
-    if any(c not in df.columns for c in (keys.session, keys.item, keys.time)):
-        raise _missing_columns_error(name, keys, found, None)
     _check_columns(name, keys, list(df.columns), None)
     if len(df) == 0:
         raise DataError(f"{name}: no events (empty table)")
