@@ -344,23 +344,22 @@ def _read_parquet(path: Path, name: str, keys: _Keys) -> pa.Table:
 
 
 def _check_text(path: Path, name: str, start: bytes) -> None:
-    """Raise DataError if a text file is not text: compressed without a compression suffix
-    (``start``: its first raw bytes) or holding NUL bytes in its first KB."""
+    """Raise DataError if a text file is not text: compressed without a compression suffix or
+    holding NUL bytes in its first KB. ``start``: its first bytes as read (pyarrow decompresses
+    by suffix only, so without one they are the raw bytes)."""
     if not path.name.lower().endswith(_COMPRESSION_SUFFIXES):
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(10)
-                tail = b""
-                if raw.startswith(_PARQUET_MAGIC):
+        for magic, what in _MAGIC:
+            if start.startswith(magic):
+                raise DataError(f"{name}: looks like {what}, not text")
+        if start.startswith(_PARQUET_MAGIC):
+            try:
+                with open(path, "rb") as f:
                     f.seek(max(0, os.fstat(f.fileno()).st_size - 4))
                     tail = f.read(4)
-        except OSError as e:
-            raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
-        for magic, what in _MAGIC:
-            if raw.startswith(magic):
-                raise DataError(f"{name}: looks like {what}, not text")
-        if tail == _PARQUET_MAGIC:
-            raise DataError(f"{name}: looks like a Parquet file (name it .parquet), not text")
+            except OSError as e:
+                raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
+            if tail == _PARQUET_MAGIC:
+                raise DataError(f"{name}: looks like a Parquet file (name it .parquet), not text")
     if b"\0" in start[:1024]:
         raise DataError(f"{name}: looks like a binary file (NUL bytes), not UTF-8 text")
 
