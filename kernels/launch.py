@@ -23,6 +23,7 @@ replaces these functions (module attributes, so the kernel modules must call the
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -67,32 +68,31 @@ def _interpreter_probe(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + tl.arange(0, BLOCK), _interpreter_probe_loop(x_ptr, n, BLOCK))
 
 
-_INTERPRETER_PROBLEM: list = []
-
-
 def interpreter_problem():
     """None if Triton's CPU interpreter runs a K loop like the kernels' (or nothing is being
-    interpreted), else the reason in one line. Probed once per process."""
-    if not interpreting():
-        return None
-    if not _INTERPRETER_PROBLEM:
-        x = torch.arange(10, dtype=torch.float32)
-        out = torch.zeros(4)
-        try:
-            _interpreter_probe[(1,)](x, out, 10, BLOCK=4)
-            problem = None if out.tolist() == [12.0, 15.0, 8.0, 10.0] else \
-                f"the interpreter computed a wrong probe sum {out.tolist()}"
-        except Exception as e:   # noqa: BLE001 - any failure means the kernels cannot run
-            import numpy
-            what = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-            numpy_version = tuple(int(p) for p in numpy.__version__.split(".")[:2] if p.isdigit())
-            if numpy_version >= (2, 4):   # the known case: Triton 3.6 under NumPy 2.4+
-                problem = (f"Triton {triton.__version__}'s CPU interpreter fails with NumPy "
-                           f"{numpy.__version__} ({what}); install numpy<2.4 or a newer Triton")
-            else:
-                problem = f"Triton {triton.__version__}'s CPU interpreter fails ({what})"
-        _INTERPRETER_PROBLEM.append(problem)
-    return _INTERPRETER_PROBLEM[0]
+    interpreted), else the reason in one line."""
+    return _interpreter_probe_result() if interpreting() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_probe_result():
+    """The probe, once per process."""
+    x = torch.arange(10, dtype=torch.float32)
+    out = torch.zeros(4)
+    try:
+        _interpreter_probe[(1,)](x, out, 10, BLOCK=4)
+        problem = None if out.tolist() == [12.0, 15.0, 8.0, 10.0] else \
+            f"the interpreter computed a wrong probe sum {out.tolist()}"
+    except Exception as e:   # noqa: BLE001 - any failure means the kernels cannot run
+        import numpy
+        what = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        numpy_version = tuple(int(p) for p in numpy.__version__.split(".")[:2] if p.isdigit())
+        if numpy_version >= (2, 4):   # the known case: Triton 3.6 under NumPy 2.4+
+            problem = (f"Triton {triton.__version__}'s CPU interpreter fails with NumPy "
+                       f"{numpy.__version__} ({what}); install numpy<2.4 or a newer Triton")
+        else:
+            problem = f"Triton {triton.__version__}'s CPU interpreter fails ({what})"
+    return problem
 
 
 def require_cuda(what: str, *tensors) -> None:
