@@ -86,6 +86,20 @@ def test_bench_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_plot_without_matplotlib_fails_before_the_work(monkeypatch, capsys, tmp_path):
+    # matplotlib is an optional extra: absent, --plot is refused up front in one line (None in
+    # sys.modules makes its import raise ImportError), and nothing is benchmarked or written
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+    png = tmp_path / "b.png"
+    assert main(["bench", *TINY, "--plot", str(png), "--json", str(tmp_path / "b.json")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("fastgru4rec bench: error:") and "\n" not in err
+    assert "--plot needs matplotlib" in err and "fastgru4rec[plot]" in err
+    assert "events/s" not in captured.out and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("argv", [["--max-steps", "0"], ["--epochs", "0"],
                                   ["--synthetic", "bogus=1"], ["-ps", "loss=nope"],
                                   ["--test", "x.tsv"], ["/no/such/file.tsv"]])
