@@ -1,8 +1,9 @@
 """Training benchmarks: one reference training step, and a short slice of an epoch.
 
-CPU: the reference step (fastgru4rec.train.Trainer.train_step) at the RSC15 setting (batch 32,
+CPU: the reference loop's step (fastgru4rec.train.Trainer.train_step) at the RSC15 setting (batch 32,
 100 units, 2048 shared negatives, cross-entropy with logQ) on synthetic data and on
-rsc15-sample, and a 60-step epoch slice (schedule included) on rsc15-sample.
+rsc15-sample, and a 60-step epoch slice (schedule included) on rsc15-sample by the reference
+loop and by the fast engine (its explicit-backward fused step), in one group.
 GPU (skipped without CUDA): up to 1,000 steps of the training loop on rsc15-sample at the engine issue's sizes
 (fastgru4rec.bench.GPU_TRAIN_SIZES), the reference loop on the device as the baseline and the
 fast engine (fastgru4rec.engine.FastTrainer), in one group so the speed-up is measured in the
@@ -49,6 +50,7 @@ def _step_fn(trainer, data, device, sync=False):
 
 
 RSC15 = PRESETS["rsc15"]
+_CPU_ENGINES = ["reference", "fast"]
 
 
 @pytest.mark.benchmark(group="cpu-train-step-b32-h100-s2048-ce")
@@ -67,18 +69,25 @@ def test_step_reference_rsc15(benchmark, rsc15_sample):
     benchmark.pedantic(step, rounds=40, iterations=1, warmup_rounds=5)
 
 
+@pytest.mark.parametrize("engine", _CPU_ENGINES)
 @pytest.mark.benchmark(group="cpu-epoch-slice-rsc15")
-def test_epoch_slice_reference_rsc15(benchmark, rsc15_sample):
-    """60 steps of train_epoch (schedule built each round): mini-batches/s in extra_info."""
+def test_epoch_slice_rsc15(benchmark, rsc15_sample, engine):
+    """60 steps of train_epoch (schedule built each round) of the reference loop and of the
+    fast engine (on the CPU its explicit-backward fused step): mini-batches/s in extra_info."""
+    engines = available_engines()
+    if engine not in engines:
+        pytest.skip(f"engine {engine!r} not present (available: {', '.join(engines)})")
     train, _ = rsc15_sample
-    trainer = _trainer(train, RSC15, "cpu", store_steps=4 * 60 + 10)
     steps = 60
+    trainer = _trainer(train, RSC15, "cpu", engine=engine, store_steps=4 * (steps + 10))
     stats = {}
 
     def run():
         stats["s"] = trainer.train_epoch(train, 0, progress=False, max_steps=steps)
 
-    benchmark.extra_info.update(baseline="reference", steps=steps, data="rsc15-sample")
+    if engine == "reference":
+        benchmark.extra_info["baseline"] = "reference"
+    benchmark.extra_info.update(steps=steps, data="rsc15-sample")
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info["batches_per_s_last_round"] = stats["s"].batches_per_s
     benchmark.extra_info["events_per_s_last_round"] = stats["s"].events_per_s

@@ -299,7 +299,8 @@ def performance(results: Path, out: Optional[Path] = None) -> Path:
         lines += [f"- {env_line(e)}" for e in envs.values()] + [""]
         if all(e.get("device") == "cpu" for e in envs.values()):
             lines += ["No GPU results yet: these are CPU numbers (on the CPU the fast engine "
-                      "runs the reference step, with the C++ batcher, sampler and sparse "
+                      "runs the explicit-backward fused step in plain torch ops, the reference "
+                      "loop its autograd step, both with the C++ batcher, sampler and sparse "
                       "optimizer), measured on a shared 2-core machine whose other jobs make them noisy "
                       "(compare ratios measured in the same run, not absolute numbers across "
                       "runs). GPU results come from `benchmarks/gpu_check.sh` on a lent GPU.", ""]

@@ -227,12 +227,13 @@ std::unique_ptr<PyStream> make_stream(const py::object& offsets, const py::objec
   return ps;
 }
 
-// adagrad_momentum_rows(table, acc, vel or None, rows, grad, lr, momentum, eps): float32 or
-// float64 C-contiguous arrays; table / acc / vel of one shape (N, ...) and dtype; grad
-// (len(rows), ...) with the same row width; rows int64 in [0, N).
+// adagrad_momentum_rows / _scatter(table, acc, vel or None, rows, grad, lr, momentum, eps):
+// float32 or float64 C-contiguous arrays; table / acc / vel of one shape (N, ...) and dtype;
+// grad (len(rows), ...) with the same row width; rows int64 in [0, N), unique unless repeats
+// (then the gradients of equal ids are summed first: adagrad_momentum_scatter).
 template <class T>
 void adagrad_rows_typed(py::handle table_o, py::handle acc_o, py::handle vel_o, py::handle rows_o,
-                        py::handle grad_o, double lr, double momentum, double eps) {
+                        py::handle grad_o, double lr, double momentum, double eps, bool repeats) {
   auto table = checked_array<T>(table_o, "table", true, true);
   auto acc = checked_array<T>(acc_o, "acc", true, true);
   auto rows = checked_array<int64_t>(rows_o, "rows", false);
@@ -266,26 +267,40 @@ void adagrad_rows_typed(py::handle table_o, py::handle acc_o, py::handle vel_o, 
   T* a = acc.mutable_data();
   const T* g = grad.data();
   py::gil_scoped_release release;
-  adagrad_momentum_rows<T>(t, a, vel_ptr, r, n_rows, g, width, static_cast<T>(lr),
-                           static_cast<T>(momentum), static_cast<T>(eps));
+  if (repeats)
+    adagrad_momentum_scatter<T>(t, a, vel_ptr, r, n_rows, g, width, static_cast<T>(lr),
+                                static_cast<T>(momentum), static_cast<T>(eps));
+  else
+    adagrad_momentum_rows<T>(t, a, vel_ptr, r, n_rows, g, width, static_cast<T>(lr),
+                             static_cast<T>(momentum), static_cast<T>(eps));
+}
+
+void adagrad_rows_any(py::handle table, py::handle acc, py::handle vel, py::handle rows,
+                      py::handle grad, double lr, double momentum, double eps, bool repeats) {
+  if (py::isinstance<py::array_t<float>>(table))
+    adagrad_rows_typed<float>(table, acc, vel, rows, grad, lr, momentum, eps, repeats);
+  else if (py::isinstance<py::array_t<double>>(table))
+    adagrad_rows_typed<double>(table, acc, vel, rows, grad, lr, momentum, eps, repeats);
+  else
+    throw std::invalid_argument("table must be a float32 or float64 numpy array (got " +
+                                describe(table) + ")");
 }
 
 void adagrad_rows(py::handle table, py::handle acc, py::handle vel, py::handle rows,
                   py::handle grad, double lr, double momentum, double eps) {
-  if (py::isinstance<py::array_t<float>>(table))
-    adagrad_rows_typed<float>(table, acc, vel, rows, grad, lr, momentum, eps);
-  else if (py::isinstance<py::array_t<double>>(table))
-    adagrad_rows_typed<double>(table, acc, vel, rows, grad, lr, momentum, eps);
-  else
-    throw std::invalid_argument("table must be a float32 or float64 numpy array (got " +
-                                describe(table) + ")");
+  adagrad_rows_any(table, acc, vel, rows, grad, lr, momentum, eps, false);
+}
+
+void adagrad_scatter(py::handle table, py::handle acc, py::handle vel, py::handle ids,
+                     py::handle grad, double lr, double momentum, double eps) {
+  adagrad_rows_any(table, acc, vel, ids, grad, lr, momentum, eps, true);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "fastgru4rec native code (session batcher, negative sampler, sparse optimizer)";
-  m.attr("abi_version") = 2;
+  m.attr("abi_version") = 3;
 
   m.def("adagrad_momentum_rows", &adagrad_rows, py::arg("table"), py::arg("acc"), py::arg("vel"),
         py::arg("rows"), py::arg("grad"), py::arg("lr"), py::arg("momentum"), py::arg("eps"),
@@ -294,6 +309,13 @@ PYBIND11_MODULE(_native, m) {
 table, acc, vel (or None): float32/float64 C-contiguous arrays of one shape (N, ...); rows int64
 (U,) in [0, N); grad (U, ...) one gradient row per id. acc += g*g; v = momentum*v -
 lr*g/sqrt(acc + eps); table += v (without vel: table -= lr*g/sqrt(acc + eps)).)doc");
+
+  m.def("adagrad_momentum_scatter", &adagrad_scatter, py::arg("table"), py::arg("acc"),
+        py::arg("vel"), py::arg("ids"), py::arg("grad"), py::arg("lr"), py::arg("momentum"),
+        py::arg("eps"),
+        R"doc(adagrad_momentum_rows for ids that may repeat, in place: grad (L, ...) holds one row per
+id occurrence; the rows of equal ids are summed (in occurrence order), then each touched row is
+updated once.)doc");
 
   m.def("epoch_schedule", &epoch_schedule, py::arg("offsets"), py::arg("items"), py::arg("batch_size"),
         py::arg("min_lanes") = 1, py::arg("order") = py::none(), py::arg("n_items") = -1,

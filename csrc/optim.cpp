@@ -1,6 +1,8 @@
 #include "optim.hpp"
 
 #include <cmath>
+#include <memory>
+#include <vector>
 
 namespace fg4r {
 
@@ -65,5 +67,51 @@ template void adagrad_momentum_rows<float>(float*, float*, float*, const int64_t
                                            const float*, int64_t, float, float, float);
 template void adagrad_momentum_rows<double>(double*, double*, double*, const int64_t*, int64_t,
                                             const double*, int64_t, double, double, double);
+
+template <class T>
+void adagrad_momentum_scatter(T* table, T* acc, T* vel, const int64_t* ids, int64_t n_ids,
+                              const T* grad, int64_t width, T lr, T momentum, T eps) {
+  if (n_ids <= 0) return;
+  // Hash of id -> its unique index u, at most half full (capacity a power of two >= 2 n_ids):
+  // a training step's 2,112 ids take a 32 KiB key table and a few microseconds.
+  int bits = 4;
+  while ((int64_t{1} << bits) < 2 * n_ids) ++bits;
+  const int64_t cap = int64_t{1} << bits;
+  const uint64_t mask = static_cast<uint64_t>(cap - 1);
+  std::vector<int64_t> keys(static_cast<size_t>(cap), -1);
+  std::vector<int64_t> slot_u(static_cast<size_t>(cap));
+  std::vector<int64_t> unique_ids;
+  unique_ids.reserve(static_cast<size_t>(n_ids));
+  // the summed rows (n_unique, width): the first occurrence copied, later ones added (so a row
+  // seen once keeps its gradient bit for bit); uninitialised storage, every row is written
+  std::unique_ptr<T[]> sums(new T[static_cast<size_t>(n_ids * width)]);
+  for (int64_t i = 0; i < n_ids; ++i) {
+    const int64_t id = ids[i];
+    // Fibonacci hashing: the top bits of id * 2^64/phi (consecutive ids spread out)
+    uint64_t s = (static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+    while (keys[s] != -1 && keys[s] != id) s = (s + 1) & mask;
+    const T* g = grad + i * width;
+    if (keys[s] == -1) {
+      keys[s] = id;
+      const int64_t u = static_cast<int64_t>(unique_ids.size());
+      slot_u[s] = u;
+      unique_ids.push_back(id);
+      T* dst = sums.get() + u * width;
+      for (int64_t h = 0; h < width; ++h) dst[h] = g[h];
+    } else {
+      T* dst = sums.get() + slot_u[s] * width;
+      for (int64_t h = 0; h < width; ++h) dst[h] += g[h];
+    }
+  }
+  adagrad_momentum_rows<T>(table, acc, vel, unique_ids.data(),
+                           static_cast<int64_t>(unique_ids.size()), sums.get(), width, lr,
+                           momentum, eps);
+}
+
+template void adagrad_momentum_scatter<float>(float*, float*, float*, const int64_t*, int64_t,
+                                              const float*, int64_t, float, float, float);
+template void adagrad_momentum_scatter<double>(double*, double*, double*, const int64_t*,
+                                               int64_t, const double*, int64_t, double, double,
+                                               double);
 
 }  // namespace fg4r

@@ -19,4 +19,13 @@ template <class T>
 void adagrad_momentum_rows(T* table, T* acc, T* vel, const int64_t* rows, int64_t n_rows,
                            const T* grad, int64_t width, T lr, T momentum, T eps);
 
+// The same update for ids that may repeat (one gradient row per occurrence, as the CPU fused
+// training step produces them): the gradients of equal ids are summed in occurrence order
+// (an open-addressing hash of the ids, O(n_ids), no sort), then each touched row is updated once
+// by adagrad_momentum_rows. ids (n_ids,) in [0, n_table_rows) (checked by the caller); grad
+// (n_ids, width) row-major.
+template <class T>
+void adagrad_momentum_scatter(T* table, T* acc, T* vel, const int64_t* ids, int64_t n_ids,
+                              const T* grad, int64_t width, T lr, T momentum, T eps);
+
 }  // namespace fg4r

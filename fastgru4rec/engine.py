@@ -1,14 +1,20 @@
 """The fast training engine: the reference loop's semantics with fixed-shape, sync-free steps
 and, on CUDA, the steady-state step captured in a CUDA graph.
 
-On the CPU the engine runs the reference step (Trainer.train_step: torch.unique costs nothing
-there and gathers fewer rows; measured faster than the fixed-shape step) with the samples moved
-in chunks. On CUDA every step is the fixed-shape step below.
+With the shared embedding and sampled negatives (all the published settings) every step, on
+any device, is the fused one (``fused_step``: ops.train_step.shared_step_grads, explicit
+backward: on CUDA the fused Triton kernels, on the CPU the same backward written out in plain
+torch ops, no autograd graph; then the row updates with repeated ids summed by the optimizer, on
+the CPU in one C++ pass). 1.35x the reference loop's events/s on rsc15-sample at the RSC15
+setting on a 2-core CPU (README). Otherwise, on the CPU the engine runs the reference step
+(Trainer.train_step: torch.unique costs nothing there and gathers fewer rows; measured faster
+than the fixed-shape autograd step) with the samples moved in chunks; on CUDA the fixed-shape
+step below.
 
 What the CUDA path changes against train.Trainer (and why):
 - With the shared embedding (all the published settings) the step is the fused one
   (``fused_step``: ops.train_step, explicit backward over the fused GRU and scoring kernels, no
-  autograd). Otherwise (``fixed_step``):
+  autograd). Otherwise (``fixed_step``, an autograd step):
 - No torch.unique (its output size is data-dependent: a host sync, and no CUDA graph). Each
   step gathers the item-table rows it uses, one row per occurrence, as leaves; the optimizer
   (ops.optim.adagrad_momentum_scatter) sums the gradients of repeated ids itself after a sort,
@@ -81,12 +87,12 @@ class FastTrainer(Trainer):
     cuda_graph: "auto" (capture on CUDA, eager elsewhere), True (require CUDA), False (eager).
     chunk_steps: steps of negative samples moved to the device at once.
     optimizer_backend: backend of the sparse row update ("auto": triton on CUDA).
-    step: the fixed-shape step's form: "autograd" (gathered rows as autograd leaves; the same
-    dropout draws as the reference loop), "fused" (shared embedding, sampled negatives: the
-    explicit-backward kernel step of ops.train_step, fewer launches, dropout masks from a
-    counter-based hash of a device seed), "auto" (fused on CUDA where it applies).
-    step_backend: backend of the fused step ("auto": triton on CUDA; "torch": its autograd
-    oracle).
+    step: the step's form: "autograd" (gathered rows as autograd leaves; the same dropout draws
+    as the reference loop; on the CPU the reference step itself), "fused" (shared embedding,
+    sampled negatives: the explicit-backward step of ops.train_step, dropout masks from a
+    counter-based hash of a device seed), "auto" (fused wherever it applies, on any device).
+    step_backend: backend of the fused step ("auto": triton on CUDA, "explicit" elsewhere;
+    "torch": its autograd oracle).
     """
 
     def __init__(self, model: GRU4RecModel, config: GRU4RecConfig, supports: np.ndarray,
@@ -102,7 +108,7 @@ class FastTrainer(Trainer):
             raise ValueError("the fused step needs the shared embedding (constrained_embedding) "
                              "and sampled negatives (not n_sample='all')")
         #: fixed-shape steps go through fused_step (True) or the autograd fixed_step
-        self.fused = step == "fused" or (step == "auto" and fusable and device.type == "cuda")
+        self.fused = step == "fused" or (step == "auto" and fusable)
         self.step_backend = step_backend
         if cuda_graph not in ("auto", True, False):
             raise ValueError(f"cuda_graph must be 'auto', True or False (got {cuda_graph!r})")
@@ -111,10 +117,11 @@ class FastTrainer(Trainer):
         if int(chunk_steps) < 1 or int(warmup_steps) < 1:
             raise ValueError("chunk_steps and warmup_steps must be at least 1")
         self.use_graph = device.type == "cuda" and cuda_graph is not False
-        #: eager steps through fixed_step (fixed shapes, no sync: what a GPU wants) or through
-        #: the reference step (torch.unique over the touched rows: fewer rows to gather and
-        #: update, and a sync costs nothing on the CPU; measured faster there)
-        self.fixed_shapes = device.type == "cuda"
+        #: eager steps through fixed_step (fixed shapes, no sync: what a GPU wants; and the
+        #: fused step on any device) or through the reference step (the CPU's autograd step:
+        #: torch.unique over the touched rows gathers and updates fewer rows, and a sync costs
+        #: nothing on the CPU; measured faster there than the fixed-shape autograd step)
+        self.fixed_shapes = device.type == "cuda" or self.fused
         self.chunk_steps, self.warmup_steps = int(chunk_steps), int(warmup_steps)
         self.optimizer_backend = optimizer_backend
         #: how the last epoch's full-width steps ran: "graph", "eager" or "eager (reason)"

@@ -80,9 +80,10 @@ class GRU4Rec:
             engine: str = "auto", **read_kw) -> "GRU4Rec":
         """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame).
         read_kw: session_key / item_key / time_key / sep for files and DataFrames.
-        engine: "fast" (fastgru4rec.engine.FastTrainer: CUDA graphs on a GPU; on the CPU the
-        reference step with chunked sampling, same results), "reference" (train.Trainer, the
-        eager loop) or "auto" (fast)."""
+        engine: "fast" (fastgru4rec.engine.FastTrainer: with the shared embedding and sampled
+        negatives the explicit-backward fused step, hashed dropout masks; CUDA graphs on a GPU;
+        otherwise on the CPU the reference step with chunked sampling), "reference"
+        (train.Trainer, the eager loop) or "auto" (fast)."""
         if engine not in ("auto", "fast", "reference"):
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         train = as_session_data(data, **read_kw)

@@ -16,6 +16,7 @@ Public API
     stream_buffers(chunk_steps, lanes, n_slots=3, empty=numpy.empty) -> list of slot dicts
     AliasSampler(supports, alpha, seed=42, n_threads=None)    .draw(out) / .sample(n)
     adagrad_momentum_rows(table, acc, vel, rows, grad, lr, momentum, eps)   in place, numpy
+    adagrad_momentum_scatter(table, acc, vel, ids, grad, lr, momentum, eps) the same, ids repeat
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import numpy as np
 from .batching import EpochSchedule
 from .errors import ConfigError, DataError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _module = None
 _error: Optional[BaseException] = None
@@ -323,3 +324,18 @@ def adagrad_momentum_rows(table: np.ndarray, acc: np.ndarray, vel: Optional[np.n
                                   float(eps))
     except ValueError as e:
         raise DataError(f"adagrad_momentum_rows: {e}") from None
+
+
+def adagrad_momentum_scatter(table: np.ndarray, acc: np.ndarray, vel: Optional[np.ndarray],
+                             ids: np.ndarray, grad: np.ndarray, lr: float, momentum: float,
+                             eps: float) -> None:
+    """adagrad_momentum_rows for ``ids`` that may repeat: grad (L, ...) one row per occurrence;
+    the rows of equal ids are summed (occurrence order, a hash: no sort), then each touched row
+    is updated once (csrc/optim.hpp). Same arrays as adagrad_momentum_rows. Raises DataError."""
+    mod = _require()
+    try:
+        mod.adagrad_momentum_scatter(table, acc, vel, ids, grad, float(lr), float(momentum),
+                                     float(eps))
+    except ValueError as e:
+        raise DataError(f"adagrad_momentum_scatter: {e}") from None
+

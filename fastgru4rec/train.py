@@ -146,6 +146,8 @@ class Trainer:
         self.model, self.cfg, self.device = model, config, device
         self.schedule_backend = schedule_backend
         self.precision = precision
+        #: backend of the sparse row updates that take repeated ids (ops.optim)
+        self.optimizer_backend = "auto"
         self.opt = AdagradMomentum(model, config.learning_rate, config.momentum)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.sampler = (SampleStore(supports, config.sample_alpha, config.n_extra_samples,
@@ -252,7 +254,7 @@ class Trainer:
         if in_rows is not None:
             acc, vel = self.opt.state[model.input_table_name]
             adagrad_momentum_scatter(in_table.data, inp, grads[-1], acc, vel, cfg.learning_rate,
-                                     cfg.momentum)
+                                     cfg.momentum, backend=self.optimizer_backend)
         return loss.detach(), [h.detach() for h in new_hidden]
 
     def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor],

@@ -52,6 +52,12 @@ def _states_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _states_close(a, b, rtol):
+    """Every tensor within rtol of the other, relative to its norm."""
+    return a.keys() == b.keys() and all(
+        ((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-30)).item() < rtol for k in a)
+
+
 # ---------------------------------------------------------------------------- learning
 def test_fit_learns_and_beats_random(medium):
     train, test = medium
@@ -421,7 +427,8 @@ def test_load_names_a_bad_device_not_the_file(fitted, tmp_path):
 @pytest.mark.parametrize("engine", ["reference", "fast"])
 def test_fit_with_batch_larger_than_the_sessions(engine):
     # 7 sessions, batch 64: the schedule runs 7 lanes; both engines must start with 7 rows
-    # of hidden state (they crashed with 64) and agree with each other
+    # of hidden state (they crashed with 64) and agree with each other (the fast engine's
+    # explicit step sums in another order: measured 2e-7 relative, so 1e-5)
     train, test = synthetic_split(n_items=20, n_sessions=8, seed=3)
     assert train.n_sessions < 64
     model = GRU4Rec(**{**FAST, "batch_size": 64, "n_epochs": 2}).fit(
@@ -429,19 +436,29 @@ def test_fit_with_batch_larger_than_the_sessions(engine):
     assert all(np.isfinite(s.loss) and s.n_events > 0 for s in model.history)
     other = GRU4Rec(**{**FAST, "batch_size": 64, "n_epochs": 2}).fit(
         train, progress=False, engine="fast" if engine == "reference" else "reference")
-    assert _states_equal(_state(model), _state(other))
+    assert _states_close(_state(model), _state(other), 1e-5)
 
 def test_fit_engines_agree_on_cpu(small):
-    """On the CPU the fast engine runs the reference step (samples moved in chunks): the same
-    seed gives bit-identical parameters and epoch losses to the eager reference loop (the
-    issue requires 1e-4; measured difference 0, so equality is asserted)."""
+    """The issue requires the fast and the reference loop to agree within 1e-4 after a short
+    training with the same seed. Shared embedding (the fast engine's explicit fused step), no
+    dropout (its masks are hashed, the reference draws others): measured 6e-7 relative on the
+    parameters and 1e-8 on the epoch losses after 2 epochs, so 1e-5 and 1e-7. A separate
+    embedding with dropout (the fast engine runs the reference step on the CPU, samples moved
+    in chunks): bit-identical, so equality is asserted."""
     train, _ = small
-    fast = GRU4Rec(**{**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}).fit(
-        train, progress=False, engine="fast")
-    ref = GRU4Rec(**{**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}).fit(
-        train, progress=False, engine="reference")
+    fast = GRU4Rec(**{**FAST, "n_epochs": 2}).fit(train, progress=False, engine="fast")
+    ref = GRU4Rec(**{**FAST, "n_epochs": 2}).fit(train, progress=False, engine="reference")
+    assert _states_close(_state(fast), _state(ref), 1e-5)
+    assert not _states_equal(_state(fast), _state(ref))        # it did take the other step
+    assert [(s.n_steps, s.n_events) for s in fast.history] == \
+        [(s.n_steps, s.n_events) for s in ref.history]
+    for a, b in zip(fast.history, ref.history, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-7)
+    separate = {**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2, "embedding": 8,
+                "constrained_embedding": False}
+    fast = GRU4Rec(**separate).fit(train, progress=False, engine="fast")
+    ref = GRU4Rec(**separate).fit(train, progress=False, engine="reference")
     assert _states_equal(_state(fast), _state(ref))
-    assert len(fast.history) == len(ref.history) == 2
     assert [(s.n_steps, s.n_events, s.loss) for s in fast.history] == \
         [(s.n_steps, s.n_events, s.loss) for s in ref.history]
     with pytest.raises(ValueError, match="unknown engine"):

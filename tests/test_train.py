@@ -46,15 +46,16 @@ def _dense_reference_step(model, cfg, inp, tgt, neg, hidden, supports):
 STEP_CASES = [(mode, loss, step)
               for mode, loss in [("shared", "cross-entropy"), ("separate", "bpr-max"),
                                  ("onehot", "top1-max"), ("shared", "bpr")]
-              for step in ["reference", "fixed-shape", "fused"]
-              if step != "fused" or mode == "shared"]   # the fused step: shared embedding only
+              for step in ["reference", "fixed-shape", "fused", "fused-explicit"]
+              if not step.startswith("fused") or mode == "shared"]   # fused: shared only
 
 
 @pytest.mark.parametrize("mode,loss,step", STEP_CASES)
 def test_sparse_step_equals_dense_autograd(mode, loss, step):
     """Trainer.train_step (unique rows), FastTrainer.fixed_step (one row per occurrence,
-    sort-based sparse update) and FastTrainer.fused_step (explicit-backward step of
-    ops.train_step, its torch form; shared embedding only) against dense autograd."""
+    summed by the sparse update: on the CPU the C++ one) and FastTrainer.fused_step (the
+    step of ops.train_step, shared embedding only: its autograd torch form, and its explicit
+    backward, the CPU default) against dense autograd."""
     N = 40
     cfg = GRU4RecConfig(layers=(6, 5) if mode != "onehot" else (6,), loss=loss, batch_size=4,
                         n_sample=7, learning_rate=0.1, momentum=0.3, logq=1.0, bpreg=0.5,
@@ -73,8 +74,8 @@ def test_sparse_step_equals_dense_autograd(mode, loss, step):
         loss_value, _ = trainer.train_step(inp, tgt, hidden)
     else:
         trainer = FastTrainer(model, cfg, supports, torch.device("cpu"),
-                              step="fused" if step == "fused" else "autograd",
-                              step_backend="torch")
+                              step="fused" if step.startswith("fused") else "autograd",
+                              step_backend="explicit" if step == "fused-explicit" else "torch")
         loss_value, _ = trainer.fixed_step(inp, tgt, torch.ones(4, 1, dtype=torch.float64), neg,
                                            hidden)
     assert loss_value.item() == pytest.approx(ref_loss, rel=1e-12)

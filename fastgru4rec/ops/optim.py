@@ -139,16 +139,36 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
                              momentum: float, backend: str = "auto", bias=None) -> None:
     """adagrad_momentum_rows for ids that may repeat: ids int64 (L,), grad (L, ...) one row per
     id occurrence; the gradients of equal ids are summed, then each touched row is updated
-    once. Fixed shapes, no host sync. backend: "torch" | "triton" | "auto" (triton on CUDA).
+    once. Fixed shapes, no host sync. backend: "torch" (the reference: a sort, then sums by
+    run), "triton" (CUDA, one launch after the sort), "native" (CPU: one C++ pass, the sums by
+    a hash of the ids, no sort), "auto" (triton on CUDA; native for contiguous CPU float
+    tensors when the extension loads; else torch).
 
     bias: optional (bias_table (N,), bias_grad (L - offset,), bias_acc, bias_vel, offset): the
     same update of bias_table at ids[offset:] (the training step's columns when ids are
     [inputs; columns]); on triton in the same launch as the table, after the same sort."""
+    if backend not in ("auto", "torch", "triton", "native"):
+        raise ValueError(f"optimizer backend {backend!r} is unknown (auto, torch, triton, native)")
     if bias is not None:
         offset, n_cols = bias[4], bias[1].shape[0]
         if not 0 <= offset <= ids.shape[0] or n_cols != ids.shape[0] - offset:
             raise ValueError(f"adagrad_momentum_scatter: bias_grad has {n_cols} rows; the ids "
                              f"past offset {offset} are {ids.shape[0] - offset}")
+    used_vel = vel if momentum > 0 else None
+    if backend == "native" or (backend == "auto" and not table.is_cuda and _native_rows_ok(
+            table, (table, acc, used_vel, grad))):
+        from .. import native
+        ids = ids.to(torch.int64).contiguous()
+        native.adagrad_momentum_scatter(table.numpy(), acc.numpy(),
+                                        used_vel.numpy() if used_vel is not None else None,
+                                        ids.numpy(), grad.contiguous().numpy(), lr, momentum,
+                                        EPS)
+        if bias is not None:
+            b_table, b_grad, b_acc, b_vel, offset = bias
+            native.adagrad_momentum_scatter(
+                b_table.numpy(), b_acc.numpy(), b_vel.numpy() if momentum > 0 else None,
+                ids[offset:].numpy(), b_grad.contiguous().numpy(), lr, momentum, EPS)
+        return
     sorted_ids, perm = torch.sort(ids)
     if resolve_backend(backend, table, "optimizer") == "triton":
         load_kernels("optim").adagrad_momentum_sorted_rows(

@@ -11,9 +11,12 @@ input rows, then the C columns) and the bias (the C columns); the optimizer sums
 
 backend "triton": no autograd; per layer the fused forward kernel (embedding gather, input
 projection, reset, gates, both dropouts in one launch), the fused sampled score + loss +
-gradients (4 launches), per layer the fused backward (2 launches). backend "torch": the same
-function by plain autograd over the references (gru_step_fused_reference, sampled_loss_reference):
-the oracle the kernels are tested against. Dropout masks in both: the counter-based hash of
+gradients (4 launches), per layer the fused backward (2 launches). backend "explicit": the same
+explicit backward in plain torch ops (the CPU's fast step: no autograd graph, one gather of the
+b + C rows, the GRU and cross-entropy gradients written out; the other losses' dR by autograd
+over the (b, C) scores alone). backend "torch": the same function by plain autograd over the
+references (gru_step_fused_reference, sampled_loss_reference): the oracle the other two are
+tested against. "auto": triton for CUDA tensors, explicit otherwise. Dropout masks in both: the counter-based hash of
 (seed, layer, row, column) (ops.gru.dropout_keep_mask), so a device seed tensor advanced per step
 keeps the step capturable in a CUDA graph. (The eager reference loop draws its dropout with a
 torch.Generator instead: same distribution, other masks.)
@@ -26,7 +29,9 @@ import torch
 
 from .backend import load_kernels, resolve_backend
 from .gru import gru_step_fused_reference
-from .scoring import fused_sampled_loss_and_grads, logq_columns, sampled_loss_reference
+from .gru import dropout_keep_mask
+from .scoring import (_EPS, fused_sampled_loss_and_grads, logq_columns,
+                      sampled_loss_reference)
 
 
 class StepGrads(NamedTuple):
@@ -64,6 +69,7 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
                       log_support: Optional[torch.Tensor] = None,
                       sample_alpha: float = 1.0) -> StepGrads:
     """The step's loss, new hidden state and gradients (see the module docstring).
+    backend: "auto" | "triton" | "explicit" | "torch" (the module docstring).
 
     W (N, H_L) item table = input embedding, bias (N,); layers: GRULayer modules (weight_ih
     (3H_l, E_l), ...); inp / Y int64 (b,) / (C,) with Y[:b] the targets; hidden list of (b, H_l);
@@ -75,12 +81,18 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
     item_ids: optional [inp; Y] (b + C,) when inp and Y are its views (saves a concatenation)."""
     if item_ids is None:
         item_ids = torch.cat([inp, Y])
-    if resolve_backend(backend, W, "training step") == "torch":
+    if backend == "explicit":
+        path = "explicit"
+    else:
+        path = resolve_backend(backend, W, "training step")
+        if backend == "auto" and path == "torch":
+            path = "explicit"
+    if path != "triton":
         if log_support is not None and logq_per_column is None and logq > 0:
             logq_per_column = logq_columns(log_support, Y, inp.shape[0], sample_alpha)
-        return _step_torch(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss,
-                           batch_size, dropout_embed, dropout_hidden, logq_per_column, logq,
-                           bpreg, elu_param)
+        step = _step_explicit if path == "explicit" else _step_torch
+        return step(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss, batch_size,
+                    dropout_embed, dropout_hidden, logq_per_column, logq, bpreg, elu_param)
     K = load_kernels("gru_step")
     C = Y.shape[0]
     gru_precision = precision or "ieee"   # as ops.gru; the scoring's None means tf32
@@ -150,3 +162,130 @@ def _step_torch(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss, ba
     n = len(params)
     return StepGrads(value.detach(), [h.detach() for h in new_hidden], list(grads[:n]),
                      item_ids, grads[n], Y, grads[n + 1])
+
+
+def _scaled_keep(seed, n_rows: int, n_cols: int, p: float, stream: int, which: int,
+                 like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The dropout multiplier keep / (1 - p) (n_rows, n_cols) of ops.gru's hashed masks (the
+    same masks as the torch and triton paths), or None without dropout."""
+    if p <= 0:
+        return None
+    keep = dropout_keep_mask(seed, n_rows, n_cols, p, stream, which, device=like.device)
+    return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
+
+
+def _loss_and_dR(R: torch.Tensor, loss: str, scale: float, logq_per_column, logq: float,
+                 bpreg: float, elu_param: float):
+    """(value (0-d), dR (b, C)) of scale · sampled_loss_reference(R). Cross-entropy written out
+    (R may be overwritten): with P = softmax(R - logq·lq) and p_i = P[i, i], the loss
+    -log(p_i + eps) has dR[i, j] = w_i (P[i, j] - [i = j]), w_i = p_i / (p_i + eps). The other
+    losses: autograd over R alone (a graph of a few (b, C) ops)."""
+    b = R.shape[0]
+    if loss == "cross-entropy":
+        if logq > 0:
+            R.sub_(logq_per_column, alpha=logq)
+        P = torch.softmax(R, dim=1)
+        p_pos = P[:, :b].diagonal().clone()                       # (b,)
+        value = -torch.log(p_pos + _EPS).sum() * scale
+        w = p_pos / (p_pos + _EPS) * scale
+        P.mul_(w[:, None])
+        P[:, :b].diagonal().sub_(w)
+        return value, P
+    R = R.requires_grad_()
+    with torch.enable_grad():
+        value = sampled_loss_reference(R, loss, logq_per_column=logq_per_column, logq=logq,
+                                       bpreg=bpreg, elu_param=elu_param) * scale
+        (dR,) = torch.autograd.grad(value, R)
+    return value.detach(), dR
+
+
+def _step_explicit(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss, batch_size,
+                   dropout_embed, dropout_hidden, logq_per_column, logq, bpreg,
+                   elu_param) -> StepGrads:
+    """_step_torch's result with the backward written out (module docstring), no autograd
+    graph over the GRU or the scoring. Shapes: b lanes, C columns, H_l units of layer l."""
+    b, C = inp.shape[0], Y.shape[0]
+    reset_rows = reset.to(torch.bool)[:, None]
+    with torch.no_grad():
+        rows = W.detach().index_select(0, item_ids)          # (b + C, H_L): inputs, columns
+        x, cols = rows[:b], rows[b:]
+        saved, new_hidden = [], []
+        for l, layer in enumerate(layers):
+            H = layer.weight_hh.shape[1]
+            Wih, bih = layer.weight_ih.detach(), layer.bias_ih
+            Whh, bhh = layer.weight_hh.detach(), layer.bias_hh
+            keep_in = _scaled_keep(seed, b, x.shape[1], dropout_embed if l == 0 else 0.0, l, 0,
+                                   x)
+            x_in = x * keep_in if keep_in is not None else x                # (b, E_l)
+            h = hidden[l].masked_fill(reset_rows, 0.0)                       # (b, H)
+            gi = (torch.addmm(bih.detach(), x_in, Wih.t()) if bih is not None
+                  else torch.mm(x_in, Wih.t()))                              # (b, 3H)
+            if layer.variant == "cell":
+                gh = (torch.addmm(bhh.detach(), h, Whh.t()) if bhh is not None
+                      else torch.mm(h, Whh.t()))                             # (b, 3H)
+                rz = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
+                r, z = rz[:, :H], rz[:, H:]
+                mixed = gh[:, 2 * H:]                                        # h W_hn + b_hn
+                n = torch.tanh(torch.addcmul(gi[:, 2 * H:], r, mixed))
+                h_new = n + z * (h - n)
+            else:                                                            # "original"
+                rz = torch.sigmoid(torch.addmm(gi[:, :2 * H], h, Whh[:2 * H].t()))
+                r, z = rz[:, :H], rz[:, H:]
+                mixed = r * h                                                # r ⊙ h
+                n = torch.tanh(torch.addmm(gi[:, 2 * H:], mixed, Whh[2 * H:].t()))   # c
+                h_new = h + z * (n - h)
+            keep_out = _scaled_keep(seed, b, H, dropout_hidden, l, 1, h_new)
+            out = h_new * keep_out if keep_out is not None else h_new
+            saved.append((x_in, keep_in, h, r, z, n, mixed, keep_out))
+            new_hidden.append(out)
+            x = out
+
+        R = torch.addmm(bias.detach().index_select(0, Y), x, cols.t())      # (b, C)
+        value, dR = _loss_and_dR(R, loss, 1.0 / batch_size, logq_per_column, logq, bpreg,
+                                 elu_param)
+        item_grads = torch.empty(b + C, W.shape[1], dtype=W.dtype, device=W.device)
+        torch.mm(dR.t(), x, out=item_grads[b:])                              # columns' rows
+        bias_grads = dR.sum(0)
+        d = torch.mm(dR, cols)                                               # d h_L (b, H_L)
+
+        dense: List[List[torch.Tensor]] = []
+        for l in reversed(range(len(layers))):
+            layer = layers[l]
+            x_in, keep_in, h, r, z, n, mixed, keep_out = saved[l]
+            H = h.shape[1]
+            Wih, Whh = layer.weight_ih.detach(), layer.weight_hh.detach()
+            dh_new = d * keep_out if keep_out is not None else d
+            dgi = torch.empty(b, 3 * H, dtype=h.dtype, device=h.device)
+            if layer.variant == "cell":
+                # h' = n + z (h - n): dn = dh' (1 - z), dz = dh' (h - n); pre-activations
+                dpn = torch.mul(dh_new * (1 - z), 1 - n * n, out=dgi[:, 2 * H:])
+                torch.mul(dh_new * (h - n), z * (1 - z), out=dgi[:, H:2 * H])
+                torch.mul(dpn * mixed, r * (1 - r), out=dgi[:, :H])          # via r ⊙ (h W_hn)
+                dgh = dgi.clone()
+                dgh[:, 2 * H:].mul_(r)
+                dWhh = torch.mm(dgh.t(), h)
+                dbhh = dgh.sum(0) if layer.bias_hh is not None else None
+            else:
+                # h' = h + z (c - h): dz = dh' (c - h), dc = dh' z; c's input has (r ⊙ h) W_hc
+                dpc = torch.mul(dh_new * z, 1 - n * n, out=dgi[:, 2 * H:])
+                torch.mul(dh_new * (n - h), z * (1 - z), out=dgi[:, H:2 * H])
+                d_rh = torch.mm(dpc, Whh[2 * H:])                            # (b, H)
+                torch.mul(d_rh * h, r * (1 - r), out=dgi[:, :H])
+                dWhh = torch.empty_like(Whh)
+                torch.mm(dgi[:, :2 * H].t(), h, out=dWhh[:2 * H])
+                torch.mm(dpc.t(), mixed, out=dWhh[2 * H:])
+                dbhh = None
+            dWih = torch.mm(dgi.t(), x_in)
+            per_layer = [dWih, dgi.sum(0) if layer.bias_ih is not None else None, dWhh]
+            if layer.bias_hh is not None:
+                per_layer.append(dbhh)
+            if l == 0:
+                dx = torch.mm(dgi, Wih, out=item_grads[:b])                  # inputs' rows
+                if keep_in is not None:
+                    dx.mul_(keep_in)
+            else:
+                d = torch.mm(dgi, Wih)
+            dense.append(per_layer)
+    dense_flat = [t for per_layer in reversed(dense) for t in per_layer]
+    return StepGrads(value, new_hidden, dense_flat, item_ids, item_grads, Y, bias_grads)
+
