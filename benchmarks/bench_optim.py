@@ -1,5 +1,7 @@
 """The CPU sparse optimizer: the native one-pass row update (csrc/optim.cpp) against the torch
-reference (ops.optim.adagrad_momentum_rows_reference), same run.
+reference (ops.optim.adagrad_momentum_rows_reference), same run; and the update for repeated
+ids (ops.optim.adagrad_momentum_scatter, the fast engine's: one gradient row per occurrence),
+native (sums by a hash) against torch (a sort, sums by run).
 
     python -m pytest benchmarks/bench_optim.py -q [--benchmark-json out.json]
 
@@ -20,7 +22,8 @@ import pytest
 import torch
 
 from fastgru4rec import native
-from fastgru4rec.ops.optim import adagrad_momentum_rows, adagrad_momentum_rows_reference
+from fastgru4rec.ops.optim import (adagrad_momentum_rows, adagrad_momentum_rows_reference,
+                                   adagrad_momentum_scatter)
 
 if not native.available():
     pytest.skip(f"native extension unavailable: {native.load_error()}", allow_module_level=True)
@@ -84,3 +87,32 @@ def test_rows_update_native(benchmark, n, claim):
           f"x{ratio:.1f} the torch reference")
     if n > 100_000:
         claim(ratio >= 2, f"native row update only {ratio:.1f}x the torch reference")
+
+
+def _scatter_case():
+    """One RSC15 step's [inputs; targets; samples] ids in the 13,133-row table: drawn with
+    repeats (~5% of the 2,112 ids repeat), one gradient row per occurrence."""
+    table, acc, vel, _, grad = tables(13_133)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 13_133, (ROWS,), generator=g)
+    return table, acc, vel, ids, grad
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.benchmark(group="scatter-update-2112x100-in-13133")
+def test_scatter_update(benchmark, backend):
+    table, acc, vel, ids, grad = _scatter_case()
+    if backend == "torch":
+        benchmark.extra_info["baseline"] = "torch reference"
+    else:   # the same update first, on copies: equal to the torch reference's (fp32)
+        got = [t.clone() for t in (table, acc, vel)]
+        want = [t.clone() for t in got]
+        adagrad_momentum_scatter(got[0], ids, grad, got[1], got[2], 0.2, 0.2, backend="native")
+        adagrad_momentum_scatter(want[0], ids, grad, want[1], want[2], 0.2, 0.2, backend="torch")
+        for a, b in zip(got, want):   # repeats summed in another order: fp32 rounding
+            torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6)
+        assert not torch.equal(got[0], table), "the update changed nothing"
+    benchmark.pedantic(lambda: adagrad_momentum_scatter(table, ids, grad, acc, vel, 0.2, 0.2,
+                                                        backend=backend),
+                       rounds=20, iterations=1, warmup_rounds=2)
+

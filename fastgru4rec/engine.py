@@ -5,11 +5,11 @@ With the shared embedding and sampled negatives (all the published settings) eve
 any device, is the fused one (``fused_step``: ops.train_step.shared_step_grads, explicit
 backward: on CUDA the fused Triton kernels, on the CPU the same backward written out in plain
 torch ops, no autograd graph; then the row updates with repeated ids summed by the optimizer, on
-the CPU in one C++ pass). 1.35x the reference loop's events/s on rsc15-sample at the RSC15
-setting on a 2-core CPU (README). Otherwise, on the CPU the engine runs the reference step
-(Trainer.train_step: torch.unique costs nothing there and gathers fewer rows; measured faster
-than the fixed-shape autograd step) with the samples moved in chunks; on CUDA the fixed-shape
-step below.
+the CPU in one C++ pass): 1.29x to 1.35x the reference loop's events/s on rsc15-sample at the
+RSC15 setting on a 2-core CPU (README). Otherwise, on the CPU the engine runs the reference
+step (Trainer.train_step: torch.unique costs nothing there and gathers fewer rows; measured
+faster than the fixed-shape autograd step) with the samples moved in chunks; on CUDA the
+fixed-shape step below.
 
 What the CUDA path changes against train.Trainer (and why):
 - With the shared embedding (all the published settings) the step is the fused one
