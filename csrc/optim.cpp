@@ -26,6 +26,19 @@ inline void prefetch_row(const T* row, int64_t width) {
 #endif
 }
 
+// The id's bits mixed by MurmurHash3's 64-bit finaliser (every input bit moves every output bit),
+// so the top bits taken as the slot spread any id pattern: a bare multiplicative hash maps
+// strided ids (multiples of a constant) onto few slots and the linear probing runs long.
+inline uint64_t mix_id(int64_t id) {
+  uint64_t x = static_cast<uint64_t>(id);
+  x ^= x >> 33;
+  x *= 0xFF51AFD7ED558CCDull;
+  x ^= x >> 33;
+  x *= 0xC4CEB9FE1A85EC53ull;
+  x ^= x >> 33;
+  return x;
+}
+
 }  // namespace
 
 template <class T>
@@ -87,8 +100,7 @@ void adagrad_momentum_scatter(T* table, T* acc, T* vel, const int64_t* ids, int6
   std::unique_ptr<T[]> sums(new T[static_cast<size_t>(n_ids * width)]);
   for (int64_t i = 0; i < n_ids; ++i) {
     const int64_t id = ids[i];
-    // Fibonacci hashing: the top bits of id * 2^64/phi (consecutive ids spread out)
-    uint64_t s = (static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+    uint64_t s = mix_id(id) >> (64 - bits);
     while (keys[s] != -1 && keys[s] != id) s = (s + 1) & mask;
     const T* g = grad + i * width;
     if (keys[s] == -1) {

@@ -62,7 +62,10 @@ class HostSyncGuard(torch.overrides.TorchFunctionMode):
     """Raises AssertionError on torch calls that read device data on the host or make shapes
     depend on data (each a host sync on CUDA, and impossible inside a CUDA graph capture).
     Wrap code meant for capture to check it anywhere, the CPU included:
-    ``with HostSyncGuard(): trainer.fused_step(...)``."""
+    ``with HostSyncGuard(): trainer.fused_step(...)``. On the CPU, set
+    ``trainer.optimizer_backend = "torch"`` first: the default there is the C++ row update,
+    which hands the tensors to the extension as numpy arrays (Tensor.numpy: forbidden here,
+    though it is no sync on the CPU); on CUDA the default (triton) passes as it is."""
 
     FORBIDDEN = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
                  torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
@@ -86,7 +89,8 @@ class FastTrainer(Trainer):
 
     cuda_graph: "auto" (capture on CUDA, eager elsewhere), True (require CUDA), False (eager).
     chunk_steps: steps of negative samples moved to the device at once.
-    optimizer_backend: backend of the sparse row update ("auto": triton on CUDA).
+    optimizer_backend: backend of the sparse row update ("auto": triton on CUDA, the C++ row
+    update ("native") on the CPU when the extension loads, else "torch").
     step: the step's form: "autograd" (gathered rows as autograd leaves; the same dropout draws
     as the reference loop; on the CPU the reference step itself), "fused" (shared embedding,
     sampled negatives: the explicit-backward step of ops.train_step, dropout masks from a

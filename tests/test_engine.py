@@ -457,8 +457,9 @@ def test_cuda_graph_engine_equals_reference(small_split, name):
 def test_graph_body_has_no_host_sync(small_split, params, step):
     """What a CUDA graph captures (the graph body: counters, fixed_step or fused_step, optimizer
     updates) makes no host-synchronising or data-dependent-shape torch call (torch paths, on the
-    CPU; the row optimizer's too, which on a GPU is one Triton launch: on the CPU it is the
-    C++ update, which reads the tensors' memory directly)."""
+    CPU). The row optimizer runs its torch form here (optimizer_backend="torch"): on a GPU it is
+    one Triton launch, on the CPU by default the C++ update, which takes the tensors as numpy
+    arrays (Tensor.numpy, which the guard forbids though it is no sync on the CPU)."""
     model, _, trainer = _train(FastTrainer, small_split, params, 3, fixed_shapes=True,
                                step=step.split("-")[0],
                                step_backend="explicit" if step.endswith("explicit") else "torch",

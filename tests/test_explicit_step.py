@@ -75,8 +75,9 @@ def test_explicit_step_equals_autograd_form(loss, variant, layers, b, n_sample, 
     assert not any(t.requires_grad for t in [got.loss, got.item_grads, *got.dense])
 
 
-def test_explicit_step_is_the_cpu_default_and_uses_the_dropout_seed():
+def test_explicit_step_is_the_cpu_default_and_uses_the_dropout_seed(monkeypatch):
     """backend "auto" on CPU tensors is the explicit step; another seed draws other masks."""
+    monkeypatch.delenv("FASTGRU4REC_BACKEND", raising=False)
     W, bias, gru, inp, Y, hidden, reset, lq = _setup("cell", (16,), 5, 20, torch.float64, 1)
     kw = dict(loss="cross-entropy", batch_size=5, dropout_embed=0.0, dropout_hidden=0.5,
               logq_per_column=lq, logq=1.0)
@@ -93,6 +94,43 @@ def test_explicit_step_is_the_cpu_default_and_uses_the_dropout_seed():
                               backend="explicit", **kw)
     assert torch.equal(again.new_hidden[0][reset], explicit.new_hidden[0][reset])
     assert not torch.equal(again.new_hidden[0][~reset], explicit.new_hidden[0][~reset])
+
+
+def test_reference_env_makes_auto_the_autograd_form(monkeypatch):
+    """FASTGRU4REC_BACKEND=torch: "auto" runs the autograd oracle, not the explicit step (the
+    escape hatch covers the CPU fast path too); unset, "auto" runs the explicit step."""
+    from fastgru4rec.ops import train_step
+    calls = []
+    for name in ("_step_torch", "_step_explicit"):
+        real = getattr(train_step, name)
+        monkeypatch.setattr(train_step, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    W, bias, gru, inp, Y, hidden, reset, lq = _setup("cell", (8,), 3, 4, torch.float64, 4)
+    kw = dict(loss="bpr-max", batch_size=3, dropout_embed=0.0, dropout_hidden=0.0, bpreg=0.5)
+    monkeypatch.delenv("FASTGRU4REC_BACKEND", raising=False)
+    unset = shared_step_grads(W, bias, gru, inp, Y, hidden, reset, torch.tensor([1]), **kw)
+    monkeypatch.setenv("FASTGRU4REC_BACKEND", "torch")
+    forced = shared_step_grads(W, bias, gru, inp, Y, hidden, reset, torch.tensor([1]), **kw)
+    explicit = shared_step_grads(W, bias, gru, inp, Y, hidden, reset, torch.tensor([1]),
+                                 backend="explicit", **kw)
+    assert calls == ["_step_explicit", "_step_torch", "_step_explicit"]
+    assert _rel(forced.item_grads, unset.item_grads) < 1e-12
+    assert torch.equal(explicit.item_grads, unset.item_grads)
+
+
+def test_one_lane_without_negatives_has_zero_cross_entropy_and_gradient():
+    """b = 1 and no samples: the only column is the target, softmax = 1, loss 0 and every
+    gradient 0, on the explicit step as on the autograd form."""
+    W, bias, gru, inp, Y, hidden, reset, lq = _setup("original", (8,), 1, 0, torch.float64, 5)
+    Y = Y[:1]
+    kw = dict(loss="cross-entropy", batch_size=1, dropout_embed=0.0, dropout_hidden=0.0)
+    for backend in ("explicit", "torch"):
+        got = shared_step_grads(W, bias, gru, inp, Y, hidden, reset, torch.tensor([1]),
+                                backend=backend, **kw)
+        assert got.loss.abs().item() < 1e-15, backend
+        assert got.item_grads.abs().max().item() < 1e-15, backend
+        assert got.bias_grads.abs().max().item() < 1e-15, backend
+        assert all(d.abs().max().item() < 1e-15 for d in got.dense), backend
 
 
 def test_explicit_step_rejects_unknown_backend():

@@ -112,7 +112,7 @@ def test_native_scatter_equals_numpy_sum_then_update(dtype, rtol, mu, N, L, widt
 
 
 @pytest.mark.parametrize("mu", [0.0, 0.3])
-def test_scatter_op_native_equals_torch_reference_with_bias(mu):
+def test_scatter_op_native_equals_torch_reference_with_bias(mu, monkeypatch):
     """ops.optim.adagrad_momentum_scatter: the native backend (the CPU default) against the
     torch reference (sort, sums by run), the item table and its bias at ids[offset:]."""
     g = torch.Generator().manual_seed(3)
@@ -126,16 +126,124 @@ def test_scatter_op_native_equals_torch_reference_with_bias(mu):
              torch.randn(N, generator=g, dtype=torch.float64),
              torch.rand(N, generator=g, dtype=torch.float64),
              torch.randn(N, generator=g, dtype=torch.float64)]
-    out = {}
+    out, calls = {}, []
+    real = native.adagrad_momentum_scatter
+    monkeypatch.setattr(native, "adagrad_momentum_scatter",
+                        lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.delenv("FASTGRU4REC_BACKEND", raising=False)
     for backend in ("torch", "native", "auto"):
         T, A, V, bT, bA, bV = (t.clone() for t in start)
         adagrad_momentum_scatter(T, ids, grad, A, V, 0.05, mu, backend=backend,
                                  bias=(bT, b_grad, bA, bV, offset))
         out[backend] = (T, A, V, bT, bA, bV)
+    # native and auto each ran the C++ pass twice (table, then bias); torch never
+    assert calls == [(N, H), (N,), (N, H), (N,)]
     for backend in ("native", "auto"):
         for got, want in zip(out[backend], out["torch"]):
             torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
     assert not torch.equal(out["native"][3], start[3])        # the bias was updated
+
+
+def _scatter_args(seed, dtype=torch.float64, b_dtype=None):
+    g = torch.Generator().manual_seed(seed)
+    N, H, L, offset = 40, 3, 30, 10
+    ids = torch.randint(0, N, (L,), generator=g)
+    table = [torch.randn(N, H, generator=g, dtype=dtype), torch.rand(N, H, generator=g,
+             dtype=dtype), torch.randn(N, H, generator=g, dtype=dtype)]
+    b_dtype = b_dtype or dtype
+    bias = [torch.randn(N, generator=g, dtype=b_dtype), torch.rand(N, generator=g,
+            dtype=b_dtype), torch.randn(N, generator=g, dtype=b_dtype)]
+    grad = torch.randn(L, H, generator=g, dtype=dtype)
+    b_grad = torch.randn(L - offset, generator=g, dtype=b_dtype)
+    return ids, table, grad, bias, b_grad, offset
+
+
+def test_reference_env_makes_auto_skip_the_native_update(monkeypatch):
+    """FASTGRU4REC_BACKEND=torch: "auto" runs the torch reference (the C++ pass is never
+    called) for both the scatter and the unique-row update, with the reference's results."""
+    def refuse(*a):
+        raise AssertionError("native called under FASTGRU4REC_BACKEND=torch")
+    monkeypatch.setattr(native, "adagrad_momentum_scatter", refuse)
+    monkeypatch.setattr(native, "adagrad_momentum_rows", refuse)
+    monkeypatch.setenv("FASTGRU4REC_BACKEND", "torch")
+    ids, (T, A, V), grad, (bT, bA, bV), b_grad, offset = _scatter_args(1)
+    want = [t.clone() for t in (T, A, V, bT, bA, bV)]
+    adagrad_momentum_scatter(want[0], ids, grad, want[1], want[2], 0.1, 0.5, backend="torch",
+                             bias=(want[3], b_grad, want[4], want[5], offset))
+    adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5, bias=(bT, b_grad, bA, bV, offset))
+    for got, w in zip((T, A, V, bT, bA, bV), want):
+        assert torch.equal(got, w)
+    rows = torch.tensor([3, 0, 7])
+    before = T.clone()
+    adagrad_momentum_rows(T, rows, grad[:3], A, V, 0.1, 0.5)
+    assert not torch.equal(T[rows], before[rows])
+
+
+def test_momentum_without_velocity_is_an_error_on_every_backend():
+    ids, (T, A, V), grad, (bT, bA, bV), b_grad, offset = _scatter_args(2)
+    for backend in ("torch", "native", "auto"):
+        with pytest.raises(ValueError, match="momentum=0.5 needs a velocity"):
+            adagrad_momentum_scatter(T, ids, grad, A, None, 0.1, 0.5, backend=backend)
+        with pytest.raises(ValueError, match=r"\(bias\): momentum=0.5 needs a velocity"):
+            adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5, backend=backend,
+                                     bias=(bT, b_grad, bA, None, offset))
+        with pytest.raises(ValueError, match="adagrad_momentum_rows: momentum=0.5 needs"):
+            adagrad_momentum_rows(T, torch.tensor([1, 2]), grad[:2], A, None, 0.1, 0.5,
+                                  backend=backend)
+    ids2, start, *_ = _scatter_args(2)
+    assert all(torch.equal(a, b) for a, b in zip((T, A, V), start))   # nothing written
+
+
+def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
+    """The native pass takes one dtype per table and checks the bias's tensors too, before
+    writing anything: a float64 bias gradient beside a float32 bias makes "native" refuse with
+    a ValueError (nothing written) and "auto" fall back to the torch reference for both. A
+    float32 bias beside a float64 table is fine (each table is consistent)."""
+    monkeypatch.delenv("FASTGRU4REC_BACKEND", raising=False)
+    ids, table, grad, bias, b_grad, offset = _scatter_args(3, b_dtype=torch.float32)
+    b_grad64 = b_grad.double()
+    start = [t.clone() for t in table + bias]
+    T, A, V = table
+    bT, bA, bV = bias
+    with pytest.raises(ValueError, match="native.*mixed dtypes torch.float32 and torch.float64"):
+        adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5, backend="native",
+                                 bias=(bT, b_grad64, bA, bV, offset))
+    assert all(torch.equal(a, b) for a, b in zip(table + bias, start))
+    for bias_grad in (b_grad64, b_grad):
+        for t, s in zip(table + bias, start):
+            t.copy_(s)
+        want = [t.clone() for t in start]
+        adagrad_momentum_scatter(want[0], ids, grad, want[1], want[2], 0.1, 0.5,
+                                 backend="torch", bias=(want[3], bias_grad, want[4], want[5],
+                                                        offset))
+        adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5,
+                                 bias=(bT, bias_grad, bA, bV, offset))
+        if bias_grad is b_grad64:     # auto fell back: the reference itself
+            assert all(torch.equal(a, b) for a, b in zip(table + bias, want))
+        else:                         # auto ran native on both: the reference's values
+            for a, b in zip(table + bias, want):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # a non-contiguous velocity: the same refusal
+    with pytest.raises(ValueError, match="non-contiguous"):
+        adagrad_momentum_scatter(T, ids, grad, A, torch.randn(3, 40, dtype=torch.float64).T,
+                                 0.1, 0.5, backend="native")
+
+
+def test_native_scatter_sums_strided_ids():
+    """Ids that are multiples of large strides (the pattern a bare multiplicative hash maps onto
+    few slots): every id still finds its own row, sums as numpy does."""
+    rng = np.random.default_rng(9)
+    N, width = 2 ** 20, 2
+    stride_ids = np.concatenate([np.arange(1, 300) * 2 ** 13, np.arange(1, 300) * 9227465,
+                                 np.arange(1, 300) * 2 ** 13]) % N   # the first run repeated
+    ids = stride_ids.astype(np.int64)
+    P, A, V = (rng.normal(size=(N, width)), rng.random(size=(N, width)),
+               rng.normal(size=(N, width)))
+    G = rng.normal(size=(ids.shape[0], width))
+    want = _numpy_scatter_update(P, A, V, ids, G, 0.1, 0.5)
+    native.adagrad_momentum_scatter(P, A, V, ids, G, 0.1, 0.5, 1e-6)
+    np.testing.assert_allclose(P, want[0], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(V, want[2], rtol=1e-13, atol=1e-13)
 
 
 def test_native_scatter_rejects_bad_arguments():

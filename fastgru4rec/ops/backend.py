@@ -28,12 +28,18 @@ def triton_available() -> bool:
     return _TRITON_INSTALLED
 
 
+def reference_forced() -> bool:
+    """FASTGRU4REC_BACKEND=torch is set: every "auto" picks the plain-torch reference (the
+    CPU fast paths too: the training step's explicit backward, the C++ row update)."""
+    return os.environ.get(ENV_BACKEND, "").lower() == "torch"
+
+
 def resolve_backend(backend: str, like: torch.Tensor, op: str = "op") -> str:
     """"torch" or "triton" for an op whose main input is ``like``."""
     if backend not in BACKENDS:
         raise ValueError(f"{op} backend {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
     if backend == "auto":
-        if os.environ.get(ENV_BACKEND, "").lower() == "torch":
+        if reference_forced():
             return "torch"
         return "triton" if like.is_cuda and triton_available() else "torch"
     if backend == "triton" and not triton_available():

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import torch
 
-from .backend import load_kernels, resolve_backend
+from .backend import load_kernels, reference_forced, resolve_backend
 
 EPS = 1e-6
 
@@ -36,16 +36,43 @@ def adagrad_momentum_dense(param: torch.Tensor, grad: torch.Tensor, acc: torch.T
         param.sub_(step, alpha=lr)
 
 
-def _native_rows_ok(table: torch.Tensor, tensors) -> bool:
-    """The C++ row update applies: CPU float32/float64 tensors, rows contiguous, and the
-    extension loads."""
-    if table.is_cuda or table.dtype not in (torch.float32, torch.float64):
-        return False
-    if any(t is not None and (t.device != table.device or t.dtype != table.dtype
-                              or not t.is_contiguous()) for t in tensors):
+def _native_rows_problem(*groups) -> Optional[str]:
+    """Why the C++ row update cannot take these tensors, or None: each group (a table and its
+    acc, vel, grad; None entries skipped) must hold CPU float32/float64 tensors of one dtype
+    with contiguous rows."""
+    for group in groups:
+        tensors = [t for t in group if t is not None]
+        dtype = tensors[0].dtype
+        if dtype not in (torch.float32, torch.float64):
+            return f"dtype {dtype} (native takes float32 or float64)"
+        for t in tensors:
+            if t.device.type != "cpu":
+                return f"a tensor on {t.device} (native runs on the CPU)"
+            if t.dtype != dtype:
+                return f"mixed dtypes {dtype} and {t.dtype} in one table's tensors"
+            if not t.is_contiguous():
+                return "a non-contiguous tensor"
+    return None
+
+
+def _use_native(backend: str, groups) -> bool:
+    """backend "native": yes, or ValueError naming what does not fit, before anything is
+    written. "auto": when the tensors fit, the extension loads and FASTGRU4REC_BACKEND=torch
+    does not ask for the reference."""
+    if backend == "native":
+        problem = _native_rows_problem(*groups)
+        if problem is not None:
+            raise ValueError(f"optimizer backend 'native': {problem}")
+        return True
+    if backend != "auto" or reference_forced() or _native_rows_problem(*groups) is not None:
         return False
     from .. import native
     return native.available()
+
+
+def _check_vel(vel: Optional[torch.Tensor], momentum: float, what: str) -> None:
+    if momentum > 0 and vel is None:
+        raise ValueError(f"{what}: momentum={momentum} needs a velocity tensor (vel is None)")
 
 
 @torch.no_grad()
@@ -55,17 +82,19 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
     """Update table[rows] (rows: int64 (u,), unique) with grad_rows (u, ...).
 
     backend: "torch" (the reference below), "native" (one C++ pass per row, CPU), "auto"
-    (native for contiguous CPU float tensors when the extension loads, else torch)."""
+    (native for contiguous CPU float tensors when the extension loads, else, or with
+    FASTGRU4REC_BACKEND=torch, torch). momentum > 0 needs vel; ValueError otherwise."""
     if backend not in ("auto", "torch", "native"):
         raise ValueError(f"optimizer backend {backend!r} is unknown (auto, torch, native)")
+    _check_vel(vel, momentum, "adagrad_momentum_rows")
     vel = vel if momentum > 0 else None
-    if backend == "native" or (backend == "auto" and _native_rows_ok(
-            table, (table, acc, vel, grad_rows))):
+    grad_rows = grad_rows.contiguous()
+    if _use_native(backend, [(table, acc, vel, grad_rows)]):
         from .. import native
         native.adagrad_momentum_rows(table.numpy(), acc.numpy(),
                                      vel.numpy() if vel is not None else None,
                                      rows.to(torch.int64).contiguous().numpy(),
-                                     grad_rows.contiguous().numpy(), lr, momentum, EPS)
+                                     grad_rows.numpy(), lr, momentum, EPS)
         return
     adagrad_momentum_rows_reference(table, rows, grad_rows, acc, vel, lr, momentum)
 
@@ -142,7 +171,8 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
     once. Fixed shapes, no host sync. backend: "torch" (the reference: a sort, then sums by
     run), "triton" (CUDA, one launch after the sort), "native" (CPU: one C++ pass, the sums by
     a hash of the ids, no sort), "auto" (triton on CUDA; native for contiguous CPU float
-    tensors when the extension loads; else torch).
+    tensors when the extension loads; else, or with FASTGRU4REC_BACKEND=torch, torch).
+    momentum > 0 needs vel (and the bias's vel); ValueError otherwise.
 
     bias: optional (bias_table (N,), bias_grad (L - offset,), bias_acc, bias_vel, offset): the
     same update of bias_table at ids[offset:] (the training step's columns when ids are
@@ -154,20 +184,22 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
         if not 0 <= offset <= ids.shape[0] or n_cols != ids.shape[0] - offset:
             raise ValueError(f"adagrad_momentum_scatter: bias_grad has {n_cols} rows; the ids "
                              f"past offset {offset} are {ids.shape[0] - offset}")
+    _check_vel(vel, momentum, "adagrad_momentum_scatter")
+    if bias is not None:
+        _check_vel(bias[3], momentum, "adagrad_momentum_scatter (bias)")
     used_vel = vel if momentum > 0 else None
-    if backend == "native" or (backend == "auto" and not table.is_cuda and _native_rows_ok(
-            table, (table, acc, used_vel, grad))):
+    # every tensor the native pass writes or reads is checked before anything is written
+    groups = [(table, acc, used_vel, grad.contiguous())]
+    if bias is not None:
+        groups.append((bias[0], bias[2], bias[3] if momentum > 0 else None,
+                       bias[1].contiguous()))
+    if _use_native(backend, groups):
         from .. import native
         ids = ids.to(torch.int64).contiguous()
-        native.adagrad_momentum_scatter(table.numpy(), acc.numpy(),
-                                        used_vel.numpy() if used_vel is not None else None,
-                                        ids.numpy(), grad.contiguous().numpy(), lr, momentum,
-                                        EPS)
-        if bias is not None:
-            b_table, b_grad, b_acc, b_vel, offset = bias
-            native.adagrad_momentum_scatter(
-                b_table.numpy(), b_acc.numpy(), b_vel.numpy() if momentum > 0 else None,
-                ids[offset:].numpy(), b_grad.contiguous().numpy(), lr, momentum, EPS)
+        for (t, a, v, g), offset in zip(groups, (0, bias[4] if bias is not None else 0)):
+            native.adagrad_momentum_scatter(t.numpy(), a.numpy(),
+                                            v.numpy() if v is not None else None,
+                                            ids[offset:].numpy(), g.numpy(), lr, momentum, EPS)
         return
     sorted_ids, perm = torch.sort(ids)
     if resolve_backend(backend, table, "optimizer") == "triton":

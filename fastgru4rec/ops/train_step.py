@@ -16,9 +16,10 @@ explicit backward in plain torch ops (the CPU's fast step: no autograd graph, on
 b + C rows, the GRU and cross-entropy gradients written out; the other losses' dR by autograd
 over the (b, C) scores alone). backend "torch": the same function by plain autograd over the
 references (gru_step_fused_reference, sampled_loss_reference): the oracle the other two are
-tested against. "auto": triton for CUDA tensors, explicit otherwise. Dropout masks in both: the counter-based hash of
-(seed, layer, row, column) (ops.gru.dropout_keep_mask), so a device seed tensor advanced per step
-keeps the step capturable in a CUDA graph. (The eager reference loop draws its dropout with a
+tested against. "auto": triton for CUDA tensors, explicit otherwise (torch when
+FASTGRU4REC_BACKEND=torch). Dropout masks in all three: the counter-based hash of (seed, layer,
+row, column) (ops.gru.dropout_keep_mask), so a device seed tensor advanced per step keeps the
+step capturable in a CUDA graph. (The eager reference loop draws its dropout with a
 torch.Generator instead: same distribution, other masks.)
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from .backend import load_kernels, resolve_backend
+from .backend import load_kernels, reference_forced, resolve_backend
 from .gru import gru_step_fused_reference
 from .gru import dropout_keep_mask
 from .scoring import (_EPS, fused_sampled_loss_and_grads, logq_columns,
@@ -85,8 +86,8 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
         path = "explicit"
     else:
         path = resolve_backend(backend, W, "training step")
-        if backend == "auto" and path == "torch":
-            path = "explicit"
+        if backend == "auto" and path == "torch" and not reference_forced():
+            path = "explicit"   # the CPU fast form; FASTGRU4REC_BACKEND=torch keeps autograd
     if path != "triton":
         if log_support is not None and logq_per_column is None and logq > 0:
             logq_per_column = logq_columns(log_support, Y, inp.shape[0], sample_alpha)
