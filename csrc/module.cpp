@@ -32,9 +32,12 @@ std::string describe(const py::handle& obj) {
 // A C-contiguous numpy array of dtype T (1-d unless any_ndim), else ValueError naming `what`.
 template <class T>
 py::array_t<T> checked_array(const py::handle& obj, const std::string& what, bool writable, bool any_ndim = false) {
-  const std::string want = py::str(py::dtype::of<T>()).cast<std::string>();
+  // the dtype's name only on failure: str(dtype) is a Python call (numpy's __str__), and the
+  // training step calls the row optimizer twice a step with five arrays each
   if (!py::isinstance<py::array_t<T>>(obj))
-    throw std::invalid_argument(what + " must be a numpy " + want + " array (got " + describe(obj) + ")");
+    throw std::invalid_argument(what + " must be a numpy " +
+                                py::str(py::dtype::of<T>()).cast<std::string>() + " array (got " +
+                                describe(obj) + ")");
   py::array_t<T> a = py::reinterpret_borrow<py::array_t<T>>(obj);
   if (!any_ndim && a.ndim() != 1)
     throw std::invalid_argument(what + " must be 1-d (got " + describe(obj) + ")");
