@@ -265,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
                    help="training loop: fast (with the shared embedding and sampled negatives "
-                        "the explicit-backward fused step, on a GPU in CUDA graphs; otherwise "
-                        "the autograd step, on the CPU the reference step) or reference (the "
-                        "eager loop); auto = fast")
+                        "the fused step with its explicit backward, otherwise the autograd "
+                        "step, on the CPU the reference step; on a GPU either replayed in CUDA "
+                        "graphs) or reference (the eager loop); auto = fast")
     t.add_argument("-q", "--quiet", action="store_true")
     _add_eval_args(t)
     _add_data_args(t)

@@ -90,13 +90,14 @@ class FastTrainer(Trainer):
     cuda_graph: "auto" (capture on CUDA, eager elsewhere), True (require CUDA), False (eager).
     chunk_steps: steps of negative samples moved to the device at once.
     optimizer_backend: backend of the sparse row update ("auto": triton on CUDA, the C++ row
-    update ("native") on the CPU when the extension loads, else "torch").
+    update ("native") on the CPU when the extension loads, else "torch"; "torch" everywhere
+    with FASTGRU4REC_BACKEND=torch).
     step: the step's form: "autograd" (gathered rows as autograd leaves; the same dropout draws
     as the reference loop; on the CPU the reference step itself), "fused" (shared embedding,
     sampled negatives: the explicit-backward step of ops.train_step, dropout masks from a
     counter-based hash of a device seed), "auto" (fused wherever it applies, on any device).
-    step_backend: backend of the fused step ("auto": triton on CUDA, "explicit" elsewhere;
-    "torch": its autograd oracle).
+    step_backend: backend of the fused step ("auto": triton on CUDA, "explicit" elsewhere,
+    "torch" everywhere with FASTGRU4REC_BACKEND=torch; "torch": its autograd oracle).
     """
 
     def __init__(self, model: GRU4RecModel, config: GRU4RecConfig, supports: np.ndarray,

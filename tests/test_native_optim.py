@@ -174,9 +174,10 @@ def test_reference_env_makes_auto_skip_the_native_update(monkeypatch):
     for got, w in zip((T, A, V, bT, bA, bV), want):
         assert torch.equal(got, w)
     rows = torch.tensor([3, 0, 7])
-    before = T.clone()
+    want = [t.clone() for t in (T, A, V)]
+    adagrad_momentum_rows(want[0], rows, grad[:3], want[1], want[2], 0.1, 0.5, backend="torch")
     adagrad_momentum_rows(T, rows, grad[:3], A, V, 0.1, 0.5)
-    assert not torch.equal(T[rows], before[rows])
+    assert all(torch.equal(got, w) for got, w in zip((T, A, V), want))
 
 
 def test_momentum_without_velocity_is_an_error_on_every_backend():
@@ -190,8 +191,9 @@ def test_momentum_without_velocity_is_an_error_on_every_backend():
         with pytest.raises(ValueError, match="adagrad_momentum_rows: momentum=0.5 needs"):
             adagrad_momentum_rows(T, torch.tensor([1, 2]), grad[:2], A, None, 0.1, 0.5,
                                   backend=backend)
-    ids2, start, *_ = _scatter_args(2)
-    assert all(torch.equal(a, b) for a, b in zip((T, A, V), start))   # nothing written
+    _, start, _, b_start, _, _ = _scatter_args(2)
+    for got, want in zip((T, A, V, bT, bA, bV), start + b_start):
+        assert torch.equal(got, want)                                 # nothing written
 
 
 def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
@@ -209,6 +211,10 @@ def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
         adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5, backend="native",
                                  bias=(bT, b_grad64, bA, bV, offset))
     assert all(torch.equal(a, b) for a, b in zip(table + bias, start))
+    calls = []
+    real = native.adagrad_momentum_scatter
+    monkeypatch.setattr(native, "adagrad_momentum_scatter",
+                        lambda *a: calls.append(a[0].dtype) or real(*a))
     for bias_grad in (b_grad64, b_grad):
         for t, s in zip(table + bias, start):
             t.copy_(s)
@@ -219,8 +225,10 @@ def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
         adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5,
                                  bias=(bT, bias_grad, bA, bV, offset))
         if bias_grad is b_grad64:     # auto fell back: the reference itself
+            assert calls == []
             assert all(torch.equal(a, b) for a, b in zip(table + bias, want))
         else:                         # auto ran native on both: the reference's values
+            assert calls == [np.float64, np.float32]
             for a, b in zip(table + bias, want):
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # a non-contiguous velocity: the same refusal
@@ -230,13 +238,14 @@ def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
 
 
 def test_native_scatter_sums_strided_ids():
-    """Ids that are multiples of large strides (the pattern a bare multiplicative hash maps onto
-    few slots): every id still finds its own row, sums as numpy does."""
+    """Multiples of Fibonacci numbers (6765, 10946): a bare multiplicative (Fibonacci) hash maps
+    them onto few slots, 47-74 probes an id, where the mixed hash takes ~0.2. Probing finds the
+    right slot with any hash, so this checks correctness on that pattern (every id its own row,
+    sums as numpy), not the probe count."""
     rng = np.random.default_rng(9)
-    N, width = 2 ** 20, 2
-    stride_ids = np.concatenate([np.arange(1, 300) * 2 ** 13, np.arange(1, 300) * 9227465,
-                                 np.arange(1, 300) * 2 ** 13]) % N   # the first run repeated
-    ids = stride_ids.astype(np.int64)
+    N, width = 2 ** 21, 2
+    ids = np.concatenate([np.arange(1, 155) * 6765, np.arange(1, 155) * 10946,
+                          np.arange(1, 155) * 6765]).astype(np.int64)   # the first run repeated
     P, A, V = (rng.normal(size=(N, width)), rng.random(size=(N, width)),
                rng.normal(size=(N, width)))
     G = rng.normal(size=(ids.shape[0], width))
@@ -244,6 +253,29 @@ def test_native_scatter_sums_strided_ids():
     native.adagrad_momentum_scatter(P, A, V, ids, G, 0.1, 0.5, 1e-6)
     np.testing.assert_allclose(P, want[0], rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(V, want[2], rtol=1e-13, atol=1e-13)
+
+
+def test_native_scatter_checks_shapes_and_ids_of_both_tables_before_writing():
+    """A bias acc of the wrong length, a bias too short for its ids, a 2-d bias grad: each a
+    ValueError naming the bias, raised before the item table is written (the C++ pass would
+    update the table, then fail on the bias)."""
+    ids, table, grad, bias, b_grad, offset = _scatter_args(4)
+    start = [t.clone() for t in table + bias]
+    T, A, V = table
+    bT, bA, bV = bias
+    bad = [((bT, b_grad, torch.zeros(bA.shape[0] + 1, dtype=bA.dtype), bV, offset),
+            "bias acc has shape"),
+           ((bT[:5], b_grad, bA[:5], bV[:5], offset), r"bias ids outside \[0, 5\)"),
+           ((bT, b_grad[:, None], bA, bV, offset), "bias grad has shape")]
+    for backend in ("native", "auto"):
+        for b_args, message in bad:
+            with pytest.raises(ValueError, match=message):
+                adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.5, backend=backend,
+                                         bias=b_args)
+            for got, want in zip(table + bias, start):
+                assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="item table grad has shape"):
+        adagrad_momentum_scatter(T, ids, grad[:-1], A, V, 0.1, 0.5, backend="native")
 
 
 def test_native_scatter_rejects_bad_arguments():

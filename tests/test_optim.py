@@ -121,3 +121,27 @@ def test_auto_backend_takes_strided_tables_through_torch():
     assert torch.equal(base, want) and torch.equal(acc1, acc2)
     assert not torch.equal(base[0, ::2], start[0, ::2])          # the view's rows moved
     assert torch.equal(base[:, 1::2], start[:, 1::2])              # the columns between, not
+
+
+def test_momentum_without_velocity_is_an_error_on_the_torch_backend():
+    """The torch reference (no native extension needed): momentum > 0 with no velocity tensor
+    is a ValueError naming the update, for rows, scatter (and its bias) and the dense list;
+    nothing is written."""
+    from fastgru4rec.ops.optim import (adagrad_momentum_list, adagrad_momentum_rows,
+                                       adagrad_momentum_scatter)
+    T, A, V = torch.randn(6, 3), torch.rand(6, 3), torch.zeros(6, 3)
+    bT, bA = torch.randn(6), torch.rand(6)
+    start = [t.clone() for t in (T, A, bT, bA)]
+    ids, grad = torch.tensor([1, 4, 1]), torch.randn(3, 3)
+    with pytest.raises(ValueError, match="adagrad_momentum_scatter: momentum=0.3 needs"):
+        adagrad_momentum_scatter(T, ids, grad, A, None, 0.1, 0.3, backend="torch")
+    with pytest.raises(ValueError, match=r"\(bias\): momentum=0.3 needs"):
+        adagrad_momentum_scatter(T, ids, grad, A, V, 0.1, 0.3, backend="torch",
+                                 bias=(bT, torch.randn(2), bA, None, 1))
+    with pytest.raises(ValueError, match="adagrad_momentum_rows: momentum=0.3 needs"):
+        adagrad_momentum_rows(T, torch.tensor([0, 2]), grad[:2], A, None, 0.1, 0.3,
+                              backend="torch")
+    with pytest.raises(ValueError, match="adagrad_momentum_list: momentum=0.3 needs"):
+        adagrad_momentum_list([T], [torch.ones(6, 3)], [A], None, 0.1, 0.3, backend="torch")
+    for got, want in zip((T, A, bT, bA), start):
+        assert torch.equal(got, want)

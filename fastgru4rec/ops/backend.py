@@ -2,8 +2,10 @@
 
 backend "torch" is the plain-torch reference, "triton" the fused kernels in kernels/, and
 "auto" picks triton for CUDA tensors (when triton is installed) and torch otherwise. Setting
-the environment variable FASTGRU4REC_BACKEND=torch makes "auto" choose the reference
-everywhere (an escape hatch for a GPU stack the kernels have not been checked on).
+the environment variable FASTGRU4REC_BACKEND=torch makes every op's "auto" choose the reference
+(an escape hatch for a GPU stack the kernels have not been checked on; it covers the kernels,
+the training step and the row optimizer; the C++ batcher and sampler have their own switch,
+FASTGRU4REC_NO_NATIVE).
 """
 from __future__ import annotations
 

@@ -37,9 +37,9 @@ def adagrad_momentum_dense(param: torch.Tensor, grad: torch.Tensor, acc: torch.T
 
 
 def _native_rows_problem(*groups) -> Optional[str]:
-    """Why the C++ row update cannot take these tensors, or None: each group (a table and its
-    acc, vel, grad; None entries skipped) must hold CPU float32/float64 tensors of one dtype
-    with contiguous rows."""
+    """Why the C++ row update cannot take these tensors, or None: each group (a table, its acc,
+    vel, grad; None entries skipped) must hold CPU float32/float64 tensors of one dtype, the
+    table, acc and vel contiguous (grad is made contiguous by the caller)."""
     for group in groups:
         tensors = [t for t in group if t is not None]
         dtype = tensors[0].dtype
@@ -50,9 +50,24 @@ def _native_rows_problem(*groups) -> Optional[str]:
                 return f"a tensor on {t.device} (native runs on the CPU)"
             if t.dtype != dtype:
                 return f"mixed dtypes {dtype} and {t.dtype} in one table's tensors"
-            if not t.is_contiguous():
+            if t is not group[3] and not t.is_contiguous():
                 return "a non-contiguous tensor"
     return None
+
+
+def _check_rows_input(what: str, table, acc, vel, grad, ids) -> None:
+    """ValueError naming ``what`` (the table or its bias) unless acc and vel have the table's
+    shape, grad one row of the table's width per id and the ids index the table: checked for
+    every table before the native pass writes any (it would otherwise fail half-way)."""
+    for name, t in (("acc", acc), ("vel", vel)):
+        if t is not None and t.shape != table.shape:
+            raise ValueError(f"adagrad_momentum_scatter: {what} {name} has shape "
+                             f"{tuple(t.shape)}, the table {tuple(table.shape)}")
+    if grad.shape[:1] != ids.shape or grad.shape[1:] != table.shape[1:]:
+        raise ValueError(f"adagrad_momentum_scatter: {what} grad has shape {tuple(grad.shape)}; "
+                         f"expected ({ids.shape[0]}, *{tuple(table.shape[1:])})")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+        raise ValueError(f"adagrad_momentum_scatter: {what} ids outside [0, {table.shape[0]})")
 
 
 def _use_native(backend: str, groups) -> bool:
@@ -88,13 +103,12 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
         raise ValueError(f"optimizer backend {backend!r} is unknown (auto, torch, native)")
     _check_vel(vel, momentum, "adagrad_momentum_rows")
     vel = vel if momentum > 0 else None
-    grad_rows = grad_rows.contiguous()
     if _use_native(backend, [(table, acc, vel, grad_rows)]):
         from .. import native
         native.adagrad_momentum_rows(table.numpy(), acc.numpy(),
                                      vel.numpy() if vel is not None else None,
                                      rows.to(torch.int64).contiguous().numpy(),
-                                     grad_rows.numpy(), lr, momentum, EPS)
+                                     grad_rows.contiguous().numpy(), lr, momentum, EPS)
         return
     adagrad_momentum_rows_reference(table, rows, grad_rows, acc, vel, lr, momentum)
 
@@ -155,6 +169,7 @@ def adagrad_momentum_list(params: List[torch.Tensor], grads: List[torch.Tensor],
                                                       and len(vels) != len(params)):
         raise ValueError(f"adagrad_momentum_list: {len(params)} params, {len(grads)} grads, "
                          f"{len(accs)} accs, {'no' if vels is None else len(vels)} vels")
+    _check_vel(vels, momentum, "adagrad_momentum_list")
     if resolve_backend(backend, params[0], "optimizer") == "triton":
         load_kernels("optim").adagrad_momentum_dense_list(params, grads, accs, vels, lr,
                                                           momentum, EPS)
@@ -189,17 +204,22 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
         _check_vel(bias[3], momentum, "adagrad_momentum_scatter (bias)")
     used_vel = vel if momentum > 0 else None
     # every tensor the native pass writes or reads is checked before anything is written
-    groups = [(table, acc, used_vel, grad.contiguous())]
+    groups = [(table, acc, used_vel, grad)]
     if bias is not None:
-        groups.append((bias[0], bias[2], bias[3] if momentum > 0 else None,
-                       bias[1].contiguous()))
+        groups.append((bias[0], bias[2], bias[3] if momentum > 0 else None, bias[1]))
     if _use_native(backend, groups):
         from .. import native
         ids = ids.to(torch.int64).contiguous()
-        for (t, a, v, g), offset in zip(groups, (0, bias[4] if bias is not None else 0)):
+        segments = [("item table", ids)]
+        if bias is not None:
+            segments.append(("bias", ids[bias[4]:]))
+        for (what, seg), (t, a, v, g) in zip(segments, groups):
+            _check_rows_input(what, t, a, v, g, seg)
+        for (_, seg), (t, a, v, g) in zip(segments, groups):
             native.adagrad_momentum_scatter(t.numpy(), a.numpy(),
                                             v.numpy() if v is not None else None,
-                                            ids[offset:].numpy(), g.numpy(), lr, momentum, EPS)
+                                            seg.numpy(), g.contiguous().numpy(), lr, momentum,
+                                            EPS)
         return
     sorted_ids, perm = torch.sort(ids)
     if resolve_backend(backend, table, "optimizer") == "triton":
