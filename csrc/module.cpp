@@ -7,9 +7,11 @@
 #include <pybind11/stl.h>
 
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "optim.hpp"
 #include "sampler.hpp"
@@ -232,78 +234,105 @@ std::unique_ptr<PyStream> make_stream(const py::object& offsets, const py::objec
 
 // adagrad_momentum_rows / _scatter(table, acc, vel or None, rows, grad, lr, momentum, eps):
 // float32 or float64 C-contiguous arrays; table / acc / vel of one shape (N, ...) and dtype;
-// grad (len(rows), ...) with the same row width; rows int64 in [0, N), unique unless repeats
+// grad (len(rows), ...) with the table's row shape; rows int64 in [0, N), unique unless repeats
 // (then the gradients of equal ids are summed first: adagrad_momentum_scatter).
+//
+// One table's update, checked and ready to run without the GIL. Checking is split from running
+// so that a call updating two tables (the item table and its bias, each its own dtype) checks
+// both before it writes either: a bad bias must not leave the item table half-trained.
+struct RowUpdate {
+  std::vector<py::array> keep;  // owns the buffers; destroyed in the caller's scope (GIL held)
+  std::function<void()> run;    // raw pointers only: safe with the GIL released
+};
+
 template <class T>
-void adagrad_rows_typed(py::handle table_o, py::handle acc_o, py::handle vel_o, py::handle rows_o,
-                        py::handle grad_o, double lr, double momentum, double eps, bool repeats) {
-  auto table = checked_array<T>(table_o, "table", true, true);
-  auto acc = checked_array<T>(acc_o, "acc", true, true);
-  auto rows = checked_array<int64_t>(rows_o, "rows", false);
-  auto grad = checked_array<T>(grad_o, "grad", false, true);
-  if (table.ndim() < 1) throw std::invalid_argument("table must have at least one dimension");
+RowUpdate prepare_rows_typed(py::handle table_o, py::handle acc_o, py::handle vel_o, py::handle rows_o,
+                             py::handle grad_o, double lr, double momentum, double eps, bool repeats,
+                             const std::string& what) {
+  auto table = checked_array<T>(table_o, what + "table", true, true);
+  auto acc = checked_array<T>(acc_o, what + "acc", true, true);
+  auto rows = checked_array<int64_t>(rows_o, what + "rows", false);
+  auto grad = checked_array<T>(grad_o, what + "grad", false, true);
+  if (table.ndim() < 1) throw std::invalid_argument(what + "table must have at least one dimension");
   const int64_t n = table.shape(0);
   const int64_t width = n > 0 ? table.size() / n : 0;
-  auto same_shape = [&](const py::array& a, const std::string& what) {
-    if (a.ndim() != table.ndim()) throw std::invalid_argument(what + " must have the table's shape");
+  auto same_shape = [&](const py::array& a, const std::string& name) {
+    if (a.ndim() != table.ndim()) throw std::invalid_argument(name + " must have the table's shape");
     for (py::ssize_t d = 0; d < a.ndim(); ++d)
-      if (a.shape(d) != table.shape(d)) throw std::invalid_argument(what + " must have the table's shape");
+      if (a.shape(d) != table.shape(d)) throw std::invalid_argument(name + " must have the table's shape");
   };
-  same_shape(acc, "acc");
+  same_shape(acc, what + "acc");
   T* vel_ptr = nullptr;
-  py::array_t<T> vel;
+  RowUpdate u;
   if (!vel_o.is_none()) {
-    vel = checked_array<T>(vel_o, "vel", true, true);
-    same_shape(vel, "vel");
+    auto vel = checked_array<T>(vel_o, what + "vel", true, true);
+    same_shape(vel, what + "vel");
     vel_ptr = vel.mutable_data();
+    u.keep.push_back(vel);
   }
   const int64_t n_rows = rows.shape(0);
-  if (grad.ndim() < 1 || grad.shape(0) != n_rows || grad.size() != n_rows * width)
-    throw std::invalid_argument("grad must have one row of the table's width per row id (got " +
+  bool grad_ok = grad.ndim() == table.ndim() && grad.shape(0) == n_rows;
+  for (py::ssize_t d = 1; grad_ok && d < grad.ndim(); ++d) grad_ok = grad.shape(d) == table.shape(d);
+  if (!grad_ok)
+    throw std::invalid_argument(what + "grad must have one row of the table's shape per row id (got " +
                                 describe(grad_o) + " for " + std::to_string(n_rows) + " rows)");
   const int64_t* r = rows.data();
-  for (int64_t u = 0; u < n_rows; ++u)
-    if (r[u] < 0 || r[u] >= n)
-      throw std::invalid_argument("row id " + std::to_string(r[u]) + " is out of range [0, " +
+  for (int64_t i = 0; i < n_rows; ++i)
+    if (r[i] < 0 || r[i] >= n)
+      throw std::invalid_argument(what + "row id " + std::to_string(r[i]) + " is out of range [0, " +
                                   std::to_string(n) + ")");
   T* t = table.mutable_data();
   T* a = acc.mutable_data();
   const T* g = grad.data();
-  py::gil_scoped_release release;
+  const T tl = static_cast<T>(lr), tm = static_cast<T>(momentum), te = static_cast<T>(eps);
+  u.keep.insert(u.keep.end(), {py::array(table), py::array(acc), py::array(rows), py::array(grad)});
   if (repeats)
-    adagrad_momentum_scatter<T>(t, a, vel_ptr, r, n_rows, g, width, static_cast<T>(lr),
-                                static_cast<T>(momentum), static_cast<T>(eps));
+    u.run = [=] { adagrad_momentum_scatter<T>(t, a, vel_ptr, r, n_rows, g, width, tl, tm, te); };
   else
-    adagrad_momentum_rows<T>(t, a, vel_ptr, r, n_rows, g, width, static_cast<T>(lr),
-                             static_cast<T>(momentum), static_cast<T>(eps));
+    u.run = [=] { adagrad_momentum_rows<T>(t, a, vel_ptr, r, n_rows, g, width, tl, tm, te); };
+  return u;
 }
 
-void adagrad_rows_any(py::handle table, py::handle acc, py::handle vel, py::handle rows,
-                      py::handle grad, double lr, double momentum, double eps, bool repeats) {
+RowUpdate prepare_rows(py::handle table, py::handle acc, py::handle vel, py::handle rows, py::handle grad,
+                       double lr, double momentum, double eps, bool repeats, const std::string& what) {
   if (py::isinstance<py::array_t<float>>(table))
-    adagrad_rows_typed<float>(table, acc, vel, rows, grad, lr, momentum, eps, repeats);
-  else if (py::isinstance<py::array_t<double>>(table))
-    adagrad_rows_typed<double>(table, acc, vel, rows, grad, lr, momentum, eps, repeats);
-  else
-    throw std::invalid_argument("table must be a float32 or float64 numpy array (got " +
-                                describe(table) + ")");
+    return prepare_rows_typed<float>(table, acc, vel, rows, grad, lr, momentum, eps, repeats, what);
+  if (py::isinstance<py::array_t<double>>(table))
+    return prepare_rows_typed<double>(table, acc, vel, rows, grad, lr, momentum, eps, repeats, what);
+  throw std::invalid_argument(what + "table must be a float32 or float64 numpy array (got " +
+                              describe(table) + ")");
 }
 
 void adagrad_rows(py::handle table, py::handle acc, py::handle vel, py::handle rows,
                   py::handle grad, double lr, double momentum, double eps) {
-  adagrad_rows_any(table, acc, vel, rows, grad, lr, momentum, eps, false);
+  RowUpdate u = prepare_rows(table, acc, vel, rows, grad, lr, momentum, eps, false, "");
+  py::gil_scoped_release release;
+  u.run();
 }
 
+// bias: None or (bias_table, bias_acc, bias_vel or None, bias_ids, bias_grad), the item bias
+// updated in the same call (the training step's columns): both tables are checked first.
 void adagrad_scatter(py::handle table, py::handle acc, py::handle vel, py::handle ids,
-                     py::handle grad, double lr, double momentum, double eps) {
-  adagrad_rows_any(table, acc, vel, ids, grad, lr, momentum, eps, true);
+                     py::handle grad, double lr, double momentum, double eps, py::handle bias) {
+  RowUpdate u = prepare_rows(table, acc, vel, ids, grad, lr, momentum, eps, true, "");
+  RowUpdate ub;
+  if (!bias.is_none()) {
+    if (!py::isinstance<py::tuple>(bias) || py::len(bias) != 5)
+      throw std::invalid_argument("bias must be None or a tuple (table, acc, vel, ids, grad) (got " +
+                                  describe(bias) + ")");
+    py::tuple b = py::reinterpret_borrow<py::tuple>(bias);
+    ub = prepare_rows(b[0], b[1], b[2], b[3], b[4], lr, momentum, eps, true, "bias ");
+  }
+  py::gil_scoped_release release;
+  u.run();
+  if (ub.run) ub.run();
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "fastgru4rec native code (session batcher, negative sampler, sparse optimizer)";
-  m.attr("abi_version") = 3;
+  m.attr("abi_version") = 4;
 
   m.def("adagrad_momentum_rows", &adagrad_rows, py::arg("table"), py::arg("acc"), py::arg("vel"),
         py::arg("rows"), py::arg("grad"), py::arg("lr"), py::arg("momentum"), py::arg("eps"),
@@ -315,10 +344,12 @@ lr*g/sqrt(acc + eps); table += v (without vel: table -= lr*g/sqrt(acc + eps)).)d
 
   m.def("adagrad_momentum_scatter", &adagrad_scatter, py::arg("table"), py::arg("acc"),
         py::arg("vel"), py::arg("ids"), py::arg("grad"), py::arg("lr"), py::arg("momentum"),
-        py::arg("eps"),
+        py::arg("eps"), py::arg("bias") = py::none(),
         R"doc(adagrad_momentum_rows for ids that may repeat, in place: grad (L, ...) holds one row per
 id occurrence; the rows of equal ids are summed (in occurrence order), then each touched row is
-updated once.)doc");
+updated once. bias: None or (bias_table, bias_acc, bias_vel or None, bias_ids, bias_grad), a
+second table (its own dtype) updated the same way in the same call; every array of both tables
+is checked before either is written.)doc");
 
   m.def("epoch_schedule", &epoch_schedule, py::arg("offsets"), py::arg("items"), py::arg("batch_size"),
         py::arg("min_lanes") = 1, py::arg("order") = py::none(), py::arg("n_items") = -1,

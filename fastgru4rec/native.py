@@ -16,7 +16,8 @@ Public API
     stream_buffers(chunk_steps, lanes, n_slots=3, empty=numpy.empty) -> list of slot dicts
     AliasSampler(supports, alpha, seed=42, n_threads=None)    .draw(out) / .sample(n)
     adagrad_momentum_rows(table, acc, vel, rows, grad, lr, momentum, eps)   in place, numpy
-    adagrad_momentum_scatter(table, acc, vel, ids, grad, lr, momentum, eps) the same, ids repeat
+    adagrad_momentum_scatter(table, acc, vel, ids, grad, lr, momentum, eps, bias=None)
+                                                the same, ids repeat; bias: a second table
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import numpy as np
 from .batching import EpochSchedule
 from .errors import ConfigError, DataError
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _module = None
 _error: Optional[BaseException] = None
@@ -328,14 +329,19 @@ def adagrad_momentum_rows(table: np.ndarray, acc: np.ndarray, vel: Optional[np.n
 
 def adagrad_momentum_scatter(table: np.ndarray, acc: np.ndarray, vel: Optional[np.ndarray],
                              ids: np.ndarray, grad: np.ndarray, lr: float, momentum: float,
-                             eps: float) -> None:
+                             eps: float, bias: Optional[tuple] = None) -> None:
     """adagrad_momentum_rows for ``ids`` that may repeat: grad (L, ...) one row per occurrence;
     the rows of equal ids are summed (occurrence order, a hash: no sort), then each touched row
-    is updated once (csrc/optim.hpp). Same arrays as adagrad_momentum_rows. Raises DataError."""
+    is updated once (csrc/optim.hpp). Same arrays as adagrad_momentum_rows.
+
+    bias: None or (bias_table, bias_acc, bias_vel or None, bias_ids, bias_grad), a second table
+    (its own dtype; the training step's item bias at its columns) updated the same way in the
+    same call. Every array of both tables is checked before either is written. Raises
+    DataError (naming the bias's arrays "bias ...")."""
     mod = _require()
     try:
         mod.adagrad_momentum_scatter(table, acc, vel, ids, grad, float(lr), float(momentum),
-                                     float(eps))
+                                     float(eps), bias)
     except ValueError as e:
         raise DataError(f"adagrad_momentum_scatter: {e}") from None
 

@@ -129,15 +129,16 @@ def test_scatter_op_native_equals_torch_reference_with_bias(mu, monkeypatch):
     out, calls = {}, []
     real = native.adagrad_momentum_scatter
     monkeypatch.setattr(native, "adagrad_momentum_scatter",
-                        lambda *a: calls.append(a[0].shape) or real(*a))
+                        lambda *a, bias=None: calls.append((a[0].shape, bias[0].shape))
+                        or real(*a, bias=bias))
     monkeypatch.delenv("FASTGRU4REC_BACKEND", raising=False)
     for backend in ("torch", "native", "auto"):
         T, A, V, bT, bA, bV = (t.clone() for t in start)
         adagrad_momentum_scatter(T, ids, grad, A, V, 0.05, mu, backend=backend,
                                  bias=(bT, b_grad, bA, bV, offset))
         out[backend] = (T, A, V, bT, bA, bV)
-    # native and auto each ran the C++ pass twice (table, then bias); torch never
-    assert calls == [(N, H), (N,), (N, H), (N,)]
+    # native and auto each made one C++ call with both tables; torch none
+    assert calls == [((N, H), (N,)), ((N, H), (N,))]
     for backend in ("native", "auto"):
         for got, want in zip(out[backend], out["torch"]):
             torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
@@ -214,7 +215,8 @@ def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
     calls = []
     real = native.adagrad_momentum_scatter
     monkeypatch.setattr(native, "adagrad_momentum_scatter",
-                        lambda *a: calls.append(a[0].dtype) or real(*a))
+                        lambda *a, bias=None: calls.append((a[0].dtype, bias[0].dtype))
+                        or real(*a, bias=bias))
     for bias_grad in (b_grad64, b_grad):
         for t, s in zip(table + bias, start):
             t.copy_(s)
@@ -228,7 +230,7 @@ def test_native_scatter_checks_the_bias_tensors_before_writing(monkeypatch):
             assert calls == []
             assert all(torch.equal(a, b) for a, b in zip(table + bias, want))
         else:                         # auto ran native on both: the reference's values
-            assert calls == [np.float64, np.float32]
+            assert calls == [(np.float64, np.float32)]
             for a, b in zip(table + bias, want):
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # a non-contiguous velocity: the same refusal
@@ -257,16 +259,16 @@ def test_native_scatter_sums_strided_ids():
 
 def test_native_scatter_checks_shapes_and_ids_of_both_tables_before_writing():
     """A bias acc of the wrong length, a bias too short for its ids, a 2-d bias grad: each a
-    ValueError naming the bias, raised before the item table is written (the C++ pass would
-    update the table, then fail on the bias)."""
+    ValueError naming the bias, raised before the item table is written (both tables go to one
+    C++ call that checks both before it writes either)."""
     ids, table, grad, bias, b_grad, offset = _scatter_args(4)
     start = [t.clone() for t in table + bias]
     T, A, V = table
     bT, bA, bV = bias
     bad = [((bT, b_grad, torch.zeros(bA.shape[0] + 1, dtype=bA.dtype), bV, offset),
-            "bias acc has shape"),
-           ((bT[:5], b_grad, bA[:5], bV[:5], offset), r"bias ids outside \[0, 5\)"),
-           ((bT, b_grad[:, None], bA, bV, offset), "bias grad has shape")]
+            "bias acc must have the table's shape"),
+           ((bT[:5], b_grad, bA[:5], bV[:5], offset), r"bias row id \d+ is out of range \[0, 5\)"),
+           ((bT, b_grad[:, None], bA, bV, offset), "bias grad must have one row")]
     for backend in ("native", "auto"):
         for b_args, message in bad:
             with pytest.raises(ValueError, match=message):
@@ -274,7 +276,7 @@ def test_native_scatter_checks_shapes_and_ids_of_both_tables_before_writing():
                                          bias=b_args)
             for got, want in zip(table + bias, start):
                 assert torch.equal(got, want)
-    with pytest.raises(ValueError, match="item table grad has shape"):
+    with pytest.raises(ValueError, match="adagrad_momentum_scatter: grad must have one row"):
         adagrad_momentum_scatter(T, ids, grad[:-1], A, V, 0.1, 0.5, backend="native")
 
 
@@ -285,10 +287,22 @@ def test_native_scatter_rejects_bad_arguments():
         native.adagrad_momentum_scatter(T, A, None, np.array([0, -1]), G, 0.1, 0.0, 1e-6)
     with pytest.raises(DataError, match="grad must have one row"):
         native.adagrad_momentum_scatter(T, A, None, np.array([0, 0, 0]), G, 0.1, 0.0, 1e-6)
+    with pytest.raises(DataError, match="grad must have one row of the table's shape"):
+        # as many numbers as two rows hold, in another shape
+        native.adagrad_momentum_scatter(T, A, None, np.array([0, 1]), np.ones((2, 3, 1), np.float32),
+                                        0.1, 0.0, 1e-6)
+    bT, bA = np.zeros(5, np.float64), np.zeros(5, np.float64)
+    with pytest.raises(DataError, match=r"bias must be None or a tuple \(table, acc, vel, ids, grad\)"):
+        native.adagrad_momentum_scatter(T, A, None, np.array([0, 1]), G[:2], 0.1, 0.0, 1e-6,
+                                        bias=(bT, bA, None, np.array([1])))
+    with pytest.raises(DataError, match=r"bias row id 5 is out of range \[0, 5\)"):
+        native.adagrad_momentum_scatter(T, A, None, np.array([0, 1]), G[:2], 0.1, 0.0, 1e-6,
+                                        bias=(bT, bA, None, np.array([5]), np.ones(1)))
     with pytest.raises(ValueError, match="backend"):
         adagrad_momentum_scatter(torch.zeros(3), torch.tensor([0]), torch.ones(1), torch.zeros(3),
                                  None, 0.1, 0.0, backend="fortran")
-    assert T.sum() == 0 and A.sum() == 0     # nothing written by a rejected call
+    # nothing written by a rejected call (the item table neither, when only the bias was bad)
+    assert T.sum() == 0 and A.sum() == 0 and bT.sum() == 0 and bA.sum() == 0
     # an empty step: nothing to do
     native.adagrad_momentum_scatter(T, A, None, np.zeros(0, np.int64), np.zeros((0, 3), np.float32),
                                     0.1, 0.0, 1e-6)

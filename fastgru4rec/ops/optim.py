@@ -55,21 +55,6 @@ def _native_rows_problem(*groups) -> Optional[str]:
     return None
 
 
-def _check_rows_input(what: str, table, acc, vel, grad, ids) -> None:
-    """ValueError naming ``what`` (the table or its bias) unless acc and vel have the table's
-    shape, grad one row of the table's width per id and the ids index the table: checked for
-    every table before the native pass writes any (it would otherwise fail half-way)."""
-    for name, t in (("acc", acc), ("vel", vel)):
-        if t is not None and t.shape != table.shape:
-            raise ValueError(f"adagrad_momentum_scatter: {what} {name} has shape "
-                             f"{tuple(t.shape)}, the table {tuple(table.shape)}")
-    if grad.shape[:1] != ids.shape or grad.shape[1:] != table.shape[1:]:
-        raise ValueError(f"adagrad_momentum_scatter: {what} grad has shape {tuple(grad.shape)}; "
-                         f"expected ({ids.shape[0]}, *{tuple(table.shape[1:])})")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
-        raise ValueError(f"adagrad_momentum_scatter: {what} ids outside [0, {table.shape[0]})")
-
-
 def _use_native(backend: str, groups) -> bool:
     """backend "native": yes, or ValueError naming what does not fit, before anything is
     written. "auto": when the tensors fit, the extension loads and FASTGRU4REC_BACKEND=torch
@@ -203,23 +188,25 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
     if bias is not None:
         _check_vel(bias[3], momentum, "adagrad_momentum_scatter (bias)")
     used_vel = vel if momentum > 0 else None
-    # every tensor the native pass writes or reads is checked before anything is written
+    # dtype, device and layout of every tensor the native pass touches: checked ("native")
+    # or deciding the fallback ("auto") before anything is written
     groups = [(table, acc, used_vel, grad)]
     if bias is not None:
         groups.append((bias[0], bias[2], bias[3] if momentum > 0 else None, bias[1]))
     if _use_native(backend, groups):
+        # one C++ call for both tables: it checks shapes and id ranges of both before it
+        # writes either (DataError, a ValueError, naming the bias's arrays "bias ...")
         from .. import native
         ids = ids.to(torch.int64).contiguous()
-        segments = [("item table", ids)]
+        t, a, v, g = groups[0]
+        b_args = None
         if bias is not None:
-            segments.append(("bias", ids[bias[4]:]))
-        for (what, seg), (t, a, v, g) in zip(segments, groups):
-            _check_rows_input(what, t, a, v, g, seg)
-        for (_, seg), (t, a, v, g) in zip(segments, groups):
-            native.adagrad_momentum_scatter(t.numpy(), a.numpy(),
-                                            v.numpy() if v is not None else None,
-                                            seg.numpy(), g.contiguous().numpy(), lr, momentum,
-                                            EPS)
+            bt, ba, bv, bg = groups[1]
+            b_args = (bt.numpy(), ba.numpy(), bv.numpy() if bv is not None else None,
+                      ids[bias[4]:].numpy(), bg.contiguous().numpy())
+        native.adagrad_momentum_scatter(t.numpy(), a.numpy(), v.numpy() if v is not None else None,
+                                        ids.numpy(), g.contiguous().numpy(), lr, momentum, EPS,
+                                        bias=b_args)
         return
     sorted_ids, perm = torch.sort(ids)
     if resolve_backend(backend, table, "optimizer") == "triton":
