@@ -60,9 +60,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .data import SessionData, as_session_data, read_sessions, require_evaluable
+from .data import (SessionData, as_session_data, read_sessions, require_evaluable,
+                   require_trainable)
 from .errors import ConfigError, DataError
-from .evaluate import DEFAULT_CUTOFFS, evaluate_session_steps
+from .evaluate import DEFAULT_CUTOFFS, MAX_EVAL_LANES, evaluate_session_steps
 from .ops.ranking import RANK_MODES, rank_counts_from_scores
 
 __all__ = ["POP", "SPOP", "ItemKNN", "BPRMF", "BASELINES", "DISPLAY_NAMES", "run_baselines",
@@ -655,9 +656,11 @@ def register_cli(subparsers) -> None:
                         "§7) or a parameter string k=v,k=v (default preset: rsc15)")
     p.add_argument("--device", default="cpu", help="device for GRU4Rec (cpu, cuda, auto)")
     p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="evaluation lanes (default: 128, capped so lanes x items <= 2^24)")
+                   help="evaluation lanes (default: the baselines 128, capped so lanes x "
+                        "items <= 2^24; GRU4Rec 512)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help="torch threads for the baselines (default 1; 0: leave torch's setting)")
+                   help="torch threads for the whole command, the baselines and --gru4rec "
+                        "(default 1; 0: leave torch's setting)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--session-key", default="SessionId")
@@ -683,8 +686,9 @@ def run(args) -> int:
     cutoffs = [int(k) for k in args.cutoffs]
     if not cutoffs or any(k <= 0 for k in cutoffs):
         raise ConfigError(f"cut-offs must be positive integers (got {cutoffs})")
-    if args.eval_batch_size is not None and args.eval_batch_size <= 0:
-        raise ConfigError(f"--eval-batch-size must be positive (got {args.eval_batch_size})")
+    if args.eval_batch_size is not None and not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
+        raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
+                          f"(got {args.eval_batch_size})")
     keys = resolve_names(args.only)
     bparams = parse_baseline_params(args.bparams)
     for k in bparams:
@@ -700,10 +704,18 @@ def run(args) -> int:
     read_kw = dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,
                    sep=args.sep)
 
+    g = None
+    if g_params is not None:
+        from .estimator import GRU4Rec
+
+        g = GRU4Rec(device=args.device, **g_params)   # a bad device: now, not after the baselines
+
     t0 = time.perf_counter()
     train = read_sessions(args.train, **read_kw)
     log(f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, {train.n_items:,} "
         f"items ({time.perf_counter() - t0:.1f} s)")
+    if g is not None:
+        require_trainable(train)
     tests = {str(t): read_sessions(t, item_map=train, **read_kw) for t in args.test}
     for test in tests.values():
         require_evaluable(test)   # else every metric would be a meaningless 0
@@ -720,17 +732,15 @@ def run(args) -> int:
             res["eval_seconds"] = time.perf_counter() - t1
             results[path][model.name] = res
         del model
-    if g_params is not None:
-        from .estimator import GRU4Rec
-
-        g = GRU4Rec(device=args.device, **g_params)
+    if g is not None:
         t1 = time.perf_counter()
         g.fit(train, progress=not quiet, on_epoch=lambda s: log(
             f"GRU4Rec epoch {s.epoch}: loss {s.loss:.4f} ({s.seconds:.1f} s)"))
         fit_s = time.perf_counter() - t1
         for path, test in tests.items():
             t2 = time.perf_counter()
-            res = g.evaluate(test, cutoffs, args.mode, args.eval_batch_size or 512)
+            res = g.evaluate(test, cutoffs, args.mode, args.eval_batch_size or 512,
+                             progress=not quiet)
             res["fit_seconds"] = fit_s
             res["eval_seconds"] = time.perf_counter() - t2
             results[path]["GRU4Rec"] = res

@@ -509,6 +509,16 @@ def cmd_bench(args) -> int:
     from .estimator import resolve_device
 
     _target, data_path = _split_positionals(args.what)
+    ps_params = parse_param_string(args.params) if args.params else {}
+    ps_epochs = (GRU4RecConfig.from_dict({"n_epochs": ps_params["n_epochs"]},
+                                         where="-ps").n_epochs
+                 if "n_epochs" in ps_params else None)
+    if args.epochs is None:
+        # n_epochs in -ps counts like --epochs (a preset's 10 epochs do not: bench times 1)
+        args.epochs = ps_epochs or 1
+    elif ps_epochs is not None and ps_epochs != args.epochs:
+        raise ConfigError(f"bench: --epochs {args.epochs} and n_epochs={ps_epochs} in -ps "
+                          "disagree")
     if args.epochs <= 0:
         raise ConfigError(f"--epochs must be positive (got {args.epochs})")
     if args.max_steps is not None and args.max_steps <= 0:
@@ -518,18 +528,19 @@ def cmd_bench(args) -> int:
         if path == "":
             raise ConfigError(f"{option}: the path is empty")
         if path is not None:
-            check_writable(path)
+            check_writable(path, [p for p in (data_path, args.test) if p])
     if args.plot:
         _plot_format(args.plot)
-    if args.eval_batch_size <= 0:
-        raise ConfigError(f"--eval-batch-size must be positive (got {args.eval_batch_size})")
+    from .evaluate import MAX_EVAL_LANES
+    if not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
+        raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
+                          f"(got {args.eval_batch_size})")
     if args.warmup_steps < 0:
         raise ConfigError(f"--warmup-steps must be >= 0 (got {args.warmup_steps})")
     if args.threads:
         torch.set_num_threads(args.threads)
     params: Dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-    if args.params:
-        params.update(parse_param_string(args.params))
+    params.update(ps_params)
     params["n_epochs"] = args.epochs
     config = GRU4RecConfig.from_dict(params, where="bench parameters")
     device = resolve_device(args.device)
@@ -538,6 +549,8 @@ def cmd_bench(args) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
+    if data_path is not None and args.synthetic:
+        raise ConfigError("--synthetic sizes the built-in data; it cannot go with a DATA path")
     t0 = time.perf_counter()
     if data_path is None:
         if args.test:
@@ -562,14 +575,20 @@ def cmd_bench(args) -> int:
                        compare_reference=args.compare_reference,
                        eval_batch_size=args.eval_batch_size, progress=not args.quiet,
                        label=args.label, preset=args.preset, log=log)
-    # The table first: a file that fails to write must not lose the numbers measured.
+    # The files first (their paths were checked before the run), then the table: a closed or
+    # full stdout must not lose the numbers measured; if a file still fails to write, the
+    # table is printed before the error.
+    try:
+        if args.json:
+            write_json_atomic(args.json, result)
+            log(f"bench: wrote {args.json}")
+        if args.plot:
+            plot_result(result, args.plot)
+            log(f"bench: wrote {args.plot}")
+    except Exception:
+        print(format_table(result), flush=True)
+        raise
     print(format_table(result), flush=True)
-    if args.json:
-        write_json_atomic(args.json, result)
-        log(f"bench: wrote {args.json}")
-    if args.plot:
-        plot_result(result, args.plot)
-        log(f"bench: wrote {args.plot}")
     return 0
 
 
@@ -602,7 +621,9 @@ def register_cli(subparsers) -> None:
                    help="the authors' best hyperparameters for a dataset (REFERENCE §7)")
     b.add_argument("-ps", "--parameter-string", dest="params",
                    help="parameters as k=v,k=v (override the preset)")
-    b.add_argument("--epochs", type=int, default=1)
+    b.add_argument("--epochs", type=int, default=None,
+                   help="epochs timed (default: n_epochs of -ps if given there, else 1; a "
+                        "preset's n_epochs is not used)")
     b.add_argument("--max-steps", type=int, default=None, help="cut each epoch at N steps")
     b.add_argument("--warmup-steps", type=int, default=20,
                    help="steps on a throw-away model before timing (default 20)")
@@ -617,7 +638,8 @@ def register_cli(subparsers) -> None:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     b.add_argument("--label", help="a name stored in the JSON")
     b.add_argument("--json", metavar="OUT.json", help="write the results as JSON (atomically)")
-    b.add_argument("--plot", metavar="OUT.png", help="draw a PNG chart (needs matplotlib)")
+    b.add_argument("--plot", metavar="OUT.png", help="draw a chart (needs matplotlib; the format "
+                   "follows the extension: png, svg, pdf, ...; png without one)")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
     b.__class__ = _IntermixedParser

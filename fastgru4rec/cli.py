@@ -85,11 +85,12 @@ def _add_data_args(p: argparse.ArgumentParser):
 
 
 def _check_eval_args(args):
-    from .evaluate import MetricAccumulator
+    from .evaluate import MAX_EVAL_LANES, MetricAccumulator
 
     MetricAccumulator(args.cutoffs, args.mode)   # raises on bad cut-offs / mode
-    if args.eval_batch_size <= 0:
-        raise ConfigError(f"--eval-batch-size must be positive (got {args.eval_batch_size})")
+    if not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
+        raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
+                          f"(got {args.eval_batch_size})")
 
 
 def _read_kw(args) -> Dict:
@@ -104,13 +105,14 @@ def _read_kw(args) -> Dict:
                 sep=args.sep)
 
 
-def _check_save_path(path: Optional[str]):
-    """Before training, not after an hour of it: a destination that cannot be written."""
+def _check_save_path(path: Optional[str], inputs=()):
+    """Before training, not after an hour of it: a destination that cannot be written, or that
+    is one of the command's input files."""
     if path is None:
         return
     if path == "":
         raise ConfigError("-s/--save-model: the path is empty")
-    check_writable(path)
+    check_writable(path, inputs)
 
 
 def _log(args, msg: str):
@@ -126,7 +128,7 @@ def cmd_train(args) -> int:
     params = _params_from_args(args)
     model = GRU4Rec(device=args.device, **params)
     _check_eval_args(args)  # before training, not after an hour of it
-    _check_save_path(args.save_model)
+    _check_save_path(args.save_model, [args.train] + list(args.test or []))
     t0 = time.perf_counter()
     train = read_sessions(args.train, **_read_kw(args))
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
@@ -150,7 +152,8 @@ def cmd_train(args) -> int:
         out["model"] = str(args.save_model)
     results = {}
     for path, test in zip(args.test or [], tests):
-        results[str(path)] = model.evaluate(test, args.cutoffs, args.mode, args.eval_batch_size)
+        results[str(path)] = model.evaluate(test, args.cutoffs, args.mode, args.eval_batch_size,
+                                            progress=not (args.json or args.quiet))
     out["results"] = {k: _jsonable(v) for k, v in results.items()}
     _print_results(args, out, results)
     return 0
@@ -193,8 +196,15 @@ def cmd_recommend(args) -> int:
 
     model = GRU4Rec.load(args.model, device=args.device)
     recs = model.recommend(args.items, k=args.k, exclude_seen=args.exclude_seen)
+    known_ids = set(map(str, model.item_ids))
+    unknown = [i for i in args.items if i not in known_ids]
+    if unknown:   # skipped by recommend(): say so, the output would imply they were used
+        print(f"fastgru4rec recommend: warning: {len(unknown)} item(s) unknown to the model "
+              f"skipped: {' '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps({"session": args.items, "recommendations": recs}))
+        print(json.dumps({"session": [i for i in args.items if i in known_ids],
+                          "unknown_items": unknown, "recommendations": recs}))
     else:
         print("\n".join(recs))
     return 0
@@ -209,7 +219,9 @@ def cmd_demo(args) -> int:
     params = dict(layers=[100], loss="cross-entropy", batch_size=64, dropout_p_hidden=0.2,
                   learning_rate=0.1, momentum=0.1, n_sample=512, sample_alpha=0.5, logq=1.0,
                   n_epochs=args.epochs, elu_param=0.0, seed=args.seed)
-    # validates --epochs and --seed (by the parameters' rules) before the data is generated
+    if args.epochs <= 0:   # named as the option (the parameters' rule would say n_epochs)
+        raise ConfigError(f"--epochs must be positive (got {args.epochs})")
+    # validates --seed (by the parameters' rules) before the data is generated
     model = GRU4Rec(device=args.device, **params)
     train, test = synthetic_split(seed=args.seed)
     _log(args, f"synthetic data (seed {args.seed}): train {train.n_events:,} events / "
@@ -260,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-ps", "--parameter-string", dest="params",
                    help="parameters as k=v,k=v (lists as 100/100, booleans True/False)")
     t.add_argument("-pf", "--parameter-file", dest="param_file",
-                   help="parameter file: JSON, or Python assigning gru4rec_params = OrderedDict(...)")
+                   help="parameter file: JSON (.json, or text starting with '{'), or Python "
+                        "assigning gru4rec_params = OrderedDict(...)")
     t.add_argument("-s", "--save-model", help="write the trained model to this file")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
@@ -284,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recommend", help="top-k items for a session prefix")
     r.add_argument("model")
-    r.add_argument("items", nargs="+", help="the session's item ids so far, oldest first")
+    r.add_argument("items", nargs="+", help="the session's item ids so far, oldest first "
+                   "(ids unknown to the model are skipped, with a warning)")
     r.add_argument("-k", type=int, default=20)
     r.add_argument("--exclude-seen", action="store_true")
     r.add_argument("--device", default="cpu")
@@ -324,6 +338,10 @@ def _silence_stdout():
         pass
 
 
+#: a bound far above any machine's cores, so that a typo is a message, not an overflow
+MAX_THREADS = 1 << 16
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -331,14 +349,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         # 0: leave torch's setting (as `baselines --threads` documents); the subcommand may
         # still apply its own (baselines does, per fit)
         if getattr(args, "threads", None) is not None:
-            if args.threads < 0:
-                raise ConfigError(f"--threads must be positive, or 0 for torch's own setting "
-                                  f"(got {args.threads})")
+            if not 0 <= args.threads <= MAX_THREADS:
+                raise ConfigError(f"--threads must be in [1, {MAX_THREADS}], or 0 for torch's "
+                                  f"own setting (got {args.threads})")
             if args.threads > 0:
                 import torch
                 torch.set_num_threads(args.threads)
         rc = int(args.func(args) or 0)
-        sys.stdout.flush()   # a closed pipe must fail here, inside the handler below
+        if sys.stdout is not None:   # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()       # a closed pipe must fail here, inside the handler below
         return rc
     except BrokenPipeError:
         # The reader of our output went away (`... --json | head -1`): not an error of the

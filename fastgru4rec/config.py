@@ -240,18 +240,23 @@ def parse_param_string(text: str) -> Dict[str, str]:
 
 
 def read_param_file(path) -> Dict[str, Any]:
-    """Read a parameter file: JSON, or the authors' Python form
-    ``gru4rec_params = OrderedDict([('loss', 'bpr-max'), ...])`` parsed as literals (never run)."""
+    """Read a parameter file: JSON (a .json file, or any file whose text starts with '{'), or
+    the authors' Python form ``gru4rec_params = OrderedDict([('loss', 'bpr-max'), ...])``
+    parsed as literals (never run)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a parameter file")
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    text = text.removeprefix("\ufeff")   # a byte-order mark, as some editors write
     if "\0" in text:
         raise ConfigError(f"{path}: contains a NUL byte; not a text parameter file")
-    if path.suffix.lower() == ".json":
+    # JSON by its extension, or by its content (an object) whatever the file is called
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             params = json.loads(text)
         except json.JSONDecodeError as e:

@@ -266,9 +266,10 @@ def _missing_columns_error(name: str, keys: _Keys, found: list, sep: Optional[st
         # A single column almost always means the separator is wrong (e.g. a comma-separated
         # file read as tab-separated).
         return DataError(f"{head}: the header is a single column {found[0][:60]!r} when split "
-                         f"on {sep!r}; check the separator (pass sep=)")
+                         f"on {sep!r}; check the separator (sep=, or --sep on the command line)")
     shown = _show_columns(found) if found else "(none)"
-    msg = f"{head} (columns found: {shown}); set " + ", ".join(keys.hint(c) + "=" for c in missing)
+    msg = f"{head} (columns found: {shown}); set " + ", ".join(
+        f"{keys.hint(c)}= (--{keys.hint(c).replace('_', '-')})" for c in missing)
     if sep is not None and len(missing) == len(wanted):
         msg += " (text files need a header row)"
     return DataError(msg)

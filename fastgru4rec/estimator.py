@@ -154,6 +154,8 @@ class GRU4Rec:
         path = Path(path)
         # resolved first, so that a bad device is named as such, not as a bad model file
         device = resolve_device(device)
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not a model file")
         if not path.is_file():
             raise DataError(f"{path}: model file not found")
         try:
@@ -179,8 +181,12 @@ class GRU4Rec:
             est.model.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file
+            # load_state_dict's message spans lines (a header, then what is wrong): joined
+            detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+            if len(detail) > 300:
+                detail = detail[:297] + "..."
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else 'missing entry'})") from None
+                            f"{detail or 'missing entry'})") from None
         bad = [name for name, t in est.model.state_dict().items()
                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:

@@ -12,9 +12,13 @@ import numpy as np
 import torch
 
 from .batching import build_schedule
+from .config import MAX_BATCH_SIZE
 from .data import SessionData
 from .errors import DataError
 from .ops.ranking import RANK_MODES, rank_counts, ranks_from_counts
+
+#: the most evaluation lanes (sessions evaluated side by side), as for training's batch_size
+MAX_EVAL_LANES = MAX_BATCH_SIZE
 
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
 
@@ -58,8 +62,9 @@ def evaluate_session_steps(step_counts: Callable, test: SessionData, cutoffs: Se
     """
     from tqdm.auto import tqdm
 
-    if int(batch_size) <= 0:
-        raise ValueError(f"evaluation batch_size must be positive (got {batch_size})")
+    if not 0 < int(batch_size) <= MAX_EVAL_LANES:
+        raise ValueError(f"evaluation batch_size must be in [1, {MAX_EVAL_LANES}] "
+                         f"(got {batch_size})")
     acc = MetricAccumulator(cutoffs, mode)
     sched = build_schedule(test.offsets, test.items, batch_size, min_lanes=1)
     inputs = torch.from_numpy(sched.inputs.astype(np.int64))

@@ -198,7 +198,8 @@ def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progres
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory")
-    check_writable(out / "train_full.tsv")   # before reading, not after
+    for key in OUTPUTS:   # every output, before reading, not after; none may be the input
+        check_writable(out / f"{key}.tsv", [path])
 
     ev = _Events(_read_clicks(path, name))
     everything = np.ones(len(ev.s_codes), dtype=bool)
@@ -243,6 +244,9 @@ def format_stats(stats: dict) -> str:
 
 def run(args) -> int:
     """Handler of `preprocess rsc15 CLICKS OUTDIR [--min-item-support N] [--quiet]`."""
+    if args.min_item_support < 1:   # named as the option, not as the API's keyword
+        raise ConfigError(f"--min-item-support must be an integer >= 1 (got "
+                          f"{args.min_item_support})")
     stats = preprocess_rsc15(args.clicks, args.outdir, min_item_support=args.min_item_support,
                              progress=not args.quiet)
     print(format_stats(stats))

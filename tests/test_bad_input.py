@@ -493,3 +493,186 @@ def test_preprocess_empty_test_is_an_error(capsys, tmp_path):
     assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
                      "--quiet"), "preprocess", str(clicks), "no test session")
     assert not out.exists()
+
+
+# ================================================================ D. outputs never destroy data
+def test_outputs_never_replace_special_files_or_inputs(files, capsys, monkeypatch, tmp_path):
+    """Only regular files are replaced: a device, a FIFO, a path ending in a separator are
+    refused; an output that is one of the command's inputs (the training file, a test file) is
+    refused; all before training."""
+    import os
+
+    monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target, fragment in ((fifo, "not a regular file"),
+                             (Path("/dev/null"), "not a regular file"),
+                             (f"{tmp_path}/newdir/", "ends in a path separator")):
+        assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-s", target, "-q"),
+                         "train", f"cannot write {target}", fragment)
+    assert fifo.is_fifo() and Path("/dev/null").is_char_device()
+    assert not (tmp_path / "newdir").exists()
+    copy = tmp_path / "train_copy.tsv"
+    copy.write_bytes(files["train"].read_bytes())
+    for argv in (["train", copy, "-ps", PS, "-s", copy, "-q"],
+                 ["train", files["train"], "-t", copy, "-ps", PS, "-s", copy, "-q"]):
+        assert_cli_error(run_cli(capsys, *argv), "train", f"cannot write {copy}",
+                         "is an input of this command")
+    assert copy.read_bytes() == files["train"].read_bytes()
+
+
+def test_symlinked_output_is_written_through(files, capsys, tmp_path):
+    target = tmp_path / "real" / "model.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "link.pt"
+    link.symlink_to(target)
+    rc, _, err = run_cli(capsys, "train", files["train"], "-ps", PS, "-s", link, "-q")
+    assert rc == 0, err
+    assert link.is_symlink() and os_readlink(link) == target
+    assert target.read_bytes() != b"old" and GRU4Rec.load(link).model is not None
+
+
+def os_readlink(path: Path) -> Path:
+    import os
+    return Path(os.readlink(path))
+
+
+def test_a_folder_where_no_file_can_be_created_is_found_before_the_work(monkeypatch, tmp_path):
+    """check_writable probes by creating (and removing) a file: a folder that passes
+    os.access but refuses files (as /proc does, even to root) is refused up front."""
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(path, mode="r", *a, **k):
+        if ".fastgru4rec-probe." in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'm.pt'}: cannot create a "
+                                         f"file in {tmp_path}"):
+        check_writable(tmp_path / "m.pt")
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert check_writable(tmp_path / "m.pt") == tmp_path / "m.pt"
+    assert list(tmp_path.iterdir()) == []        # the probe is removed
+
+
+def test_preprocess_checks_every_output_and_its_input_before_reading(capsys, monkeypatch,
+                                                                     tmp_path):
+    from fastgru4rec import preprocess
+
+    monkeypatch.setattr(preprocess, "_read_clicks", _fail_if_called)
+    clicks = tmp_path / "clicks.dat"
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n")
+    out = tmp_path / "out"
+    (out / "train_tr.tsv").mkdir(parents=True)       # the third output is a folder
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, out, "--quiet"),
+                     "preprocess", f"cannot write {out / 'train_tr.tsv'}", "is a directory")
+    assert sorted(p.name for p in out.iterdir()) == ["train_tr.tsv"]   # nothing written
+    inside = tmp_path / "data"
+    inside.mkdir()
+    same = inside / "train_full.tsv"                  # the input where an output goes
+    same.write_text(clicks.read_text())
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", same, inside, "--quiet"),
+                     "preprocess", f"cannot write {same}", "is an input of this command")
+    assert same.read_text() == clicks.read_text()
+
+
+def test_bench_writes_its_files_even_when_stdout_fails(capsys, monkeypatch, tmp_path):
+    from fastgru4rec import bench
+
+    def full_stdout(result):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench, "format_table", full_stdout)
+    out_json = tmp_path / "out.json"
+    rc, out, err = run_cli(capsys, "bench", "--synthetic", SYNTH, "--max-steps", "2",
+                           "--warmup-steps", "0", "-ps", PS, "--json", out_json, "-q")
+    assert rc == 2 and "No space left" in err
+    assert json.loads(out_json.read_text())["runs"]      # the numbers measured are kept
+
+
+def test_bench_epochs_synthetic_and_data_conflicts(files, capsys):
+    assert_cli_error(run_cli(capsys, "bench", files["train"], "--synthetic", SYNTH, "-q"), "bench",
+                     "--synthetic", "DATA")
+    assert_cli_error(run_cli(capsys, "bench", "--synthetic", SYNTH, "--epochs", "2", "-ps", PS,
+                             "-q"), "bench", "--epochs 2", "n_epochs=1", "disagree")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_eval_batch_size_beyond_the_limit_is_named_up_front(files, capsys, monkeypatch, command):
+    monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
+    monkeypatch.setattr(GRU4Rec, "evaluate", _fail_if_called)
+    first = [files["model"]] if command == "evaluate" else [files["train"], "-ps", PS, "-t"]
+    for size in ("2147483648", "99999999999999999999"):
+        assert_cli_error(run_cli(capsys, command, *first, files["test"], "--eval-batch-size", size,
+                                 "-q"), command, "--eval-batch-size must be in [1, ", size)
+
+
+def test_closed_stdout_is_not_a_crash(files, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", None)       # what Python gives a process run with `>&-`
+    assert main(["recommend", str(files["model"]), "i1", "-k", "3"]) == 0
+
+
+def test_baselines_gru4rec_arguments_checked_before_the_baselines(files, capsys, monkeypatch):
+    from fastgru4rec import baselines
+
+    monkeypatch.setattr(baselines.POP, "fit", _fail_if_called)
+    assert_cli_error(run_cli(capsys, "baselines", files["train"], files["test"], "--only", "pop",
+                             "--gru4rec", PS, "--device", "bogus", "-q"),
+                     "baselines", "device='bogus'")
+    assert_cli_error(run_cli(capsys, "baselines", files["single"], files["test"], "--only", "pop",
+                             "--gru4rec", PS, "-q"), "baselines", "2 or more events")
+
+
+def test_param_files_json_by_content_and_a_byte_order_mark(tmp_path):
+    txt = tmp_path / "params.txt"
+    txt.write_text(json.dumps({"layers": [16], "loss": "bpr-max"}))
+    assert read_param_file(txt) == {"layers": [16], "loss": "bpr-max"}
+    py = tmp_path / "params.py"
+    py.write_text("\ufeffgru4rec_params = {'layers': [16]}\n", encoding="utf-8")
+    assert read_param_file(py) == {"layers": [16]}
+
+
+def test_a_folder_is_named_as_such_not_as_missing(files, tmp_path):
+    assert "is a directory, not a model file" in api_error(DataError, GRU4Rec.load, tmp_path)
+    assert "is a directory, not a parameter file" in api_error(ConfigError, read_param_file,
+                                                               tmp_path)
+
+
+def test_model_with_wrong_shapes_says_what_is_wrong(files, tmp_path):
+    import torch
+
+    payload = torch.load(files["model"], weights_only=True)
+    payload["state_dict"]["gru.0.weight_hh"] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    msg = api_error(DataError, GRU4Rec.load, bad)
+    assert "inconsistent model file" in msg and "gru.0.weight_hh" in msg and "size mismatch" in msg
+
+
+def test_huge_thread_counts_and_overlong_names_are_one_line_errors(files, capsys, monkeypatch,
+                                                                  tmp_path):
+    monkeypatch.setattr(GRU4Rec, "fit", _fail_if_called)
+    assert_cli_error(run_cli(capsys, "evaluate", files["model"], files["test"], "--threads",
+                             "99999999999999999999"), "evaluate", "--threads must be in [1, ")
+    long = tmp_path / ("a" * 300 + ".pt")
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ps", PS, "-s", long, "-q"),
+                     "train", "cannot write", "name too long")
+
+
+def test_missing_column_names_the_command_line_option(files, capsys, tmp_path):
+    p = write_tsv(tmp_path / "t.tsv", [("s", "i", 1)], header=("SessionId", "ItemId", "Stamp"))
+    assert_cli_error(run_cli(capsys, "train", p, "-ps", PS, "-q"), "train",
+                     "missing column 'Time'", "time_key= (--time-key)")
+
+
+def test_demo_and_preprocess_name_their_options(capsys, tmp_path):
+    assert_cli_error(run_cli(capsys, "demo", "--epochs", "0"), "demo", "--epochs must be positive")
+    clicks = tmp_path / "clicks.dat"
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n")
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, tmp_path / "o",
+                             "--min-item-support", "0", "--quiet"), "preprocess",
+                     "--min-item-support must be an integer >= 1")

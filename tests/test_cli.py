@@ -137,8 +137,10 @@ def test_evaluate_and_recommend_from_saved_model(files, capsys):
     rc, out, err = run_cli(capsys, "recommend", files["model"], ids[0], "unknown-item", ids[1],
                         "-k", "3", "--json")
     assert rc == 0, err
-    assert json.loads(out) == {"session": [ids[0], "unknown-item", ids[1]],
+    # the unknown item is skipped, and said to be: in the JSON and on stderr
+    assert json.loads(out) == {"session": [ids[0], ids[1]], "unknown_items": ["unknown-item"],
                                "recommendations": expected}
+    assert "1 item(s) unknown to the model skipped: unknown-item" in err
     rc, out, err = run_cli(capsys, "recommend", files["model"], ids[0], "-k", "5", "--exclude-seen")
     assert rc == 0 and len(out.splitlines()) == 5 and ids[0] not in out.splitlines()
 

@@ -259,8 +259,8 @@ def test_missing_param_file(tmp_path):
     with pytest.raises(ConfigError, match="not found") as ei:
         read_param_file(tmp_path / "nope.py")
     assert "nope.py" in str(ei.value)
-    with pytest.raises(ConfigError, match="not found"):
-        read_param_file(tmp_path)  # a directory is not a parameter file
+    with pytest.raises(ConfigError, match="is a directory, not a parameter file"):
+        read_param_file(tmp_path)
 
 
 def test_python_file_without_gru4rec_params(tmp_path):

@@ -218,7 +218,7 @@ def test_missing_column(tmp_path):
     p = write_text(tmp_path / "train.tsv", [("1", "2", "3")], header=("SessionId", "ItemId", "Stamp"))
     msg = error_of(p)
     assert msg == (f"{p}: missing column 'Time' (columns found: SessionId, ItemId, Stamp); "
-                   "set time_key=")
+                   "set time_key= (--time-key)")
 
 
 def test_wrong_separator_hint(tmp_path):
@@ -288,7 +288,7 @@ def test_parquet_missing_column(tmp_path):
     p = tmp_path / "t.parquet"
     pd.DataFrame({"SessionId": ["a"], "ItemId": ["x"], "ts": [1.0]}).to_parquet(p, index=False)
     assert error_of(p) == (f"{p}: missing column 'Time' (columns found: SessionId, ItemId, ts); "
-                           "set time_key=")
+                           "set time_key= (--time-key)")
 
 
 def test_not_a_source():
