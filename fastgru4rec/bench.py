@@ -501,6 +501,11 @@ def _split_positionals(values: List[str]) -> Tuple[str, Optional[str]]:
     return target, (values[0] if values else None)
 
 
+#: untimed steps before the clock starts: far more than any warm-up needs (the sample store is
+#: sized by them, so an absurd value would be reported as a sample_store_size problem)
+MAX_WARMUP_STEPS = 1_000_000
+
+
 def cmd_bench(args) -> int:
     import torch
 
@@ -535,8 +540,9 @@ def cmd_bench(args) -> int:
     if not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
         raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
                           f"(got {args.eval_batch_size})")
-    if args.warmup_steps < 0:
-        raise ConfigError(f"--warmup-steps must be >= 0 (got {args.warmup_steps})")
+    if not 0 <= args.warmup_steps <= MAX_WARMUP_STEPS:
+        raise ConfigError(f"--warmup-steps must be in [0, {MAX_WARMUP_STEPS}] "
+                          f"(got {args.warmup_steps})")
     if args.threads:
         torch.set_num_threads(args.threads)
     params: Dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}

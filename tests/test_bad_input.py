@@ -599,6 +599,8 @@ def test_bench_epochs_synthetic_and_data_conflicts(files, capsys):
                      "--synthetic", "DATA")
     assert_cli_error(run_cli(capsys, "bench", "--synthetic", SYNTH, "--epochs", "2", "-ps", PS,
                              "-q"), "bench", "--epochs 2", "n_epochs=1", "disagree")
+    assert_cli_error(run_cli(capsys, "bench", "--synthetic", SYNTH, "--warmup-steps",
+                             "100000000000000000000", "-q"), "bench", "--warmup-steps must be in")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "train"])
