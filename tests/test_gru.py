@@ -20,6 +20,15 @@ def test_cell_variant_is_a_drop_in_for_nn_grucell():
     assert torch.allclose(layer(x, h), ref(x, h), rtol=1e-12, atol=1e-14)
     assert {n: p.shape for n, p in layer.named_parameters()} == \
         {n: p.shape for n, p in ref.named_parameters()}
+    # and every gradient (input, state, each parameter by name) equals nn.GRUCell's autograd
+    x.requires_grad_(), h.requires_grad_()
+    w = torch.randn(4, 5, dtype=torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    mine, theirs = dict(layer.named_parameters()), dict(ref.named_parameters())
+    g_layer = torch.autograd.grad((layer(x, h) * w).sum(), [x, h] + [mine[n] for n in names])
+    g_ref = torch.autograd.grad((ref(x, h) * w).sum(), [x, h] + [theirs[n] for n in names])
+    for name, a, b in zip(["x", "h"] + names, g_layer, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
 
 
 def test_original_variant_matches_hand_formula():
