@@ -678,3 +678,14 @@ def test_demo_and_preprocess_name_their_options(capsys, tmp_path):
     assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, tmp_path / "o",
                              "--min-item-support", "0", "--quiet"), "preprocess",
                      "--min-item-support must be an integer >= 1")
+
+
+def test_preprocess_names_the_line_of_a_bad_timestamp(capsys, tmp_path):
+    clicks = tmp_path / "clicks.dat"
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n1,2014-04-07T10:52:09.277Z,215,0\n"
+                      "2,notatime,216,0\n")
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, tmp_path / "o", "--quiet"),
+                     "preprocess", "line 3: timestamp 'notatime' is not ISO 8601")
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n1,2014-04-07T10:52:09.277Z,215\n")
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, tmp_path / "o", "--quiet"),
+                     "preprocess", "line 2: 3 comma-separated fields, expected 4")
