@@ -512,6 +512,7 @@ def cmd_bench(args) -> int:
     from .config import GRU4RecConfig, parse_param_string
     from .errors import ConfigError
     from .estimator import resolve_device
+    from .evaluate import MAX_EVAL_LANES
 
     _target, data_path = _split_positionals(args.what)
     ps_params = parse_param_string(args.params) if args.params else {}
@@ -536,7 +537,6 @@ def cmd_bench(args) -> int:
             check_writable(path, [p for p in (data_path, args.test) if p])
     if args.plot:
         _plot_format(args.plot)
-    from .evaluate import MAX_EVAL_LANES
     if not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
         raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
                           f"(got {args.eval_batch_size})")
