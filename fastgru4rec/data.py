@@ -324,8 +324,10 @@ def _read_dataframe(df, keys: _Keys) -> pa.Table:
             arrays.append(pa.array(series.astype(str).to_numpy(dtype=object), type=pa.string()))
         else:
             arrays.append(pa.array(series))
-    table = pa.Table.from_arrays(arrays, names=[keys.session, keys.item, keys.time])
-    return _normalize(table, name, keys)
+    # column labels need not be strings in pandas (header=None gives 0, 1, 2); Arrow's must
+    str_keys = _Keys(str(keys.session), str(keys.item), str(keys.time))
+    table = pa.Table.from_arrays(arrays, names=[str_keys.session, str_keys.item, str_keys.time])
+    return _normalize(table, name, str_keys)
 
 
 def _read_parquet(path: Path, name: str, keys: _Keys) -> pa.Table:

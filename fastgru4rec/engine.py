@@ -106,6 +106,7 @@ class FastTrainer(Trainer):
                  warmup_steps: int = 3, optimizer_backend: str = "auto", step: str = "auto",
                  step_backend: str = "auto"):
         super().__init__(model, config, supports, device, schedule_backend, precision)
+        device = self.device   # a torch.device (a string is accepted, as by Trainer)
         if step not in ("auto", "autograd", "fused"):
             raise ValueError(f"step must be 'auto', 'autograd' or 'fused' (got {step!r})")
         fusable = model.embedding_mode == "shared" and not config.full_catalog
@@ -279,6 +280,9 @@ class FastTrainer(Trainer):
                                        bias_offset))
 
     # ------------------------------------------------------------------ the epoch
+    # training works inside a caller's torch.no_grad() or torch.inference_mode() too
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def train_epoch(self, data: SessionData, epoch: int = 0, progress: bool = True,
                     max_steps: Optional[int] = None) -> EpochStats:
         ep = EpochOnDevice.upload(self.schedule(data), self.device)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import GRU4RecConfig
-from .data import SessionData, as_session_data, require_trainable
+from .data import SessionData, as_session_data, require_evaluable, require_trainable
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .evaluate import DEFAULT_CUTOFFS, evaluate_model
@@ -56,6 +56,7 @@ class GRU4Rec:
         self.supports: Optional[np.ndarray] = None
         self.history: List[EpochStats] = []
         self._train_map: Optional[SessionData] = None
+        self._read_kw: Dict = {}   # fit's column names / separator, evaluate()'s defaults
 
     # ------------------------------------------------------------------ data
     def _item_map(self) -> SessionData:
@@ -76,10 +77,18 @@ class GRU4Rec:
         return GRU4RecModel(n_items, cfg.layers, cfg.embedding_mode, cfg.embedding, variants,
                             seed=cfg.seed).to(self.device)
 
+    # the model is built and trained with autograd even inside a caller's torch.no_grad() or
+    # torch.inference_mode() (parameters made in inference mode could never be trained)
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def fit(self, data, progress: bool = True, on_epoch=None, schedule_backend: str = "auto",
             engine: str = "auto", **read_kw) -> "GRU4Rec":
-        """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame).
-        read_kw: session_key / item_key / time_key / sep for files and DataFrames.
+        """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame). Every call
+        trains a new model from scratch (a new item map, the seeded initialisation): it never
+        continues an earlier fit or a loaded model. The item map follows the events' order (first
+        appearance), so the same events in another row order give another (equally good) model.
+        read_kw: session_key / item_key / time_key / sep for files and DataFrames; remembered as
+        the defaults of evaluate() (not saved with the model).
         engine: "fast" (fastgru4rec.engine.FastTrainer: with the shared embedding and sampled
         negatives the explicit-backward fused step, hashed dropout masks; CUDA graphs on a GPU;
         otherwise on the CPU the reference step with chunked sampling), "reference"
@@ -88,6 +97,7 @@ class GRU4Rec:
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         train = as_session_data(data, **read_kw)
         require_trainable(train)
+        self._read_kw = dict(read_kw)
         self.item_ids, self.supports = train.item_ids, train.supports
         self._train_map = None
         self.model = self.build_model(train.n_items)
@@ -102,9 +112,13 @@ class GRU4Rec:
                  batch_size: int = 512, progress: bool = False, **read_kw) -> Dict:
         """Recall@K and MRR@K with full ranking over all training items. Returns
         {"recall": {K: v}, "mrr": {K: v}, "n_events": evaluation points, "mode": mode,
-        "n_unknown_events": test events dropped for items unknown to the model}."""
+        "n_unknown_events": test events dropped for items unknown to the model}.
+        read_kw: as for fit (default: the ones fit was given). DataError when the test data has
+        no evaluation point (no session with 2 known events: every metric would be a
+        meaningless 0)."""
         self._require_fitted()
-        test = as_session_data(test, item_map=self._item_map(), **read_kw)
+        test = as_session_data(test, item_map=self._item_map(), **{**self._read_kw, **read_kw})
+        require_evaluable(test)
         res = evaluate_model(self.model, test, cutoffs, mode, batch_size, self.device, progress)
         res["n_unknown_events"] = test.n_unknown_events
         return res
@@ -128,8 +142,13 @@ class GRU4Rec:
         k = min(int(k), len(self.item_ids))
         seen = set(known) if exclude_seen else set()
         # top-k over the catalog (ties to the lower index); ask for more when seen items drop out
-        _, order = topk_scores(h_last, self.model.item_weight, self.model.item_bias,
-                               min(k + len(seen), len(self.item_ids)))
+        want = min(k + len(seen), len(self.item_ids))
+        values, order = topk_scores(h_last, self.model.item_weight, self.model.item_bias, want)
+        if bool(torch.isnan(values).any()):
+            # a NaN score (a damaged model) would sort first: rank it last instead, as
+            # evaluate() counts a NaN target as a miss
+            scores = self.model.score(h_last)[0].nan_to_num(nan=float("-inf"))
+            order = torch.sort(scores, descending=True, stable=True).indices[:want][None]
         order = [i for i in order[0].tolist() if i not in seen][:k]
         return [str(self.item_ids[i]) for i in order]
 
@@ -139,6 +158,10 @@ class GRU4Rec:
         unpickles only tensors and plain containers (torch.load(weights_only=True))."""
         self._require_fitted()
         path = Path(path)
+        bad = _non_finite_parameters(self.model)
+        if bad:   # load() would refuse the file: say so now, before writing it
+            raise DataError(f"cannot save: parameter {bad[0]} holds NaN or infinite values "
+                            f"({len(bad)} such tensor(s)); the model is unusable")
         payload = {
             "format": _FORMAT, "version": _FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -187,11 +210,15 @@ class GRU4Rec:
                 detail = detail[:297] + "..."
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "
                             f"{detail or 'missing entry'})") from None
-        bad = [name for name, t in est.model.state_dict().items()
-               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = _non_finite_parameters(est.model)
         if bad:
             # a NaN model would rank nothing and recommend arbitrary items
             raise DataError(f"{path}: parameter {bad[0]} holds NaN or infinite values "
                             f"({len(bad)} such tensor(s)); the model is unusable")
         return est
 
+
+def _non_finite_parameters(model: torch.nn.Module) -> List[str]:
+    """Names of the model's floating tensors holding NaN or infinite values."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -24,10 +24,11 @@ from .ops.scoring import sampled_scores
 EMBEDDING_MODES = ("shared", "separate", "onehot")
 
 
-def glorot_blocks_(weight: torch.Tensor, n_blocks: int, generator: torch.Generator,
+def glorot_blocks_(weight: torch.Tensor, n_blocks: int, generator: Optional[torch.Generator],
                    block_dim: int = 0) -> torch.Tensor:
     """Glorot-uniform init of each gate's block separately: a block of shape (a, c) gets
-    U(±sqrt(6 / (a + c))). Blocks are split along ``block_dim``."""
+    U(±sqrt(6 / (a + c))). Blocks are split along ``block_dim``; generator None: torch's
+    global generator."""
     with torch.no_grad():
         for block in weight.chunk(n_blocks, dim=block_dim):
             bound = math.sqrt(6.0 / (block.shape[0] + block.shape[1]))
@@ -36,7 +37,7 @@ def glorot_blocks_(weight: torch.Tensor, n_blocks: int, generator: torch.Generat
 
 
 def _glorot_blocks_via_cpu(weight: torch.Tensor, n_blocks: int,
-                           generator: torch.Generator) -> torch.Tensor:
+                           generator: Optional[torch.Generator]) -> torch.Tensor:
     """glorot_blocks_ for a parameter on any device: the seeded generator is a CPU one, so a
     weight elsewhere (GRULayer(..., device="cuda")) is drawn on the CPU and copied over; the
     values are those of the same layer built on the CPU."""
@@ -52,14 +53,21 @@ class GRULayer(nn.Module):
     constructor (input_size, hidden_size, bias=True, device=None, dtype=None), the same
     parameter names and shapes (weight_ih (3H, in), weight_hh (3H, H), bias_ih (3H),
     bias_hh (3H); so ``load_state_dict`` from an nn.GRUCell works) and the same call forms
-    (batched (b, in) or unbatched (in,) input, h None or of the input's batch form).
+    (``layer(input, hx=None)``: batched (b, in) or unbatched (in,) input, hx None or of the
+    input's batch form). Outputs and gradients equal nn.GRUCell's (tests/test_gru.py).
+
+    Differences to know: the parameters are registered in the order weight_ih, bias_ih,
+    weight_hh, bias_hh (nn.GRUCell: weight_ih, weight_hh, bias_ih, bias_hh), so transfers by
+    name (state_dict) work but transfers by position (parameters_to_vector, an optimizer's
+    state_dict) do not; the initialisation is GRU4Rec's Glorot-uniform per gate block, not
+    nn.GRUCell's U(±1/sqrt(H)).
 
     Keyword-only: ``variant`` "cell" (torch.nn.GRUCell's form) or "original" (the Theano form:
     the reset gate applied to h before the recurrent product, a single bias per gate in
-    bias_ih and no bias_hh); ``generator`` seeds the initialisation (GRU4Rec's Glorot-uniform
-    per gate block, not nn.GRUCell's U(±1/sqrt(H))). With input_size=None the layer has no
-    weight_ih: its input projection comes from elsewhere (the one-hot first layer gathers rows
-    of an (N, 3H) table).
+    bias_ih and no bias_hh); ``generator`` seeds the initialisation (None: torch's global
+    generator, so torch.manual_seed governs it, as for nn.GRUCell). With input_size=None the
+    layer has no weight_ih: its input projection comes from elsewhere (the one-hot first layer
+    gathers rows of an (N, 3H) table).
     """
 
     def __init__(self, input_size: Optional[int], hidden_size: int, bias: bool = True,
@@ -97,7 +105,7 @@ class GRULayer(nn.Module):
         return s if self.variant == "cell" else s + f", variant={self.variant!r}"
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None):
-        generator = generator or torch.Generator().manual_seed(0)
+        """Glorot-uniform gate blocks, zero biases; generator None: torch's global one."""
         if self.weight_ih is not None:
             _glorot_blocks_via_cpu(self.weight_ih, 3, generator)
             if self.bias_ih is not None:
@@ -114,9 +122,10 @@ class GRULayer(nn.Module):
         """h' (b, H) from the input projection gi (b, 3H) and the state h (b, H)."""
         return gru_step(gi, h, self.weight_hh, self.bias_hh, self.variant)
 
-    def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """nn.GRUCell's call form: x (b, in) and h (b, H) or None -> h' (b, H); unbatched
-        x (in,) and h (H,) or None -> h' (H,)."""
+    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """nn.GRUCell's call form (same argument names): input (b, in) and hx (b, H) or None
+        -> h' (b, H); unbatched input (in,) and hx (H,) or None -> h' (H,)."""
+        x, h = input, hx
         if self.weight_ih is None:
             raise RuntimeError("GRULayer(input_size=None) has no input projection: call "
                                "step(gi, h) with gi (b, 3H)")
@@ -217,6 +226,14 @@ class GRU4RecModel(nn.Module):
         ``generator``) is applied to the embedding rows and to each layer's output; the
         dropped-out output is what is carried as the next state (REFERENCE §3).
         """
+        b = input_rows.shape[0]
+        if len(hidden) != len(self.gru):
+            raise ValueError(f"GRU4RecModel: hidden holds {len(hidden)} tensors for "
+                             f"{len(self.gru)} layers (use init_hidden)")
+        for l, (h, size) in enumerate(zip(hidden, self.layers)):
+            if tuple(h.shape) != (b, size):
+                raise ValueError(f"GRU4RecModel: hidden[{l}] has shape {tuple(h.shape)}, "
+                                 f"expected ({b}, {size}) for a batch of {b}")
         new_hidden = []
         if self.embedding_mode == "onehot":
             gi = input_rows + self.input_bias
@@ -234,7 +251,11 @@ class GRU4RecModel(nn.Module):
 
     def forward(self, item_idx: torch.Tensor, hidden: Optional[List[torch.Tensor]] = None
                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """One step without dropout: item_idx int64 (b,) -> (h_last (b, H_last), new hidden)."""
+        """One step without dropout: item_idx int64 (b,) -> (h_last (b, H_last), new hidden).
+        (Dropout only through ``step``'s arguments: train()/eval() do not change this module.)"""
+        if item_idx.dim() != 1:
+            raise ValueError(f"GRU4RecModel: item_idx must be 1-d (batch,), got shape "
+                             f"{tuple(item_idx.shape)}")
         if hidden is None:
             hidden = self.init_hidden(item_idx.shape[0], item_idx.device)
         rows = getattr(self, self.input_table_name).index_select(0, item_idx)

@@ -143,6 +143,7 @@ class Trainer:
                  precision: Optional[str] = None):
         """precision: tl.dot precision of the Triton scoring on a GPU ("ieee" for exact fp32,
         "tf32" / None the GPU default, "tf32x3"); ignored on CPU."""
+        device = torch.device(device)   # "cpu", "cuda:0" or a torch.device
         self.model, self.cfg, self.device = model, config, device
         self.schedule_backend = schedule_backend
         self.precision = precision
@@ -175,6 +176,9 @@ class Trainer:
                 on_epoch(stats)
         return history
 
+    # training works inside a caller's torch.no_grad() or torch.inference_mode() too
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def train_epoch(self, data: SessionData, epoch: int = 0, progress: bool = True,
                     max_steps: Optional[int] = None) -> EpochStats:
         ep = EpochOnDevice.upload(self.schedule(data), self.device)
@@ -257,6 +261,8 @@ class Trainer:
                                      cfg.momentum, backend=self.optimizer_backend)
         return loss.detach(), [h.detach() for h in new_hidden]
 
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def train_step(self, inp: torch.Tensor, tgt: torch.Tensor, hidden: List[torch.Tensor],
                    neg: Optional[torch.Tensor] = None):
         """One step on b lanes: inp/tgt int64 (b,), hidden list of (b, H_l); neg: the step's

@@ -463,3 +463,106 @@ def test_fit_engines_agree_on_cpu(small):
         [(s.n_steps, s.n_events, s.loss) for s in ref.history]
     with pytest.raises(ValueError, match="unknown engine"):
         GRU4Rec(**FAST).fit(train, progress=False, engine="turbo")
+
+
+# ------------------------------------------------------------------ the API review's findings
+def _events_frame():
+    import pandas as pd
+    rows = [(f"s{s}", f"i{(s * 7 + j) % 13}", 100 * s + j) for s in range(40) for j in range(4)]
+    return pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"])
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("setting", [dict(engine="reference"), dict(constrained_embedding=False),
+                                     dict(constrained_embedding=False, embedding=8), {}])
+def test_fit_inside_no_grad_or_inference_mode_trains_the_same(mode, setting):
+    df = _events_frame()
+    setting = dict(setting)
+    engine = setting.pop("engine", "auto")
+    params = dict(layers=[8], n_epochs=1, n_sample=2, batch_size=8, **setting)
+    want = GRU4Rec(**params).fit(df, progress=False, engine=engine)
+    with mode():
+        got = GRU4Rec(**params).fit(df, progress=False, engine=engine)
+    assert got.history[-1].loss == want.history[-1].loss
+    for (n, a), (_, b) in zip(got.model.state_dict().items(), want.model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_trainers_take_a_device_string(small):
+    from fastgru4rec.engine import FastTrainer
+    from fastgru4rec.train import Trainer
+
+    train, _ = small
+    est = GRU4Rec(**FAST)
+    for cls in (FastTrainer, Trainer):
+        net = est.build_model(train.n_items)
+        t = cls(net, est.config, train.supports, "cpu")
+        assert t.device == torch.device("cpu")
+        assert t.train_epoch(train, 0, progress=False, max_steps=3).n_steps == 3
+
+
+def test_dataframe_with_integer_column_labels_and_remembered_keys():
+    df = _events_frame()
+    df = df.assign(ItemId=df["ItemId"].str[1:].astype(int)).set_axis([0, 1, 2], axis=1)
+    m = GRU4Rec(layers=[8], n_epochs=1, n_sample=2, batch_size=8)
+    m.fit(df, progress=False, session_key=0, item_key=1, time_key=2)
+    res = m.evaluate(df)                 # fit's column labels are evaluate's defaults
+    assert res == m.evaluate(df, session_key=0, item_key=1, time_key=2)
+    assert res["n_events"] == 40 * 3
+    assert m.recommend([1, 2], k=3) == m.recommend(["1", "2"], k=3)
+
+
+def test_evaluate_without_evaluation_points_is_an_error(small):
+    import pandas as pd
+    train, _ = small
+    m = GRU4Rec(**FAST).fit(train, progress=False)
+    one_event_each = pd.DataFrame({"SessionId": ["a", "b"], "ItemId": [str(m.item_ids[0])] * 2,
+                                   "Time": [1, 2]})
+    with pytest.raises(DataError, match="no evaluation points"):
+        m.evaluate(one_event_each)
+
+
+def test_model_checks_hidden_and_item_shapes():
+    from fastgru4rec.nn import GRU4RecModel
+
+    net = GRU4RecModel(n_items=20, layers=(6, 4))
+    idx = torch.tensor([1, 2, 3])
+    h, hidden = net(idx, net.init_hidden(3))
+    assert h.shape == (3, 4)
+    for bad, message in ((net.init_hidden(1), r"hidden\[0\] has shape \(1, 6\), expected \(3, 6\)"),
+                         (net.init_hidden(3)[:1], "hidden holds 1 tensors for 2 layers"),
+                         (net.init_hidden(3)[::-1], r"hidden\[0\] has shape \(3, 4\)")):
+        with pytest.raises(ValueError, match=message):
+            net(idx, bad)
+    with pytest.raises(ValueError, match=r"item_idx must be 1-d"):
+        net(torch.tensor(1))
+
+
+def test_nan_scores_rank_last_and_a_nan_model_is_not_saved(small, tmp_path):
+    train, _ = small
+    m = GRU4Rec(**FAST).fit(train, progress=False)
+    first = m.recommend([m.item_ids[0]], k=3)
+    with torch.no_grad():
+        m.model.item_bias[int(np.flatnonzero(m.item_ids == first[0])[0])] = float("nan")
+    recs = m.recommend([m.item_ids[0]], k=3)
+    assert first[0] not in recs and recs[:2] == first[1:]
+    with pytest.raises(DataError, match="cannot save: parameter item_bias holds NaN"):
+        m.save(tmp_path / "nan.pt")
+    assert not (tmp_path / "nan.pt").exists()
+
+
+def test_grulayer_keyword_call_and_global_generator():
+    from fastgru4rec.nn import GRULayer
+
+    torch.manual_seed(1)
+    a = GRULayer(5, 3)
+    torch.manual_seed(1)
+    b = GRULayer(5, 3)
+    c = GRULayer(5, 3)
+    assert torch.equal(a.weight_hh, b.weight_hh)          # torch.manual_seed governs it
+    assert not torch.equal(b.weight_hh, c.weight_hh)      # and layers differ from each other
+    x, h = torch.randn(2, 5), torch.randn(2, 3)
+    assert torch.equal(a(input=x, hx=h), a(x, h))
+    cell = torch.nn.GRUCell(5, 3)
+    cell.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(x, hx=h), cell(x, hx=h))
