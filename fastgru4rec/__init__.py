@@ -23,4 +23,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastgru4rec' has no attribute {name!r}")
 
 
+def __dir__():
+    # the lazily imported names too, so that tab completion shows them
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
 __all__ = list(_PUBLIC)

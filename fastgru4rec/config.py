@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import json
 import math
+import numbers
 import operator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -56,6 +57,15 @@ class GRU4RecConfig:
     seed: int = 42
 
     def __post_init__(self):
+        # Typed values here (from_dict and GRU4Rec(...) convert strings first): a string where
+        # a number belongs would otherwise fail inside a comparison with a bare TypeError.
+        for name in ("batch_size", "dropout_p_embed", "dropout_p_hidden", "learning_rate",
+                     "momentum", "sample_alpha", "embedding", "n_epochs", "bpreg", "elu_param",
+                     "logq", "sample_store_size", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real):   # numpy scalars are Real too
+                raise ConfigError(f"parameter {name}={value!r}: must be a number "
+                                  "(GRU4RecConfig.from_dict converts strings)")
         try:
             self.layers = _as_layers(self.layers)
         except (TypeError, ValueError):

@@ -58,6 +58,17 @@ class GRU4Rec:
         self._train_map: Optional[SessionData] = None
         self._read_kw: Dict = {}   # fit's column names / separator, evaluate()'s defaults
 
+    def __repr__(self) -> str:
+        # the parameters that differ from the defaults, and whether a model is trained
+        from dataclasses import fields
+
+        default = GRU4RecConfig()
+        changed = [f"{f.name}={getattr(self.config, f.name)!r}" for f in fields(self.config)
+                   if getattr(self.config, f.name) != getattr(default, f.name)]
+        state = (f"trained on {len(self.item_ids):,} items" if self.model is not None
+                 else "not trained")
+        return f"GRU4Rec({', '.join(changed + [f'device={str(self.device)!r}'])}) [{state}]"
+
     # ------------------------------------------------------------------ data
     def _item_map(self) -> SessionData:
         self._require_fitted()

@@ -1,6 +1,7 @@
 """Tests of fastgru4rec.config: defaults, validation, parameter strings and parameter files."""
 import json
 
+import numpy as np
 import pytest
 
 from fastgru4rec.config import (GRU4RecConfig, LOSSES, parse_param_string, read_param_file)
@@ -321,3 +322,10 @@ def test_non_utf8_param_file(tmp_path):
     p.write_bytes(b"gru4rec_params = {'loss': '\xff\xfe'}\n")
     with pytest.raises(ConfigError, match="p.py"):
         read_param_file(p)
+
+
+def test_direct_construction_with_a_string_number_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"parameter dropout_p_hidden='0.5': must be a number"):
+        GRU4RecConfig(dropout_p_hidden="0.5")
+    assert GRU4RecConfig.from_dict({"dropout_p_hidden": "0.5"}).dropout_p_hidden == 0.5
+    assert GRU4RecConfig(batch_size=np.int64(3)).batch_size == 3

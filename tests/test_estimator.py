@@ -566,3 +566,15 @@ def test_grulayer_keyword_call_and_global_generator():
     cell = torch.nn.GRUCell(5, 3)
     cell.load_state_dict(a.state_dict())
     torch.testing.assert_close(a(x, hx=h), cell(x, hx=h))
+
+
+def test_repr_and_discoverable_names(small):
+    import fastgru4rec
+    import fastgru4rec.ops as ops
+
+    m = GRU4Rec(loss="bpr-max", layers=[16])
+    assert repr(m) == "GRU4Rec(layers=(16,), loss='bpr-max', device='cpu') [not trained]"
+    m = GRU4Rec(**FAST).fit(small[0], progress=False)
+    assert repr(m).endswith(f"[trained on {small[0].n_items:,} items]")
+    assert {"GRU4Rec", "GRU4RecModel", "read_sessions"} <= set(dir(fastgru4rec))
+    assert ops.ranking.__name__ == "fastgru4rec.ops.ranking" and "optim" in dir(ops)
