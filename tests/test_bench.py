@@ -239,3 +239,33 @@ def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):
     bad = subprocess.run([sys.executable, script, "--junit-dir", str(raw), str(tdir / "nope.py")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such test file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_accuracy_seeds_script_runs_each_seed_as_the_estimator_does(tmp_path, capsys):
+    """benchmarks/accuracy_seeds.py: one training per seed, the summary over the runs; each
+    run's metrics equal GRU4Rec(seed=s).fit(...).evaluate(...) made directly."""
+    import json
+
+    from fastgru4rec import GRU4Rec
+    from conftest import write_tsv
+
+    rows = [(f"s{s}", f"i{(s * 7 + j) % 13}", 100 * s + j) for s in range(60) for j in range(4)]
+    train = write_tsv(tmp_path / "train.tsv", rows)
+    test = write_tsv(tmp_path / "test.tsv", rows[:80])
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"layers": [8], "n_epochs": 1, "n_sample": 4, "batch_size": 8,
+                                  "seed": 999}))
+    out = tmp_path / "seeds.json"
+    script = benchmarks_script("accuracy_seeds")
+    assert script.main([str(train), str(test), "-pf", str(params), "-ps", "learning_rate=0.1",
+                        "--seeds", "5", "6", "--threads", "0", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert [r["seed"] for r in got["runs"]] == [5, 6] and "seed" not in got["params"]
+    for run in got["runs"]:
+        want = GRU4Rec(layers=[8], n_epochs=1, n_sample=4, batch_size=8, learning_rate=0.1,
+                       seed=run["seed"]).fit(train, progress=False).evaluate(test, [1, 20])
+        assert run["recall"]["20"] == want["recall"][20] and run["mrr"]["1"] == want["mrr"][1]
+    r20 = [r["recall"]["20"] for r in got["runs"]]
+    assert got["summary"]["recall@20"]["mean"] == pytest.approx(sum(r20) / 2)
+    assert got["summary"]["recall@20"]["max"] == max(r20)
+    assert "mean" in capsys.readouterr().out
