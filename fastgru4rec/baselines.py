@@ -63,7 +63,7 @@ import torch
 from .data import (SessionData, as_session_data, read_sessions, require_evaluable,
                    require_trainable)
 from .errors import ConfigError, DataError
-from .evaluate import DEFAULT_CUTOFFS, MAX_EVAL_LANES, evaluate_session_steps
+from .evaluate import DEFAULT_CUTOFFS, check_eval_batch_size, evaluate_session_steps
 from .ops.ranking import RANK_MODES, rank_counts_from_scores
 
 __all__ = ["POP", "SPOP", "ItemKNN", "BPRMF", "BASELINES", "DISPLAY_NAMES", "run_baselines",
@@ -686,9 +686,8 @@ def run(args) -> int:
     cutoffs = [int(k) for k in args.cutoffs]
     if not cutoffs or any(k <= 0 for k in cutoffs):
         raise ConfigError(f"cut-offs must be positive integers (got {cutoffs})")
-    if args.eval_batch_size is not None and not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
-        raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
-                          f"(got {args.eval_batch_size})")
+    if args.eval_batch_size is not None:
+        check_eval_batch_size(args.eval_batch_size)
     keys = resolve_names(args.only)
     bparams = parse_baseline_params(args.bparams)
     for k in bparams:

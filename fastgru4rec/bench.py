@@ -512,7 +512,7 @@ def cmd_bench(args) -> int:
     from .config import GRU4RecConfig, parse_param_string
     from .errors import ConfigError
     from .estimator import resolve_device
-    from .evaluate import MAX_EVAL_LANES
+    from .evaluate import check_eval_batch_size
 
     _target, data_path = _split_positionals(args.what)
     ps_params = parse_param_string(args.params) if args.params else {}
@@ -537,9 +537,7 @@ def cmd_bench(args) -> int:
             check_writable(path, [p for p in (data_path, args.test) if p])
     if args.plot:
         _plot_format(args.plot)
-    if not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
-        raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
-                          f"(got {args.eval_batch_size})")
+    check_eval_batch_size(args.eval_batch_size)
     if not 0 <= args.warmup_steps <= MAX_WARMUP_STEPS:
         raise ConfigError(f"--warmup-steps must be in [0, {MAX_WARMUP_STEPS}] "
                           f"(got {args.warmup_steps})")

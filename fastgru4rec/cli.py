@@ -85,12 +85,10 @@ def _add_data_args(p: argparse.ArgumentParser):
 
 
 def _check_eval_args(args):
-    from .evaluate import MAX_EVAL_LANES, MetricAccumulator
+    from .evaluate import MetricAccumulator, check_eval_batch_size
 
     MetricAccumulator(args.cutoffs, args.mode)   # raises on bad cut-offs / mode
-    if not 0 < args.eval_batch_size <= MAX_EVAL_LANES:
-        raise ConfigError(f"--eval-batch-size must be in [1, {MAX_EVAL_LANES}] "
-                          f"(got {args.eval_batch_size})")
+    check_eval_batch_size(args.eval_batch_size)
 
 
 def _read_kw(args) -> Dict:

@@ -14,11 +14,18 @@ import torch
 from .batching import build_schedule
 from .config import MAX_BATCH_SIZE
 from .data import SessionData
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .ops.ranking import RANK_MODES, rank_counts, ranks_from_counts
 
 #: the most evaluation lanes (sessions evaluated side by side), as for training's batch_size
 MAX_EVAL_LANES = MAX_BATCH_SIZE
+
+
+def check_eval_batch_size(n: int, option: str = "--eval-batch-size") -> None:
+    """ConfigError (a ValueError) naming ``option`` unless 1 <= n <= MAX_EVAL_LANES; the
+    commands call it before their long work, evaluation itself again."""
+    if not 0 < n <= MAX_EVAL_LANES:
+        raise ConfigError(f"{option} must be in [1, {MAX_EVAL_LANES}] (got {n})")
 
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
 
@@ -62,9 +69,7 @@ def evaluate_session_steps(step_counts: Callable, test: SessionData, cutoffs: Se
     """
     from tqdm.auto import tqdm
 
-    if not 0 < int(batch_size) <= MAX_EVAL_LANES:
-        raise ValueError(f"evaluation batch_size must be in [1, {MAX_EVAL_LANES}] "
-                         f"(got {batch_size})")
+    check_eval_batch_size(int(batch_size), "evaluation batch_size")
     acc = MetricAccumulator(cutoffs, mode)
     sched = build_schedule(test.offsets, test.items, batch_size, min_lanes=1)
     inputs = torch.from_numpy(sched.inputs.astype(np.int64))

@@ -70,6 +70,13 @@ def _use_native(backend: str, groups) -> bool:
     return native.available()
 
 
+def _native_args(table, acc, vel, ids, grad) -> tuple:
+    """One table's arguments of the C++ row update as numpy views: (table, acc, vel or None,
+    ids int64, grad), the ids and grad made contiguous (the others were checked to be)."""
+    return (table.numpy(), acc.numpy(), vel.numpy() if vel is not None else None,
+            ids.to(torch.int64).contiguous().numpy(), grad.contiguous().numpy())
+
+
 def _check_vel(vel: Optional[torch.Tensor], momentum: float, what: str) -> None:
     if momentum > 0 and vel is None:
         raise ValueError(f"{what}: momentum={momentum} needs a velocity tensor (vel is None)")
@@ -90,10 +97,8 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
     vel = vel if momentum > 0 else None
     if _use_native(backend, [(table, acc, vel, grad_rows)]):
         from .. import native
-        native.adagrad_momentum_rows(table.numpy(), acc.numpy(),
-                                     vel.numpy() if vel is not None else None,
-                                     rows.to(torch.int64).contiguous().numpy(),
-                                     grad_rows.contiguous().numpy(), lr, momentum, EPS)
+        native.adagrad_momentum_rows(*_native_args(table, acc, vel, rows, grad_rows), lr,
+                                     momentum, EPS)
         return
     adagrad_momentum_rows_reference(table, rows, grad_rows, acc, vel, lr, momentum)
 
@@ -197,15 +202,12 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
         # one C++ call for both tables: it checks shapes and id ranges of both before it
         # writes either (DataError, a ValueError, naming the bias's arrays "bias ...")
         from .. import native
-        ids = ids.to(torch.int64).contiguous()
         t, a, v, g = groups[0]
         b_args = None
         if bias is not None:
             bt, ba, bv, bg = groups[1]
-            b_args = (bt.numpy(), ba.numpy(), bv.numpy() if bv is not None else None,
-                      ids[bias[4]:].numpy(), bg.contiguous().numpy())
-        native.adagrad_momentum_scatter(t.numpy(), a.numpy(), v.numpy() if v is not None else None,
-                                        ids.numpy(), g.contiguous().numpy(), lr, momentum, EPS,
+            b_args = _native_args(bt, ba, bv, ids[bias[4]:], bg)
+        native.adagrad_momentum_scatter(*_native_args(t, a, v, ids, g), lr, momentum, EPS,
                                         bias=b_args)
         return
     sorted_ids, perm = torch.sort(ids)
