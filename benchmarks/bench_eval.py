@@ -5,11 +5,9 @@ for a few hundred steps), and the rank counts of fastgru4rec.ops.ranking: the ti
 (rank_counts_from_hidden, one tile and forced into 8 tiles) against the dense
 matmul-and-compare baseline (addmm over the whole catalog, then rank_counts_from_scores).
 GPU (skipped without CUDA): the same rank comparison at fastgru4rec.bench.GPU_RANK_SIZES, plus a
-Triton path when ops.ranking offers one (a ``backend`` argument), and evaluate_model on the device.
+Triton path (ops.ranking.rank_counts, backend="triton"), and evaluate_model on the device.
 """
 from __future__ import annotations
-
-import inspect
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from fastgru4rec.config import GRU4RecConfig
 from fastgru4rec.estimator import GRU4Rec
 from fastgru4rec.evaluate import evaluate_model
 from fastgru4rec.ops import ranking
+from fastgru4rec.ops.backend import triton_available
 from fastgru4rec.train import Trainer
 
 TINY = dict(layers=[64], batch_size=32, n_sample=256, loss="cross-entropy", logq=1.0,
@@ -108,9 +107,9 @@ def test_rank_cpu(benchmark, variant):
 
 def _gpu_variants():
     variants = dict(_VARIANTS)
-    if "backend" in inspect.signature(ranking.rank_counts_from_hidden).parameters:
-        variants["triton"] = lambda h, W, b, t: ranking.rank_counts_from_hidden(
-            h, W, b, t, backend="triton")
+    if triton_available():
+        # the fused rank kernel (ops.ranking.rank_counts's triton backend)
+        variants["triton"] = lambda h, W, b, t: ranking.rank_counts(h, W, b, t, backend="triton")
     return variants
 
 
@@ -119,7 +118,7 @@ def _gpu_variants():
 def test_rank_cuda(benchmark, cuda, cuda_timed, variant, size):
     variants = _gpu_variants()
     if variant not in variants:
-        pytest.skip(f"rank variant {variant!r} not present in fastgru4rec.ops.ranking")
+        pytest.skip(f"rank variant {variant!r}: triton is not installed")
     b, H, N = size
     benchmark.group = f"gpu-rank-b{b}-h{H}-n{N}"
     args = _rank_inputs(b, H, N, cuda)

@@ -74,3 +74,41 @@ def test_bad_mode_and_cutoffs():
         MetricAccumulator([20], "optimistic")
     with pytest.raises(ValueError, match="cut-offs"):
         MetricAccumulator([0], "standard")
+
+
+def test_tiled_counts_in_float64_and_with_nan_items():
+    # float64 scores (the 0/1 flags that count them are float32), exact ties, an item 1 ulp
+    # above row 0's target in float64 (float32 would merge the two), and a NaN item, which
+    # counts neither above nor equal
+    rng = np.random.default_rng(1)
+    b, N, H = 5, 41, 3
+    h = torch.tensor(rng.normal(size=(b, H)))
+    W = torch.tensor(rng.normal(size=(N, H)))
+    bias = torch.zeros(N, dtype=torch.float64)
+    targets = torch.tensor([0, 7, 40, 13, 21])
+    W[1], W[2] = W[0], W[0]                       # exact ties with row 0's target item
+    bias[3] = float("nan")
+    W[4] = W[0]
+    s0 = float(h[0] @ W[0])
+    bias[4] = np.nextafter(s0, np.inf) - s0         # item 4 scores one float64 ulp above item 0
+    full = rank_counts_from_scores(torch.addmm(bias, h, W.t()), targets)
+    assert int(full[0][0]) >= 1
+    for max_elements in (b * 4, b * 16, 1 << 20):
+        tiled = rank_counts_from_hidden(h, W, bias, targets, max_elements)
+        assert torch.equal(tiled[0], full[0]) and torch.equal(tiled[1], full[1])
+    assert int(full[1][0]) == 3
+
+
+def test_counts_past_float32_exact_range():
+    # one row, 2^24 + 8 columns in a single tile, 2^24 + 3 of them tied with the target:
+    # summing 0/1 flags in float32 would round that count (2^24 + 3 is not a float32); the
+    # counts must be exact. Items 0..4 score 2, the rest 1.
+    N = (1 << 24) + 8
+    W = torch.ones(N, 1)
+    W[:5] = 2.0
+    h, bias = torch.ones(1, 1), torch.zeros(N)
+    target = torch.tensor([N - 1])
+    g, e = rank_counts_from_hidden(h, W, bias, target, max_elements=1 << 25)
+    assert g.tolist() == [5] and e.tolist() == [N - 5]
+    g, e = rank_counts_from_hidden(h, W, bias, target)          # tiles of 2^24 columns
+    assert g.tolist() == [5] and e.tolist() == [N - 5]
