@@ -2,7 +2,7 @@
 
 Each baseline scores EVERY training item for the current session prefix and is evaluated by the
 same code as GRU4Rec (``fastgru4rec.evaluate.evaluate_session_steps`` and
-``fastgru4rec.ops.ranking.rank_counts_from_scores``), so the three tie modes (standard,
+``fastgru4rec.ops.ranking.rank_counts_dense``), so the three tie modes (standard,
 conservative, median) behave identically. Ties matter here: items outside a baseline's candidate
 list score exactly 0 and tie with each other.
 
@@ -64,7 +64,7 @@ from .data import (SessionData, as_session_data, read_sessions, require_evaluabl
                    require_trainable)
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_CUTOFFS, check_eval_batch_size, evaluate_session_steps
-from .ops.ranking import RANK_MODES, rank_counts_from_scores
+from .ops.ranking import RANK_MODES, rank_counts_dense
 
 __all__ = ["POP", "SPOP", "ItemKNN", "BPRMF", "BASELINES", "DISPLAY_NAMES", "run_baselines",
            "register_cli", "run", "make_baseline", "bpr_sgd_step", "cooccurrence", "top_k_per_row", "resolve_names", "MAX_SCORE_ELEMENTS", "GRU4REC_PRESETS"]
@@ -222,7 +222,7 @@ class _Baseline:
                             f"{self.name} was fitted on {self.n_items}")
 
         def step_counts(inp, tgt, reset, keep):
-            return rank_counts_from_scores(self.score_step(inp, reset, keep), tgt)
+            return rank_counts_dense(self.score_step(inp, reset, keep), tgt)
 
         try:
             with _torch_threads(self.num_threads):

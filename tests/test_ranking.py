@@ -4,11 +4,16 @@ import pytest
 import torch
 
 from fastgru4rec.evaluate import MetricAccumulator
-from fastgru4rec.ops.ranking import (rank_counts_from_hidden, rank_counts_from_scores,
-                                     ranks_from_counts)
+from fastgru4rec.ops.ranking import (rank_counts_dense, rank_counts_from_hidden,
+                                     rank_counts_from_scores, ranks_from_counts)
+
+# the plain comparison (the reference) and the faster float-flag count of a score matrix
+DENSE_COUNTS = pytest.mark.parametrize("count", [rank_counts_from_scores, rank_counts_dense],
+                                       ids=["reference", "dense"])
 
 
-def test_planted_ties_each_mode():
+@DENSE_COUNTS
+def test_planted_ties_each_mode(count):
     # row 0: target (item 2) score 0.5; items scoring above: 0.9 (1 item); equal: items 2,3,4
     # row 1: target (item 0) unique best
     # row 2: target (item 4) tied with everything (all zeros: a baseline with no candidates)
@@ -16,7 +21,7 @@ def test_planted_ties_each_mode():
                            [2.0, 1.0, 1.0, 0.0, -1.0],
                            [0.0, 0.0, 0.0, 0.0, 0.0]])
     targets = torch.tensor([2, 0, 4])
-    g, e = rank_counts_from_scores(scores, targets)
+    g, e = count(scores, targets)
     assert g.tolist() == [1, 0, 0] and e.tolist() == [3, 1, 5]
     assert ranks_from_counts(g, e, "standard").tolist() == [2, 1, 1]        # #(>) + 1
     assert ranks_from_counts(g, e, "conservative").tolist() == [4, 1, 5]    # #(>=)
@@ -31,14 +36,15 @@ def test_planted_ties_each_mode():
     assert acc.result()["mrr"][2] == pytest.approx(1 / 3)   # only row 1 (rank 1) is inside @2
 
 
-def test_nan_target_score_is_a_miss_not_rank_one():
+@DENSE_COUNTS
+def test_nan_target_score_is_a_miss_not_rank_one(count):
     # A NaN score compares false with everything: #(>) = #(==) = 0, which the formulas alone
     # would turn into rank 1 (a diverged model scoring perfectly). Row 0: NaN target; row 1:
     # a finite target among NaN items (those are not counted above it); row 2: all NaN.
     nan = float("nan")
     scores = torch.tensor([[0.9, nan, 0.5], [nan, 0.2, nan], [nan, nan, nan]])
     targets = torch.tensor([1, 1, 0])
-    g, e = rank_counts_from_scores(scores, targets)
+    g, e = count(scores, targets)
     assert g.tolist() == [0, 0, 0] and e.tolist() == [0, 1, 0]
     for mode in ("standard", "conservative", "median"):
         assert ranks_from_counts(g, e, mode).tolist() == [float("inf"), 1.0, float("inf")]
@@ -93,6 +99,8 @@ def test_tiled_counts_in_float64_and_with_nan_items():
     bias[4] = np.nextafter(s0, np.inf) - s0         # item 4 scores one float64 ulp above item 0
     full = rank_counts_from_scores(torch.addmm(bias, h, W.t()), targets)
     assert int(full[0][0]) >= 1
+    dense = rank_counts_dense(torch.addmm(bias, h, W.t()), targets)
+    assert torch.equal(dense[0], full[0]) and torch.equal(dense[1], full[1])
     for max_elements in (b * 4, b * 16, 1 << 20):
         tiled = rank_counts_from_hidden(h, W, bias, targets, max_elements)
         assert torch.equal(tiled[0], full[0]) and torch.equal(tiled[1], full[1])
