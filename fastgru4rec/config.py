@@ -98,6 +98,10 @@ class GRU4RecConfig:
             if self.logq != 0:
                 bad("logq", "must be 0 with n_sample=all (every item is scored: no sampling "
                             "to correct)")
+        if self.n_sample == 0 and int(self.batch_size) < 2:
+            bad("batch_size", "must be at least 2 with n_sample=0 (without extra samples a "
+                              "step's negatives are the other lanes' targets: one lane trains "
+                              "nothing)")
         if isinstance(self.n_sample, str) and not self.full_catalog:
             bad("n_sample", 'must be zero, a positive integer or "all"')
         for name, most in (("n_sample", MAX_SAMPLES), ("embedding", MAX_UNITS)):

@@ -144,6 +144,11 @@ class Trainer:
         """precision: tl.dot precision of the Triton scoring on a GPU ("ieee" for exact fp32,
         "tf32" / None the GPU default, "tf32x3"); ignored on CPU."""
         device = torch.device(device)   # "cpu", "cuda:0" or a torch.device
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        if frozen:
+            # the optimizer updates every parameter (the fused step has no autograd to skip one)
+            raise ValueError(f"parameter {frozen[0]} has requires_grad=False: the GRU4Rec trainers "
+                             f"train every parameter of the model (freezing is not supported)")
         self.model, self.cfg, self.device = model, config, device
         self.schedule_backend = schedule_backend
         self.precision = precision
@@ -208,8 +213,8 @@ class Trainer:
         """Zero the state of lanes starting a session, then train_step on the step's lanes."""
         lo, hi = ep.step_off[t], ep.step_off[t + 1]
         if ep.has_reset[t]:
-            m = ep.not_reset[lo:hi]
-            hidden = [h * m for h in hidden]
+            m = ep.not_reset[lo:hi]          # (b, 1) float32 0/1; the state keeps its dtype
+            hidden = [h * m.to(h.dtype) for h in hidden]
         return self.train_step(ep.inputs[lo:hi], ep.targets[lo:hi], hidden, neg)
 
     def step_loss(self, x: torch.Tensor, hidden: List[torch.Tensor], Y: torch.Tensor,

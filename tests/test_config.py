@@ -85,6 +85,7 @@ def test_layers_forms():
     (dict(gru_variant="lstm"), "gru_variant"),
     (dict(sample_store_size=0), "sample_store_size"),
     (dict(embedding=16, constrained_embedding=True), "embedding"),
+    (dict(n_sample=0, batch_size=1), "batch_size"),     # a lone lane has no negatives
 ])
 def test_invalid_values_raise_config_error_naming_the_parameter(kw, name):
     with pytest.raises(ConfigError) as ei:
@@ -111,8 +112,11 @@ def test_unknown_loss_message_lists_the_losses():
 
 def test_boundaries_that_are_valid():
     c = GRU4RecConfig(n_sample=0, dropout_p_hidden=0.0, dropout_p_embed=0.999, momentum=0.0,
-                      batch_size=1, n_epochs=1, layers=[1], sample_alpha=0.0, elu_param=0.0)
-    assert c.n_sample == 0 and c.batch_size == 1
+                      batch_size=2, n_epochs=1, layers=[1], sample_alpha=0.0, elu_param=0.0)
+    assert c.n_sample == 0 and c.batch_size == 2
+    # one lane trains with extra samples (or every item scored), not with in-batch ones only
+    assert GRU4RecConfig(n_sample=1, batch_size=1).batch_size == 1
+    assert GRU4RecConfig(n_sample="all", batch_size=1).batch_size == 1
 
 
 def test_replace_validates():

@@ -420,6 +420,36 @@ def test_fast_trainer_rejects_bad_options():
         FastTrainer(model, cfg, np.ones(10), CPU, chunk_steps=0)
 
 
+@pytest.mark.parametrize("cls", [Trainer, FastTrainer])
+def test_trainers_refuse_a_frozen_parameter(cls):
+    # both trainers update every parameter (the fused step has no autograd that would skip a
+    # frozen one): freezing is refused up front, naming the parameter
+    model = GRU4RecModel(10, (4,), "shared")
+    model.gru[0].weight_hh.requires_grad_(False)
+    cfg = GRU4RecConfig(layers=(4,), batch_size=2, n_sample=3)
+    with pytest.raises(ValueError, match=r"gru\.0\.weight_hh has requires_grad=False"):
+        cls(model, cfg, np.ones(10), CPU)
+
+
+@pytest.mark.parametrize("cls", [Trainer, FastTrainer])
+@pytest.mark.parametrize("name", ["shared-ce", "separate-bprmax", "separate-ce-all"])
+def test_trainers_keep_a_bfloat16_model_in_bfloat16(small_split, cls, name):
+    # the restart mask is float32: multiplying a bf16 state by it promoted the state to float32
+    # and the next product failed (mat1 and mat2 must have the same dtype)
+    params = FULL_CATALOG if name == "separate-ce-all" else CONFIGS[name]
+    cfg = GRU4RecConfig(**{**dict(batch_size=16, n_sample=40, learning_rate=0.1, seed=5),
+                           **params})
+    train = small_split[0]
+    model = GRU4RecModel(train.n_items, cfg.layers, cfg.embedding_mode, cfg.embedding,
+                         seed=cfg.seed).to(torch.bfloat16)
+    before = copy.deepcopy(model)
+    trainer = cls(model, cfg, train.supports, CPU)
+    stats = trainer.train_epoch(train, progress=False, max_steps=30)
+    assert stats.n_steps == 30 and np.isfinite(stats.loss)
+    for (name_, p), (_, q) in zip(model.named_parameters(), before.named_parameters()):
+        assert p.dtype == torch.bfloat16 and not torch.equal(p, q), name_
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CUDA-graph path)")
 @pytest.mark.parametrize("name", ["shared-ce", "separate-bprmax", "separate-ce-all"])
 def test_cuda_graph_engine_equals_reference(small_split, name):
