@@ -449,18 +449,20 @@ def _ce_full_fwd_kernel(p_h, p_w, p_bias, p_tgt, p_pm, p_pz, p_pt, b, N, H, stri
 
 
 @triton.jit
-def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dh, b, N, H, stride_h, stride_w,
-                       items_per_split,
+def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dh, b, N, H, stride_h,
+                       stride_w, items_per_split,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr,
                        PREC: tl.constexpr):
-    """dh += dR · W over this program's split, dR = coef·(softmax - onehot) recomputed per tile."""
+    """dh += dR · W over this program's split, dR = coef·(softmax - onehot) recomputed per tile,
+    softmax = exp(s - m) / z with each row's max score m and z = Σ exp(s - m) (1/z passed)."""
     pid_m, pid_s = tl.program_id(0), tl.program_id(1)
     o_m = pid_m * BM + tl.arange(0, BM)
     m_m = o_m < b
     o_h = tl.arange(0, HP)
     m_h = o_h < H
     tgt = tl.load(p_tgt + o_m, mask=m_m, other=-1)
-    lse = tl.load(p_lse + o_m, mask=m_m, other=0.0)
+    m_row = tl.load(p_m + o_m, mask=m_m, other=0.0)
+    inv_z = tl.load(p_invz + o_m, mask=m_m, other=0.0)
     coef = tl.load(p_coef + o_m, mask=m_m, other=0.0)
     acc = tl.zeros((BM, HP), dtype=tl.float32)
     lo = pid_s * items_per_split
@@ -469,7 +471,8 @@ def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dh, b, N, H, st
         o_n = n0 + tl.arange(0, BN)
         m_n = o_n < hi
         s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
-        g = tl.exp(s - lse[:, None]) - tl.where(o_n[None, :] == tgt[:, None], 1.0, 0.0)
+        g = tl.exp(s - m_row[:, None]) * inv_z[:, None] - tl.where(o_n[None, :] == tgt[:, None],
+                                                                   1.0, 0.0)
         g = tl.where(m_m[:, None] & m_n[None, :], g * coef[:, None], 0.0)
         b_w = tl.load(p_w + o_n.to(tl.int64)[:, None] * stride_w + o_h[None, :],
                       mask=m_n[:, None] & m_h[None, :], other=0.0).to(tl.float32)
@@ -478,8 +481,8 @@ def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dh, b, N, H, st
 
 
 @triton.jit
-def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dw, p_db, b, N, H, stride_h,
-                       stride_w, ACCUM: tl.constexpr,
+def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db, b, N, H,
+                       stride_h, stride_w, ACCUM: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr,
                        PREC: tl.constexpr):
     """dW[tile] = Σ_rows dRᵀ · h and db[tile] = Σ_rows dR for one item tile (owned: no atomics).
@@ -507,9 +510,11 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_lse, p_coef, p_dw, p_db, b, N,
             st = tl.dot(b_w, b_ht, st, input_precision=PREC)
         st += b_bias[:, None]
         tgt = tl.load(p_tgt + o_r, mask=m_r, other=-1)
-        lse = tl.load(p_lse + o_r, mask=m_r, other=0.0)
+        m_row = tl.load(p_m + o_r, mask=m_r, other=0.0)
+        inv_z = tl.load(p_invz + o_r, mask=m_r, other=0.0)
         coef = tl.load(p_coef + o_r, mask=m_r, other=0.0)
-        g = tl.exp(st - lse[None, :]) - tl.where(o_n[:, None] == tgt[None, :], 1.0, 0.0)
+        g = tl.exp(st - m_row[None, :]) * inv_z[None, :] - tl.where(o_n[:, None] == tgt[None, :],
+                                                                    1.0, 0.0)
         g = tl.where(m_n[:, None] & m_r[None, :], g * coef[None, :], 0.0)
         b_h = tl.load(p_h + o_r[:, None] * stride_h + o_h[None, :],
                       mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
@@ -550,8 +555,13 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     pt = launch.new_output((S, b), torch.float32, dev)
     _ce_full_fwd_kernel[(n_rb, S)](h, weight, bias, targets, pm, pz, pt, b, N, H, h.stride(0),
                                    weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
-    lse = torch.logsumexp(pm + torch.log(pz), dim=0)
-    p_t = torch.exp(pt.sum(0) - lse)
+    # softmax = exp(s - m) / z with m each row's max over the splits: no log-sum-exp, whose
+    # rounding (an ulp of a value as large as the scores) would be a relative error on every
+    # probability (4e-2 at scores ~1000)
+    m = pm.max(dim=0).values                              # (b,)
+    z = (pz * torch.exp(pm - m)).sum(0)                   # (b,) Σ exp(s - m) >= 1
+    inv_z = 1.0 / z
+    p_t = torch.exp(pt.sum(0) - m) * inv_z
     loss_sum = (-torch.log(p_t + _EPS)).sum()
     if not grads:
         return loss_sum, None, None, None
@@ -563,7 +573,8 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
         dBM, dBN = (32 if HP <= 256 else 16), 64
     per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, dev)
     _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
-        h, weight, bias, targets, lse, coef, dh, b, N, H, h.stride(0), weight.stride(0), per_split,
+        h, weight, bias, targets, m, inv_z, coef, dh, b, N, H, h.stride(0), weight.stride(0),
+        per_split,
         BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
     accum = d_weight_out is not None
     dW = d_weight_out if accum else launch.new_output((N, H), torch.float32, dev)
@@ -578,6 +589,6 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     else:
         wBM, wBN = 32, (32 if HP <= 256 else 16)
     _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
-        h, weight, bias, targets, lse, coef, dW, db, b, N, H, h.stride(0), weight.stride(0),
+        h, weight, bias, targets, m, inv_z, coef, dW, db, b, N, H, h.stride(0), weight.stride(0),
         ACCUM=accum, BM=wBM, BN=wBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
     return loss_sum, dh, dW, db

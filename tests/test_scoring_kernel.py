@@ -254,6 +254,32 @@ def test_full_catalog_cross_entropy(b, N, H):
     assert abs(float(full_catalog_cross_entropy_reference(h, W, bias, t)) - 2 * float(ref[0])) < 1e-9
 
 
+@pytest.mark.parametrize("top", [10.0, 1000.0])
+def test_full_catalog_cross_entropy_of_a_confident_model_with_large_scores(top):
+    # the target scores `top`, every other item 12 lower: p_t ~ 0.9987 whatever `top` (a
+    # softmax does not see a shift of all scores). The kernel's accuracy must not depend on
+    # the shift beyond what fp32 scores themselves lose (a score ~1000 keeps ~6e-5 absolute,
+    # the bias gradients' 1 - p_t ~ 6.5e-4 then 2e-2 relative, in torch's fp32 as in the
+    # kernel): forming log-sum-exp (~ top) and then exp(s - lse) turned ulp(1000) into a
+    # relative error of 4e-2 on the loss and every gradient. Yardstick: plain torch in fp32.
+    b, N, H = 2, 200, 16
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(b, H, generator=g, dtype=torch.float64).float().double()
+    W = (torch.randn(N, H, generator=g, dtype=torch.float64) * 0.01).float().double()
+    t = torch.tensor([77, 5])
+    bias = torch.full((N,), top - 12.0, dtype=torch.float64)
+    bias[t] = top
+    ref = full_catalog_cross_entropy_and_grads(h, W, bias, t, backend="torch")
+    fp32 = full_catalog_cross_entropy_and_grads(h.float(), W.float(), bias.float(), t,
+                                                backend="torch")
+    out = full_catalog_cross_entropy_and_grads(h.float(), W.float(), bias.float(), t,
+                                               backend="triton", precision="ieee")
+    err = lambda x: abs(float(x) - float(ref[0])) / float(ref[0])
+    assert err(out[0]) < 2 * err(fp32[0]) + 1e-6
+    for a, a32, r in zip(out[1:], fp32[1:], ref[1:]):
+        assert rel(a, r) < 2 * rel(a32, r) + 1e-6
+
+
 def test_dispatch_and_errors():
     x = torch.zeros(2, 3)
     assert resolve_backend("auto", x) == "torch"
