@@ -230,6 +230,44 @@ def _tiny_args():
     return a, idx.to(DEV), reset.to(DEV)
 
 
+@pytest.mark.parametrize("name", ["idx", "bias_ih", "bias_hh", "reset"])
+def test_strided_small_inputs_read_correctly(name):
+    # the same values as a stride-2 view: the kernels index these by lane / gate column, so
+    # a view must be copied, not read as if contiguous (outputs and gradients were off by ~3)
+    a, idx, reset = _tiny_args()
+    args = dict(a, idx=idx, reset=reset)
+    want = G.gru_step_fused(**args, variant="cell", backend="triton", precision="ieee")
+    want_g = torch.autograd.grad(want.sum(), [a[n] for n in PARAMS])
+    v = args[name].detach() if name.startswith("bias") else args[name]
+    fill = (v == 0) if v.dtype == torch.bool else v * 0 + 5
+    view = torch.stack([v, fill], 1)[:, 0]
+    assert view.stride(0) == 2
+    if name.startswith("bias"):
+        view.requires_grad_(True)
+    args[name] = view
+    got = G.gru_step_fused(**args, variant="cell", backend="triton", precision="ieee")
+    got_g = torch.autograd.grad(got.sum(), [args[n] for n in PARAMS])
+    assert torch.equal(got, want)
+    for x, y in zip(got_g, want_g):
+        assert torch.equal(x, y)
+
+
+def test_mismatched_sizes_are_errors_not_reads_past_the_end():
+    a, idx, reset = _tiny_args()
+    H = a["h"].shape[1]
+    bad = {"x": a["x"][:, :-1], "h": torch.cat([a["h"], a["h"][:, :1]], 1),
+           "idx": idx[:-1], "reset": reset[:-1], "bias_ih": a["bias_ih"][:-5],
+           "weight_hh": a["weight_hh"][:, :H - 1]}
+    for name, t in bad.items():
+        args = dict(a, idx=idx, reset=reset)
+        args[name] = t
+        with pytest.raises(ValueError, match=name):
+            G.gru_step_fused(**args, variant="cell", backend="triton")
+    with pytest.raises(ValueError, match="x must have shape"):   # no idx: one row per lane
+        G.gru_step_fused(**dict(a, x=a["x"][:2], idx=None, reset=reset), variant="cell",
+                         backend="triton")
+
+
 def test_custom_op_registration_passes_opcheck():
     a, idx, reset = _tiny_args()
     seed = torch.tensor([7], device=DEV)
