@@ -135,6 +135,20 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
     table2, acc2, grad2 = _as_rows(table), _as_rows(acc), _as_rows(grad)
     vel2 = _as_rows(vel) if vel is not None else acc2
     L, H = grad2.shape
+    # the kernel writes row * stride + column for columns < H (the gradient's width) at the
+    # given ids: a table of another width, or state of another shape, would be written past
+    # its end. Ids are not range-checked (a host sync per step): they must be rows of table.
+    for name, t in (("acc", acc2), ("vel", vel2)):
+        if t.shape != table2.shape:
+            raise ValueError(f"adagrad rows kernel: {name} has shape {tuple(t.shape)}, the "
+                             f"table {tuple(table2.shape)}")
+    if table2.shape[1] != H:
+        raise ValueError(f"adagrad rows kernel: gradient rows have {H} columns, the table "
+                         f"{table2.shape[1]}")
+    for name, t in (("sorted_ids", sorted_ids), ("perm", perm)):
+        if tuple(t.shape) != (L,):
+            raise ValueError(f"adagrad rows kernel: {name} must have shape ({L},) (got "
+                             f"{tuple(t.shape)})")
     if L == 0:
         return
     for name, t in (("table", table2), ("acc", acc2), ("vel", vel2), ("grad", grad2)):
@@ -152,6 +166,8 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
                         ("bias vel", b_vel if b_vel is not None else b_acc)):
             if t.dim() != 1 or t.stride(0) != 1:
                 raise ValueError(f"adagrad rows kernel: {name} must be a contiguous vector")
+        if b_acc.shape != b_table.shape or (b_vel is not None and b_vel.shape != b_table.shape):
+            raise ValueError("adagrad rows kernel: bias acc / vel must have the bias's shape")
         if not 0 <= offset <= L or b_grad.shape[0] != L - offset:
             raise ValueError(f"adagrad rows kernel: bias_grad has {b_grad.shape[0]} rows, "
                              f"the ids past offset {offset} are {L - offset}")

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from . import launch
-from .scoring import _pow2, _score_tile, _split_plan, resolve_precision
+from .scoring import _pow2, _score_tile, _split_plan, catalog_inputs, index_vector, resolve_precision
 
 
 def _blocks(b: int, H: int):
@@ -68,12 +68,12 @@ def _rank_count_kernel(p_h, p_w, p_bias, p_ts, p_gt, p_eq, b, N, H, stride_h, st
 def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     """(n_greater, n_equal) int64 (b,) of each row's target among all N scores h·Wᵀ + bias."""
     prec = resolve_precision(precision)
+    h, weight, bias = catalog_inputs(h, weight, bias)
     b, H = h.shape
     N = weight.shape[0]
     dev = h.device
     launch.require_cuda("the triton rank", h, weight)
-    h = h if h.stride(1) == 1 else h.contiguous()
-    targets = targets.contiguous()
+    targets = index_vector("targets", targets, b)
     BM, BN, BK = _blocks(b, H)
     n_rb = triton.cdiv(b, BM)
     ts = launch.new_output((b,), torch.float32, dev)
@@ -107,6 +107,10 @@ def _topk_tile_kernel(p_h, p_w, p_bias, p_cand, b, N, H, stride_h, stride_w, KT,
     s = _score_tile(p_h, p_w, p_bias, o_m, m_m, o_n, m_n, H, stride_h, stride_w, BM, BN, BK, PREC)
     s = tl.where(s == 0.0, 0.0, s)                      # -0.0 ties with +0.0
     bits = s.to(tl.int32, bitcast=True)
+    # every NaN as the one positive quiet NaN: above +inf, tied among themselves (by index),
+    # as a descending torch.sort orders them (a sign-bit NaN, e.g. inf + -inf on x86, would
+    # otherwise sort last)
+    bits = tl.where(s != s, 0x7FC00000, bits)
     ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     key = (ordered.to(tl.int64) << 32) + (4294967295 - o_n.to(tl.int64))[None, :]
     key = tl.where(m_n[None, :], key, -9223372036854775807 - 1)
@@ -138,12 +142,15 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
     (BM, BN) int64 keys must fit sm_90's 227 KB; 1024 does not, benchmarks/compile_check.py);
     for larger k, KT passes cost more than keeping every score, so BN = 64 <= k."""
     prec = resolve_precision(precision)
+    h, weight, bias = catalog_inputs(h, weight, bias)
     b, H = h.shape
     N = weight.shape[0]
     if not 0 < k <= N:
         raise ValueError(f"k must be in 1..{N} (got {k})")
     launch.require_cuda("the triton top-k", h, weight)
-    h = h if h.stride(1) == 1 else h.contiguous()
+    if b == 0:
+        return (torch.empty((0, k), dtype=torch.float32, device=h.device),
+                torch.empty((0, k), dtype=torch.int64, device=h.device))
     BM, BN, BK = _blocks(b, H)
     if not launch.interpreter_blocks():
         BM, BN = 16, (512 if k <= 64 else 64)

@@ -57,11 +57,34 @@ def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(x)))
 
 
-def _check_table(name, t, H=None):
-    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{name}: expected a float32/float16/bfloat16 tensor, got {t.dtype}")
-    if t.dim() == 2 and t.stride(1) != 1:
-        raise ValueError(f"{name}: the last dimension must be contiguous")
+def catalog_inputs(h, weight, bias, bias_per_item: bool = True):
+    """(h, weight, bias) as the catalog kernels read them, checked: h (b, H) and weight (·, H)
+    with unit stride along H, bias a contiguous vector (one entry per weight row when
+    bias_per_item; the sampled path's bias may be its own table). The kernels address raw
+    pointers with H from h and row strides from weight: a transposed or strided table was read
+    as if laid out by rows (wrong scores, no error). A strided weight or bias is copied (a full
+    copy of the table per call: pass contiguous tables). Metadata checks only, no device sync;
+    any float dtype is read and computed in fp32."""
+    if h.dim() != 2 or weight.dim() != 2 or weight.shape[1] != h.shape[1]:
+        raise ValueError(f"h (b, H) and item_weight (N, H) must agree on H (got shapes "
+                         f"{tuple(h.shape)} and {tuple(weight.shape)})")
+    if bias.dim() != 1 or (bias_per_item and bias.shape[0] != weight.shape[0]):
+        raise ValueError("item_bias must be a vector" +
+                         (f" of shape ({weight.shape[0]},)" if bias_per_item else "") +
+                         f" (got shape {tuple(bias.shape)})")
+    h = h if h.stride(1) == 1 else h.contiguous()
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    return h, weight, bias.contiguous()
+
+
+def index_vector(name, ids, n):
+    """ids as a contiguous (n,) integer vector for a kernel (int32 or int64; a kernel takes
+    ids * stride in int64). Values are not range-checked (that would synchronise with the host
+    every call): out-of-range ids read or write outside the tables, as in a CUDA gather."""
+    if ids.dim() != 1 or ids.shape[0] != n or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer vector of {n} ids (got {ids.dtype}, shape "
+                         f"{tuple(ids.shape)})")
+    return ids.contiguous()
 
 
 @triton.jit
@@ -110,7 +133,7 @@ def _sampled_scores_kernel(p_h, p_w, p_bias, p_wcol, p_bcol, p_r, b, C, H, strid
         m_k = o_k < H
         b_h = tl.load(p_h + o_m[:, None] * stride_h + o_k[None, :],
                       mask=m_m[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_wt = tl.load(p_w + ids[None, :] * stride_w + o_k[:, None],
+        b_wt = tl.load(p_w + ids.to(tl.int64)[None, :] * stride_w + o_k[:, None],
                        mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(b_h, b_wt, acc, input_precision=PREC)
     bids = tl.load(p_bcol + o_n, mask=m_n, other=0)
@@ -278,7 +301,7 @@ def _rows_matmul_kernel(p_dr, p_w, p_wcol, p_dh, b, C, H, stride_w,
         m_c = o_c < C
         ids = tl.load(p_wcol + o_c, mask=m_c, other=0)
         b_dr = tl.load(p_dr + o_m[:, None] * C + o_c[None, :], mask=m_m[:, None] & m_c[None, :], other=0.0)
-        b_w = tl.load(p_w + ids[:, None] * stride_w + o_h[None, :],
+        b_w = tl.load(p_w + ids.to(tl.int64)[:, None] * stride_w + o_h[None, :],
                       mask=m_c[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(b_dr, b_w, acc, input_precision=PREC)
     tl.store(p_dh + o_m[:, None] * H + o_h[None, :], acc, mask=m_m[:, None] & m_h[None, :])
@@ -337,14 +360,17 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     ``scale``·gradients of the summed loss, or None without grads.
     """
     prec = resolve_precision(precision)
+    h, weight, bias = catalog_inputs(h, weight, bias, bias_per_item=False)
     b, H = h.shape
     C = w_col.shape[0]
+    if C < b:   # lane i's positive is column i
+        raise ValueError(f"the sampled loss needs at least one column per lane (C {C} < b {b})")
+    w_col, b_col = index_vector("w_col", w_col, C), index_vector("b_col", b_col, C)
     dev = h.device
     code = LOSS_CODES[loss]
     launch.require_cuda("the triton sampled loss", h, weight)
     big_blocks = launch.interpreter_blocks()
     HP = _pow2(H)
-    h = h if h.stride(1) == 1 else h.contiguous()
     R = launch.new_output((b, C), torch.float32, dev)
     # interpreter: its tl.dot is a non-BLAS numpy loop, cost ∝ padded M·N·K: blocks that pad little
     if big_blocks:
@@ -359,10 +385,16 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     has_lq = code == CE and logq > 0
     lq_gather = has_lq and log_support is not None
     if lq_gather:
+        if tuple(log_support.shape) != (weight.shape[0],):
+            raise ValueError(f"log_support must have one entry per item ({weight.shape[0]},) "
+                             f"(got {tuple(log_support.shape)})")
         lq = log_support.to(device=dev, dtype=torch.float32).contiguous()
     elif has_lq:
         if logq_per_column is None:
             raise ValueError("cross-entropy with logq > 0 needs logq_per_column or log_support")
+        if tuple(logq_per_column.shape) != (C,):
+            raise ValueError(f"logq_per_column must have shape ({C},) (got "
+                             f"{tuple(logq_per_column.shape)})")
         lq = logq_per_column.to(device=dev, dtype=torch.float32).contiguous()
     else:
         lq = R   # unused
@@ -536,14 +568,19 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     scaled by ``scale`` (None without grads). d_weight_out / d_bias_out (fp32, contiguous): add
     the gradients into these buffers instead of allocating (e.g. an optimizer's grad buffer)."""
     prec = resolve_precision(precision)
+    h, weight, bias = catalog_inputs(h, weight, bias)
     b, H = h.shape
     N = weight.shape[0]
+    targets = index_vector("targets", targets, b)
+    for name, t, shape in (("d_weight_out", d_weight_out, (N, H)), ("d_bias_out", d_bias_out, (N,))):
+        if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
+                              or not t.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous fp32 {shape} tensor (got "
+                             f"{t.dtype}, shape {tuple(t.shape)}, strides {t.stride()})")
     dev = h.device
     launch.require_cuda("the triton full-catalog cross-entropy", h, weight)
     big_blocks = launch.interpreter_blocks()
     HP = _pow2(H)
-    h = h if h.stride(1) == 1 else h.contiguous()
-    targets = targets.contiguous()
     if big_blocks:
         BM, BN, BK = min(32, _pow2(b)), 128, min(64, HP)
     else:

@@ -44,6 +44,21 @@ def test_triton_scatter_update_rejects_strided_rows():
                                        0.1, 0.0, 1e-6)
 
 
+def test_triton_scatter_update_rejects_mismatched_widths():
+    # the kernel writes the gradient's width at each id's row: a wider gradient or state of
+    # another shape would be written past the table (heap corruption), so both are errors
+    t, ids = torch.zeros(8, 5, device=DEV), torch.arange(2, device=DEV)
+    with pytest.raises(ValueError, match="6 columns, the table 5"):
+        K.adagrad_momentum_sorted_rows(t, ids, ids, torch.randn(2, 6, device=DEV),
+                                       torch.zeros_like(t), None, 0.1, 0.0, 1e-6)
+    with pytest.raises(ValueError, match="acc has shape"):
+        K.adagrad_momentum_sorted_rows(t, ids, ids, torch.randn(2, 5, device=DEV),
+                                       torch.zeros(4, 5, device=DEV), None, 0.1, 0.0, 1e-6)
+    with pytest.raises(ValueError, match="perm must have shape"):
+        K.adagrad_momentum_sorted_rows(t, ids, ids[:1], torch.randn(2, 5, device=DEV),
+                                       torch.zeros_like(t), None, 0.1, 0.0, 1e-6)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
 @pytest.mark.parametrize("L,N,H,offset", SCATTER_BIAS_CASES)
 def test_triton_scatter_update_with_bias_equals_separate_updates(momentum, L, N, H, offset):

@@ -101,6 +101,35 @@ def test_topk_goes_by_row_chunks(monkeypatch):
     if DEV == "cpu":          # the interpreter's tile is 256 columns (on a GPU it is 64)
         assert calls == [2, 2, 1]
 
+def test_rank_and_topk_read_strided_tables_and_order_nan_like_the_reference():
+    g = torch.Generator().manual_seed(6)
+    b, N, H = 4, 300, 12
+    h = torch.randn(b, H, generator=g)
+    Wt = torch.randn(H, N, generator=g)
+    bias2 = torch.randn(N, 2, generator=g)
+    t = torch.randint(0, N, (b,), generator=g)
+    dense = [x.contiguous().to(DEV) for x in (h, Wt.t(), bias2[:, 0])]
+    strided = [h.to(DEV), Wt.to(DEV).t(), bias2.to(DEV)[:, 0]]
+    want, got = (rank_counts(*a, t.to(DEV), backend="triton", precision="ieee")
+                 for a in (dense, strided))
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+    want, got = (topk_scores(*a, 7, backend="triton", precision="ieee") for a in (dense, strided))
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+    # NaN scores first (as a descending sort puts them), whatever their sign bit: inf + -inf
+    # gives a sign-bit NaN on x86
+    hh = torch.tensor([[1.0, 0.0]])
+    WW = torch.tensor([[1.0, 0.0], [float("inf"), 0.0], [2.0, 0.0], [0.0, 1.0]])
+    bb = torch.tensor([0.0, float("-inf"), 0.0, float("nan")])
+    rv, ri = topk_scores_reference(hh, WW, bb, 4)
+    v, i = topk_scores(hh.to(DEV), WW.to(DEV), bb.to(DEV), 4, backend="triton", precision="ieee")
+    assert ri.tolist() == [[1, 3, 2, 0]] and torch.equal(i.cpu(), ri)
+    # an empty batch gives empty results, as the reference
+    v, i = topk_scores(hh[:0].to(DEV), WW.to(DEV), bb.to(DEV), 2, backend="triton")
+    assert v.shape == (0, 2) and i.shape == (0, 2)
+    with pytest.raises(ValueError, match="targets"):
+        rank_counts(*dense, t[:2].to(DEV), backend="triton")
+
+
 def test_topk_negative_zero_and_errors():
     h = torch.tensor([[1.0, 0.0]])
     W = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-0.0, 0.0]])

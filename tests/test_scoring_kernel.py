@@ -280,6 +280,50 @@ def test_full_catalog_cross_entropy_of_a_confident_model_with_large_scores(top):
         assert rel(a, r) < 2 * rel(a32, r) + 1e-6
 
 
+def test_strided_tables_and_mismatched_sizes():
+    # the kernels address raw pointers: a transposed table or a strided bias is read as the
+    # same values (copied), a size that disagrees is a ValueError, not a read past the end
+    b, n_sample, H, N = 5, 7, 16, 30
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(b, H, generator=g)
+    Wt = torch.randn(H, N, generator=g) / 4
+    bias2 = torch.randn(N, 2, generator=g)
+    W, bias = Wt.t(), bias2[:, 0]
+    assert W.stride(1) != 1 and bias.stride(0) != 1
+    Y = torch.randint(0, N, (b + n_sample,), generator=g)
+    t = Y[:b]
+    dense = [x.contiguous().to(DEV) for x in (h, W, bias)]
+    strided = [h.to(DEV), Wt.to(DEV).t(), bias2.to(DEV)[:, 0]]
+    for loss in ("cross-entropy", "bpr-max"):
+        want = fused_sampled_loss_and_grads(*dense, Y.to(DEV), loss, backend="triton",
+                                            precision="ieee")
+        got = fused_sampled_loss_and_grads(*strided, Y.to(DEV), loss, backend="triton",
+                                           precision="ieee")
+        assert torch.equal(got.loss, want.loss) and torch.equal(got.dh, want.dh)
+        assert torch.equal(got.d_rows, want.d_rows) and torch.equal(got.d_bias_rows, want.d_bias_rows)
+    want = full_catalog_cross_entropy_and_grads(*dense, t.to(DEV), backend="triton",
+                                                precision="ieee")
+    got = full_catalog_cross_entropy_and_grads(*strided, t.to(DEV), backend="triton",
+                                               precision="ieee")
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+    h_, W_, b_ = dense
+    with pytest.raises(ValueError, match="agree on H"):
+        fused_sampled_loss_and_grads(torch.cat([h_, h_[:, :2]], 1), W_, b_, Y.to(DEV),
+                                     "cross-entropy", backend="triton")
+    with pytest.raises(ValueError, match="item_bias"):
+        full_catalog_cross_entropy_and_grads(h_, W_, b_[:-1], t.to(DEV), backend="triton")
+    with pytest.raises(ValueError, match="targets"):
+        full_catalog_cross_entropy_and_grads(h_, W_, b_, t[:-1].to(DEV), backend="triton")
+    with pytest.raises(ValueError, match="d_weight_out"):
+        full_catalog_cross_entropy_and_grads(h_, W_, b_, t.to(DEV), backend="triton",
+                                             d_weight_out=torch.zeros(H, N, device=DEV).t(),
+                                             d_bias_out=torch.zeros(N, device=DEV))
+    with pytest.raises(ValueError, match="logq_per_column"):
+        fused_sampled_loss_and_grads(h_, W_, b_, Y.to(DEV), "cross-entropy", logq=1.0,
+                                     logq_per_column=torch.zeros(3, device=DEV), backend="triton")
+
+
 def test_dispatch_and_errors():
     x = torch.zeros(2, 3)
     assert resolve_backend("auto", x) == "torch"
@@ -332,6 +376,10 @@ Y = torch.tensor([2, 0, 1, 2, 1, 2], device=dev)      # 4 targets, 2 samples
 f = fused_sampled_loss_and_grads(h, W, bias, Y, "cross-entropy", backend="triton", precision="ieee")
 r = fused_sampled_loss_and_grads_reference(h.double().cpu(), Wd, bias.double().cpu(), Y.cpu(), "cross-entropy")
 for a, b in ((f.loss, r.loss), (f.dh, r.dh), (f.d_rows, r.d_rows)):
+    assert (a.double().cpu() - b).abs().max() <= 1e-5 * b.abs().max(), (a, b)
+# int32 column ids: id * row stride must still be formed in int64
+f32 = fused_sampled_loss_and_grads(h, W, bias, Y.int(), "cross-entropy", backend="triton", precision="ieee")
+for a, b in ((f32.loss, r.loss), (f32.dh, r.dh), (f32.d_rows, r.d_rows)):
     assert (a.double().cpu() - b).abs().max() <= 1e-5 * b.abs().max(), (a, b)
 print("OK")
 """
