@@ -364,7 +364,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     b, H = h.shape
     C = w_col.shape[0]
     if C < b:   # lane i's positive is column i
-        raise ValueError(f"the sampled loss needs at least one column per lane (C {C} < b {b})")
+        raise ValueError(f"scores have {C} columns for {b} lanes: lane i's positive is column i")
     w_col, b_col = index_vector("w_col", w_col, C), index_vector("b_col", b_col, C)
     dev = h.device
     code = LOSS_CODES[loss]

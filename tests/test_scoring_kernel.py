@@ -319,6 +319,9 @@ def test_strided_tables_and_mismatched_sizes():
         full_catalog_cross_entropy_and_grads(h_, W_, b_, t.to(DEV), backend="triton",
                                              d_weight_out=torch.zeros(H, N, device=DEV).t(),
                                              d_bias_out=torch.zeros(N, device=DEV))
+    for backend in ("torch", "triton"):   # fewer columns than lanes: no positive for some
+        with pytest.raises(ValueError, match="lanes"):
+            fused_sampled_loss_and_grads(h_, W_, b_, Y[:b - 1].to(DEV), "top1", backend=backend)
     with pytest.raises(ValueError, match="logq_per_column"):
         fused_sampled_loss_and_grads(h_, W_, b_, Y.to(DEV), "cross-entropy", logq=1.0,
                                      logq_per_column=torch.zeros(3, device=DEV), backend="triton")

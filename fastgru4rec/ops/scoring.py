@@ -67,6 +67,8 @@ def sampled_loss_reference(R: torch.Tensor, loss: str, *, logq_per_column: Optio
     b, C = R.shape
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    if C < b:   # the diagonal would be cut short (a silent loss over the first C lanes)
+        raise ValueError(f"scores have {C} columns for {b} lanes: lane i's positive is column i")
     if loss == "cross-entropy":
         if logq > 0:
             R = R - logq * logq_per_column
