@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastgru4rec.bench import benchmark_ratios
 from fastgru4rec.cli import main
@@ -48,6 +49,31 @@ def test_bench_train_writes_json_with_the_fields(bench_json, capsys):
     assert env["device"] == "cpu" and env["cpu_count"] >= 1
     assert d["label"] == "tiny"
     assert not list(bench_json.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 3])
+def test_bench_evaluation_is_warmed_up_on_the_first_sessions(monkeypatch, warmup_steps):
+    # the timed evaluation covers the whole test set; with warm-up steps on, an untimed one on
+    # the first eval-batch-size sessions runs before it (first-use costs out of the clock)
+    import fastgru4rec.evaluate as ev
+    from fastgru4rec import bench
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.synthetic import synthetic_split
+    train, test = synthetic_split(n_sessions=300, n_items=40, seed=3)
+    seen = []
+    real = ev.evaluate_model
+    monkeypatch.setattr(ev, "evaluate_model",
+                        lambda model, data, *a, **kw: seen.append(data) or real(model, data, *a, **kw))
+    cfg = GRU4RecConfig(layers=[8], batch_size=8, n_sample=4, sample_store_size=400)
+    out = bench.measure_training(train, test, cfg, torch.device("cpu"), "reference", max_steps=4,
+                                 warmup_steps=warmup_steps, eval_batch_size=7)
+    assert seen[-1] is test and out["eval"]["n_points"] == test.n_events - test.n_sessions
+    if warmup_steps:
+        head = seen[0]
+        assert len(seen) == 2 and head.n_sessions == 7
+        assert head.items.tolist() == test.items[:test.offsets[7]].tolist()
+    else:
+        assert len(seen) == 1
 
 
 def test_bench_without_target_is_train_and_prints_a_table(tmp_path, capsys):
