@@ -244,8 +244,9 @@ def measure_training(train, test, config, device, engine: str = "reference",
     """Train ``epochs`` epochs (each cut at ``max_steps``) with one engine, then evaluate on
     ``test`` (if given). Returns the numbers as a JSON-able dict."""
 
-    from .evaluate import evaluate_model
+    from .evaluate import check_eval_batch_size, evaluate_model
 
+    check_eval_batch_size(eval_batch_size, "eval_batch_size")
     engine_cls = available_engines()[engine]
     if warmup_steps > 0:
         # a throw-away model with a small sample store: compiles, loads, allocates
@@ -583,7 +584,7 @@ def cmd_bench(args) -> int:
     else:
         from .data import read_sessions, require_evaluable, require_trainable
         train = read_sessions(data_path)
-        require_trainable(train)
+        require_trainable(train, in_batch_only=config.n_sample == 0)
         test = read_sessions(args.test, item_map=train) if args.test else None
         if test is not None:
             require_evaluable(test)

@@ -149,6 +149,7 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
         if tuple(t.shape) != (L,):
             raise ValueError(f"adagrad rows kernel: {name} must have shape ({L},) (got "
                              f"{tuple(t.shape)})")
+    sorted_ids, perm = sorted_ids.contiguous(), perm.contiguous()   # read as contiguous
     if L == 0:
         return
     for name, t in (("table", table2), ("acc", acc2), ("vel", vel2), ("grad", grad2)):

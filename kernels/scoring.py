@@ -1,5 +1,6 @@
 """Triton kernels for GRU4Rec scoring (REFERENCE §4): fused sampled scores + losses + gradients,
-and the full-catalog cross-entropy (online log-sum-exp, gradients recomputed tile by tile).
+and the full-catalog cross-entropy (an online softmax: each row's running max m and
+z = Σ exp(s - m), kept apart; gradients recomputed tile by tile).
 
 Notation: b rows (lanes), H hidden, C score columns, N catalog items. Block sizes: BM rows,
 BN columns (items), BK the reduction chunk. Variables: o_ offsets, m_ masks, b_ blocks, p_ pointers.
@@ -335,7 +336,7 @@ def _cols_scatter_kernel(p_dr, p_h, p_winv, p_binv, p_drows, p_dbias, b, C, H, s
         tl.store(p_drows + rows[:, None] * H + o_h[None, :], acc, mask=m_n[:, None] & m_h[None, :])
         tl.store(p_dbias + rows, acc_b, mask=m_bias)
     else:
-        winv = tl.load(p_winv + o_n, mask=m_n, other=0)
+        winv = tl.load(p_winv + o_n, mask=m_n, other=0).to(tl.int64)
         tl.atomic_add(p_drows + winv[:, None] * H + o_h[None, :], acc,
                       mask=m_n[:, None] & m_h[None, :])
         binv = tl.load(p_binv + o_n, mask=m_n, other=0)
@@ -427,6 +428,11 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         d_bias = launch.new_output((C,), torch.float32, dev)
         w_scatter = b_scatter = w_col      # unused
     else:
+        if w_scatter is None or b_scatter is None:
+            raise ValueError("the sampled loss's gradients need w_scatter and b_scatter "
+                             "(or per_column=True)")
+        w_scatter = index_vector("w_scatter", w_scatter, C)
+        b_scatter = index_vector("b_scatter", b_scatter, C)
         d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
         d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
     if big_blocks:

@@ -301,7 +301,13 @@ def test_require_trainable():
     with pytest.raises(DataError) as e:
         require_trainable(d)
     assert str(e.value) == "<arrays>: no session has 2 or more events; nothing to train on"
-    require_trainable(SessionData.from_arrays(["a", "a"], ["x", "y"], [1.0, 2.0]))
+    one = SessionData.from_arrays(["a", "a", "b"], ["x", "y", "x"], [1.0, 2.0, 3.0])
+    require_trainable(one)
+    # in-batch negatives only: a step needs a second session of 2 or more events
+    with pytest.raises(DataError, match="only one session has 2 or more events; with n_sample=0"):
+        require_trainable(one, in_batch_only=True)
+    require_trainable(SessionData.from_arrays(["a", "a", "b", "b"], ["x", "y", "x", "y"],
+                                              [1.0, 2.0, 3.0, 4.0]), in_batch_only=True)
 
 
 def test_inconsistent_session_data():

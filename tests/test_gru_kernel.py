@@ -255,13 +255,16 @@ def test_strided_small_inputs_read_correctly(name):
 def test_mismatched_sizes_are_errors_not_reads_past_the_end():
     a, idx, reset = _tiny_args()
     H = a["h"].shape[1]
-    bad = {"x": a["x"][:, :-1], "h": torch.cat([a["h"], a["h"][:, :1]], 1),
-           "idx": idx[:-1], "reset": reset[:-1], "bias_ih": a["bias_ih"][:-5],
-           "weight_hh": a["weight_hh"][:, :H - 1]}
-    for name, t in bad.items():
+    # (argument, bad value, the start of the message that names it)
+    bad = [("x", a["x"][:, :-1], "x must have shape"),
+           ("h", torch.cat([a["h"], a["h"][:, :1]], 1), r"weight_hh must have shape .* for h of"),
+           ("idx", idx[:-1], "idx must have shape"), ("reset", reset[:-1], "reset must have shape"),
+           ("bias_ih", a["bias_ih"][:-5], "bias_ih must have shape"),
+           ("weight_hh", a["weight_hh"][:, :H - 1], "weight_hh must have shape")]
+    for name, t, message in bad:
         args = dict(a, idx=idx, reset=reset)
         args[name] = t
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=message):
             G.gru_step_fused(**args, variant="cell", backend="triton")
     with pytest.raises(ValueError, match="x must have shape"):   # no idx: one row per lane
         G.gru_step_fused(**dict(a, x=a["x"][:2], idx=None, reset=reset), variant="cell",

@@ -120,3 +120,21 @@ def test_counts_past_float32_exact_range():
     assert g.tolist() == [5] and e.tolist() == [N - 5]
     g, e = rank_counts_from_hidden(h, W, bias, target)          # tiles of 2^24 columns
     assert g.tolist() == [5] and e.tolist() == [N - 5]
+
+
+def test_tiled_counts_with_inputs_that_require_grad_and_bad_targets():
+    # counts from a model's outputs outside no_grad: the tiled path writes its tiles with out=,
+    # which autograd refuses; it runs without a graph. Out-of-range targets are an error in
+    # every tiling (the tiled path compared against an unset score and counted a miss).
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 4, generator=g, requires_grad=True)
+    W = torch.randn(50, 4, generator=g, requires_grad=True)
+    bias = torch.zeros(50, requires_grad=True)
+    t = torch.tensor([0, 17, 49])
+    full = rank_counts_from_scores((h @ W.t() + bias).detach(), t)
+    for max_elements in (3 * 7, 1 << 20):
+        got = rank_counts_from_hidden(h, W, bias, t, max_elements)
+        assert torch.equal(got[0], full[0]) and torch.equal(got[1], full[1])
+        for bad in (torch.tensor([0, 50, 1]), torch.tensor([-1, 0, 1])):
+            with pytest.raises(ValueError, match="targets must be item indices in 0..49"):
+                rank_counts_from_hidden(h, W, bias, bad, max_elements)

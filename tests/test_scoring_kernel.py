@@ -322,6 +322,11 @@ def test_strided_tables_and_mismatched_sizes():
     for backend in ("torch", "triton"):   # fewer columns than lanes: no positive for some
         with pytest.raises(ValueError, match="lanes"):
             fused_sampled_loss_and_grads(h_, W_, b_, Y[:b - 1].to(DEV), "top1", backend=backend)
+    Yd = Y.to(DEV)
+    uniq, inv = torch.unique(Yd, return_inverse=True)
+    with pytest.raises(ValueError, match="w_scatter must be an integer vector of 12 ids"):
+        fused_sampled_loss_and_grads(h_, W_, b_, Yd, "cross-entropy", rows=(uniq, inv[:2]),
+                                     backend="triton")
     with pytest.raises(ValueError, match="logq_per_column"):
         fused_sampled_loss_and_grads(h_, W_, b_, Y.to(DEV), "cross-entropy", logq=1.0,
                                      logq_per_column=torch.zeros(3, device=DEV), backend="triton")

@@ -57,6 +57,7 @@ def rank_counts_dense(scores: torch.Tensor, targets: torch.Tensor
     return n_greater, n_equal
 
 
+@torch.no_grad()   # integer counts; the tiles are written with out= (no autograd through them)
 def rank_counts_from_hidden(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor,
                             targets: torch.Tensor, max_elements: int = 1 << 24
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +67,16 @@ def rank_counts_from_hidden(h: torch.Tensor, item_weight: torch.Tensor, item_bia
     When the catalog fits one tile this is one pass. Otherwise a first pass reads each target's
     score from its own tile and a second pass counts; both passes compute each tile with the
     same call on the same shapes (into the same contiguous buffer), so the target's score is
-    bit-identical to the others'. The counts equal rank_counts_from_scores on the full score
-    matrix (tests/test_ranking.py holds them together).
+    bit-identical to the others'. The counts are rank_counts_from_scores's on the scores as the
+    tiles compute them (tests/test_ranking.py holds them together on exactly representable
+    scores); a product over a column slice may round a score differently from the same column of
+    the whole (b, N) product (BLAS blocking), so a near-tie can move with ``max_elements``.
+    Extra memory: the (b, T) tile and as many 0/1 flags (float32; float64 past 2^24 columns).
     """
     b, N = h.shape[0], item_weight.shape[0]
+    if b and (int(targets.min()) < 0 or int(targets.max()) >= N):
+        raise ValueError(f"targets must be item indices in 0..{N - 1} (got "
+                         f"{int(targets.min())}..{int(targets.max())})")
     T = max(1, min(N, max_elements // max(b, 1)))
     if T >= N:
         return rank_counts_dense(torch.addmm(item_bias, h, item_weight.t()), targets)

@@ -262,8 +262,8 @@ def full_catalog_cross_entropy_and_grads(h, item_weight, item_bias, targets, *, 
                                          grads=True, d_weight_out=None, d_bias_out=None,
                                          backend: str = "auto", precision=None):
     """(loss, dh, d_weight (N, H), d_bias (N,)) of scale · full_catalog_cross_entropy. The
-    Triton path never holds the (b, N) scores (online log-sum-exp, tiles recomputed for the
-    gradients). d_weight_out / d_bias_out (fp32): accumulate into these instead (returned)."""
+    Triton path never holds the (b, N) scores (an online softmax over item tiles, tiles
+    recomputed for the gradients). d_weight_out / d_bias_out (fp32): accumulate into these instead (returned)."""
     if resolve_backend(backend, h) == "torch":
         hh = h.detach().requires_grad_(grads)
         W = item_weight.detach().requires_grad_(grads)
