@@ -191,7 +191,11 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
                                          LQ_GATHER)[None, :]
             xm = tl.where(msk, x, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(xm, axis=1))
-            z = z * tl.exp(m_run - m_new) + tl.sum(tl.exp(xm - m_new[:, None]), axis=1)
+            # z sums the negatives only; the positive's exp(r_pos - m) is added after the loop.
+            # A confident row has z = 1 + small terms: summed into the 1 in fp32 they lose their
+            # low bits, and 1 - p_t (the loss and the positive's gradient) with them.
+            e = tl.where(neg, tl.exp(xm - m_new[:, None]), 0.0)
+            z = z * tl.exp(m_run - m_new) + tl.sum(e, axis=1)
             m_run = m_new
         elif LOSS == 1 or LOSS == 2:   # bpr-max / top1-max, softmax over the negatives
             u = x
@@ -223,12 +227,15 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
             a3 += tl.sum(tl.where(neg, _sigmoid(-d), 0.0), axis=1)
 
     Cf = C * 1.0
+    if LOSS == 0:
+        z_neg = z
+        z = z_neg + tl.exp(r_pos - m_run)
     z = tl.where(m_m, z, 1.0)   # padding rows: keep them finite
     if LOSS == 0:
         p_t = tl.exp(r_pos - m_run) / z
         row_loss = -tl.log(p_t + 1e-24)
         coef = p_t / (p_t + 1e-24)
-        g_pos = coef * (p_t - 1.0)
+        g_pos = -coef * (z_neg / z)          # coef · (p_t - 1) without the cancellation
     elif LOSS == 1:
         S = a1 / z
         Q = a2 / z
