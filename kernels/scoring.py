@@ -228,11 +228,12 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
 
     Cf = C * 1.0
     if LOSS == 0:
+        e_pos = tl.exp(r_pos - m_run)
         z_neg = z
-        z = z_neg + tl.exp(r_pos - m_run)
+        z = z_neg + e_pos
     z = tl.where(m_m, z, 1.0)   # padding rows: keep them finite
     if LOSS == 0:
-        p_t = tl.exp(r_pos - m_run) / z
+        p_t = e_pos / z
         row_loss = -tl.log(p_t + 1e-24)
         coef = p_t / (p_t + 1e-24)
         g_pos = -coef * (z_neg / z)          # coef · (p_t - 1) without the cancellation
