@@ -714,7 +714,7 @@ def run(args) -> int:
     log(f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, {train.n_items:,} "
         f"items ({time.perf_counter() - t0:.1f} s)")
     if g is not None:
-        require_trainable(train, in_batch_only=g.config.n_sample == 0)
+        require_trainable(train, g.config.min_lanes)
     tests = {str(t): read_sessions(t, item_map=train, **read_kw) for t in args.test}
     for test in tests.values():
         require_evaluable(test)   # else every metric would be a meaningless 0

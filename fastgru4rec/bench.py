@@ -584,7 +584,7 @@ def cmd_bench(args) -> int:
     else:
         from .data import read_sessions, require_evaluable, require_trainable
         train = read_sessions(data_path)
-        require_trainable(train, in_batch_only=config.n_sample == 0)
+        require_trainable(train, config.min_lanes)
         test = read_sessions(args.test, item_map=train) if args.test else None
         if test is not None:
             require_evaluable(test)

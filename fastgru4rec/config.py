@@ -98,7 +98,7 @@ class GRU4RecConfig:
             if self.logq != 0:
                 bad("logq", "must be 0 with n_sample=all (every item is scored: no sampling "
                             "to correct)")
-        if self.n_sample == 0 and int(self.batch_size) < 2:
+        if int(self.batch_size) < self.min_lanes:
             bad("batch_size", "must be at least 2 with n_sample=0 (without extra samples a "
                               "step's negatives are the other lanes' targets: one lane trains "
                               "nothing)")
@@ -140,6 +140,12 @@ class GRU4RecConfig:
     def full_catalog(self) -> bool:
         """n_sample = "all": every step scores the whole catalog (full-catalog cross-entropy)."""
         return self.n_sample == "all"
+
+    @property
+    def min_lanes(self) -> int:
+        """Lanes a training step needs: 2 with in-batch negatives only (n_sample = 0: a lane's
+        negatives are the other lanes' targets, so one lane trains nothing), else 1."""
+        return 2 if self.n_sample == 0 else 1
 
     @property
     def n_extra_samples(self) -> int:

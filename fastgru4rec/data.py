@@ -710,14 +710,14 @@ def _same_items(a: SessionData, b: SessionData) -> bool:
         a.n_items == b.n_items and bool(np.all(a.item_ids == b.item_ids)))
 
 
-def require_trainable(data: SessionData, in_batch_only: bool = False) -> None:
-    """Raise DataError unless the data gives a training step: a session of at least 2 events,
-    two of them when the negatives are in-batch only (n_sample = 0: a step needs a second lane,
-    so a single such session trained nothing and reported loss 0)."""
+def require_trainable(data: SessionData, min_lanes: int = 1) -> None:
+    """Raise DataError unless the data gives a training step: ``min_lanes`` sessions
+    (GRU4RecConfig.min_lanes: 2 when the negatives are in-batch only, n_sample = 0) of at least
+    2 events running side by side (a single such session then trained nothing, loss 0)."""
     n_long = int(np.count_nonzero(data.session_lengths >= 2)) if data.n_sessions else 0
     if n_long == 0:
         raise DataError(f"{data.source}: no session has 2 or more events; nothing to train on")
-    if in_batch_only and n_long < 2:
+    if n_long < min_lanes:
         raise DataError(f"{data.source}: only one session has 2 or more events; with n_sample=0 "
                         f"a step's negatives are the other sessions' targets: nothing to train on")
 

@@ -55,7 +55,7 @@ from .data import SessionData
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_list, adagrad_momentum_scatter
 from .ops.train_step import dense_params, shared_step_grads
-from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer
+from .train import EpochOnDevice, EpochProgress, EpochStats, Trainer, zero_restarted
 
 
 class HostSyncGuard(torch.overrides.TorchFunctionMode):
@@ -165,7 +165,7 @@ class FastTrainer(Trainer):
         if self.fused:
             return self.fused_step(inp, tgt, not_reset, neg, hidden, ids, reset)
         if self.cfg.full_catalog:
-            return self.full_catalog_step(inp, tgt, [h * not_reset.to(h.dtype) for h in hidden])
+            return self.full_catalog_step(inp, tgt, zero_restarted(hidden, not_reset))
         cfg, model = self.cfg, self.model
         b = inp.shape[0]
         Y = torch.cat([tgt, neg]) if neg is not None else tgt          # (C,)
@@ -183,7 +183,7 @@ class FastTrainer(Trainer):
             in_rows = in_table.detach().index_select(0, inp).requires_grad_()
             x, y_cols = in_rows, self._cols[:C]
 
-        hidden = [h * not_reset.to(h.dtype) for h in hidden]
+        hidden = zero_restarted(hidden, not_reset)
         loss, new_hidden = self.step_loss(x, hidden, Y, w_rows, y_cols, b_rows, self._cols[:C])
 
         leaves = [w_rows, b_rows] + ([in_rows] if in_rows is not None else [])

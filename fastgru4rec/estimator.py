@@ -107,7 +107,7 @@ class GRU4Rec:
         if engine not in ("auto", "fast", "reference"):
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         train = as_session_data(data, **read_kw)
-        require_trainable(train, in_batch_only=self.config.n_sample == 0)
+        require_trainable(train, self.config.min_lanes)
         self._read_kw = dict(read_kw)
         self.item_ids, self.supports = train.item_ids, train.supports
         self._train_map = None

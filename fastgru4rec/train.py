@@ -68,6 +68,13 @@ class EpochStats:
         return self.n_steps / max(self.seconds, 1e-9)
 
 
+def zero_restarted(hidden: List[torch.Tensor], not_reset: torch.Tensor) -> List[torch.Tensor]:
+    """The states of lanes whose session restarts set to 0: each (b, H_l) state times
+    not_reset (b, 1) 0/1, cast to the state's dtype (the float32 mask would promote a bf16
+    state, and the next product fails on mixed dtypes)."""
+    return [h * not_reset.to(h.dtype) for h in hidden]
+
+
 @dataclass
 class EpochOnDevice:
     """An epoch's schedule moved to the device once (the steps slice views of it).
@@ -165,9 +172,7 @@ class Trainer:
         self._dense_params = [p for _, p in self._dense]
 
     def schedule(self, data: SessionData) -> EpochSchedule:
-        # in-batch negatives only: a step needs a second lane
-        min_lanes = 2 if self.cfg.n_sample == 0 else 1
-        return build_schedule(data.offsets, data.items, self.cfg.batch_size, min_lanes,
+        return build_schedule(data.offsets, data.items, self.cfg.batch_size, self.cfg.min_lanes,
                               backend=self.schedule_backend)
 
     def fit(self, data: SessionData, n_epochs: Optional[int] = None,
@@ -213,8 +218,7 @@ class Trainer:
         """Zero the state of lanes starting a session, then train_step on the step's lanes."""
         lo, hi = ep.step_off[t], ep.step_off[t + 1]
         if ep.has_reset[t]:
-            m = ep.not_reset[lo:hi]          # (b, 1) float32 0/1; the state keeps its dtype
-            hidden = [h * m.to(h.dtype) for h in hidden]
+            hidden = zero_restarted(hidden, ep.not_reset[lo:hi])
         return self.train_step(ep.inputs[lo:hi], ep.targets[lo:hi], hidden, neg)
 
     def step_loss(self, x: torch.Tensor, hidden: List[torch.Tensor], Y: torch.Tensor,

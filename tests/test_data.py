@@ -305,9 +305,9 @@ def test_require_trainable():
     require_trainable(one)
     # in-batch negatives only: a step needs a second session of 2 or more events
     with pytest.raises(DataError, match="only one session has 2 or more events; with n_sample=0"):
-        require_trainable(one, in_batch_only=True)
+        require_trainable(one, min_lanes=2)
     require_trainable(SessionData.from_arrays(["a", "a", "b", "b"], ["x", "y", "x", "y"],
-                                              [1.0, 2.0, 3.0, 4.0]), in_batch_only=True)
+                                              [1.0, 2.0, 3.0, 4.0]), min_lanes=2)
 
 
 def test_inconsistent_session_data():
