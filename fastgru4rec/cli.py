@@ -2,7 +2,7 @@
 
     fastgru4rec demo                                   synthetic data, no download: GRU4Rec vs POP
     fastgru4rec train TRAIN [-t TEST ...] [-ps k=v,k=v | -pf PARAMFILE] [-m 1 5 10 20]
-                      [-e conservative] [-s MODEL] [--json]
+                      [-e conservative] [-s MODEL] [--checkpoint CKPT] [--resume CKPT] [--json]
     fastgru4rec evaluate MODEL TEST ... [-m ...] [-e ...] [--json] [-q]
     fastgru4rec recommend MODEL ITEM [ITEM ...] [-k 20] [--json]
     fastgru4rec preprocess rsc15 CLICKS OUTDIR
@@ -121,12 +121,32 @@ def _log(args, msg: str):
 # ------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
     from .data import read_sessions, require_evaluable
-    from .estimator import GRU4Rec
+    from .estimator import GRU4Rec, resolve_device
 
     params = _params_from_args(args)
-    model = GRU4Rec(device=args.device, **params)
+    inputs = [args.train] + list(args.test or [])
+    if args.resume:
+        # the configuration is the checkpoint's; only the number of epochs may grow
+        extra = sorted(set(params) - {"n_epochs"})
+        if extra:
+            raise ConfigError(f"--resume: the configuration comes from the checkpoint; only "
+                              f"n_epochs may be given (got {', '.join(extra)})")
+        if not os.path.isfile(args.resume):
+            raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
+        resolve_device(args.device)
+        model = None
+    else:
+        model = GRU4Rec(device=args.device, **params)
     _check_eval_args(args)  # before training, not after an hour of it
-    _check_save_path(args.save_model, [args.train] + list(args.test or []))
+    _check_save_path(args.save_model, inputs + ([args.resume] if args.resume else []))
+    if args.checkpoint is not None:
+        if args.checkpoint == "":
+            raise ConfigError("--checkpoint: the path is empty")
+        check_writable(args.checkpoint, inputs)
+        if args.save_model and (os.path.realpath(args.save_model)
+                                == os.path.realpath(args.checkpoint)):
+            raise ConfigError("-s/--save-model and --checkpoint name the same file (the final "
+                              "model would replace the checkpoint's training state)")
     t0 = time.perf_counter()
     train = read_sessions(args.train, **_read_kw(args))
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
@@ -139,8 +159,17 @@ def cmd_train(args) -> int:
         _log(args, f"epoch {s.epoch:>3}: loss {s.loss:.4f}  {s.events_per_s:,.0f} events/s  "
                    f"{s.batches_per_s:,.0f} mb/s  ({s.seconds:.1f} s)")
 
-    model.fit(train, progress=not (args.json or args.quiet), on_epoch=on_epoch,
-              engine=args.engine)
+    progress = not (args.json or args.quiet)
+    if args.resume:
+        model = GRU4Rec.resume(args.resume, train, device=args.device,
+                               n_epochs=params.get("n_epochs"), progress=progress,
+                               on_epoch=on_epoch, engine=args.engine,
+                               save_checkpoint=args.checkpoint or True)
+        _log(args, f"resumed {args.resume}: {len(model.history)} of "
+                   f"{model.config.n_epochs} epochs trained")
+    else:
+        model.fit(train, progress=progress, on_epoch=on_epoch, engine=args.engine,
+                  checkpoint=args.checkpoint)
     out = {"config": model.config.to_dict(),
            "epochs": [dict(epoch=s.epoch, loss=s.loss, events_per_s=s.events_per_s,
                            batches_per_s=s.batches_per_s, seconds=s.seconds) for s in model.history]}
@@ -273,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter file: JSON (.json, or text starting with '{'), or Python "
                         "assigning gru4rec_params = OrderedDict(...)")
     t.add_argument("-s", "--save-model", help="write the trained model to this file")
+    t.add_argument("--checkpoint", metavar="PATH",
+                   help="write a checkpoint here after every epoch (a model file that also "
+                        "holds the training state; --resume continues it)")
+    t.add_argument("--resume", metavar="PATH",
+                   help="continue the training in this checkpoint, on the same training data "
+                        "and kind of device, exactly as if it had not stopped; the "
+                        "configuration is the checkpoint's (-ps n_epochs=N may extend it); "
+                        "keeps writing the checkpoint there unless --checkpoint says elsewhere")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
                    help="training loop: fast (with the shared embedding and sampled negatives "

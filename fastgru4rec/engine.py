@@ -151,6 +151,17 @@ class FastTrainer(Trainer):
                                       dtype=torch.int64, device=device)
         self._seed = self._counters[0:1]
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Trainer.state_dict and the fused step's dropout seed (it advances once a step)."""
+        state = super().state_dict()
+        state["dropout_seed"] = int(self._counters[0])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._counters[0] = int(state["dropout_seed"])
+
     # ------------------------------------------------------------------ one step
     def fixed_step(self, inp: torch.Tensor, tgt: torch.Tensor, not_reset: torch.Tensor,
                    neg: Optional[torch.Tensor], hidden: List[torch.Tensor],

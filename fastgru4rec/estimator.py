@@ -7,11 +7,14 @@
     model.evaluate("test.tsv", cutoffs=[1, 5, 10, 20], mode="conservative")
     model.recommend(["214853848", "214853182"], k=10)     # top-10 original item ids
     model.save("model.pt"); GRU4Rec.load("model.pt")
+    model.fit("train.tsv", checkpoint="run.ckpt")       # a checkpoint after every epoch
+    GRU4Rec.resume("run.ckpt", "train.tsv")             # continues it exactly
 
 ``model.model`` is the GRU4RecModel (an nn.Module) underneath.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -22,7 +25,7 @@ import torch
 from .config import GRU4RecConfig
 from .data import SessionData, as_session_data, require_evaluable, require_trainable
 from .errors import ConfigError, DataError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_writable
 from .evaluate import DEFAULT_CUTOFFS, evaluate_model
 from .nn import GRU4RecModel
 from .ops.ranking import topk_scores
@@ -93,19 +96,27 @@ class GRU4Rec:
     @torch.inference_mode(False)
     @torch.enable_grad()
     def fit(self, data, progress: bool = True, on_epoch=None, schedule_backend: str = "auto",
-            engine: str = "auto", **read_kw) -> "GRU4Rec":
+            engine: str = "auto", checkpoint: Union[str, Path, None] = None,
+            **read_kw) -> "GRU4Rec":
         """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame). Every call
         trains a new model from scratch (a new item map, the seeded initialisation): it never
-        continues an earlier fit or a loaded model. The item map follows the events' order (first
-        appearance), so the same events in another row order give another (equally good) model.
+        continues an earlier fit or a loaded model (GRU4Rec.resume continues a checkpoint). The
+        item map follows the events' order (first appearance), so the same events in another
+        row order give another (equally good) model.
         read_kw: session_key / item_key / time_key / sep for files and DataFrames; remembered as
         the defaults of evaluate() (not saved with the model).
         engine: "fast" (fastgru4rec.engine.FastTrainer: with the shared embedding and sampled
         negatives the explicit-backward fused step, hashed dropout masks; CUDA graphs on a GPU;
         otherwise on the CPU the reference step with chunked sampling), "reference"
-        (train.Trainer, the eager loop) or "auto" (fast)."""
+        (train.Trainer, the eager loop) or "auto" (fast).
+        checkpoint: a file written (atomically) after every epoch: a model file (load,
+        evaluate and recommend read it) that also holds the optimizer, random-stream and
+        epoch state, so that GRU4Rec.resume(checkpoint, data) continues the training exactly
+        as if it had not stopped. Checked writable before training starts."""
         if engine not in ("auto", "fast", "reference"):
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
+        if checkpoint is not None:
+            check_writable(checkpoint, [data] if isinstance(data, (str, Path)) else [])
         train = as_session_data(data, **read_kw)
         require_trainable(train, self.config.min_lanes)
         self._read_kw = dict(read_kw)
@@ -115,8 +126,88 @@ class GRU4Rec:
         trainer_cls = Trainer if engine == "reference" else FastTrainer
         trainer = trainer_cls(self.model, self.config, train.supports, self.device,
                               schedule_backend)
-        self.history = trainer.fit(train, progress=progress, on_epoch=on_epoch)
+        self.history = []
+        self._train_epochs(trainer, train, progress, on_epoch, checkpoint)
         return self
+
+    @classmethod
+    @torch.inference_mode(False)
+    @torch.enable_grad()
+    def resume(cls, checkpoint: Union[str, Path], data, device: Union[str, torch.device] = "cpu",
+               n_epochs: Optional[int] = None, progress: bool = True, on_epoch=None,
+               schedule_backend: str = "auto", engine: str = "auto",
+               save_checkpoint: Union[str, Path, None, bool] = True, **read_kw) -> "GRU4Rec":
+        """Continue the training saved in ``checkpoint`` (a file written by fit(checkpoint=...))
+        on the same training data, on the same kind of device: the remaining epochs give the
+        parameters an uninterrupted fit would have given (the same configuration, optimizer
+        state, dropout and sampling streams). n_epochs: the total number of epochs (default:
+        the configuration's; more extends the training). engine: "auto" (the one that wrote
+        the checkpoint) or that same one. save_checkpoint: True (keep writing the checkpoint
+        after every epoch), another path, or False / None (write none).
+        DataError when the file is not a checkpoint or the data is not what it was trained on;
+        ConfigError when the device, engine or n_epochs cannot continue it."""
+        if engine not in ("auto", "fast", "reference"):
+            raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
+        path = Path(checkpoint)
+        target = path if save_checkpoint is True else (save_checkpoint or None)
+        if target is not None:
+            check_writable(target, [data] if isinstance(data, (str, Path)) else [])
+        resolve_device(device)   # a bad device is named as such, first
+        payload = _read_payload(path)
+        training = payload.get("training")
+        if not isinstance(training, dict):
+            raise DataError(f"{path}: a model file without training state; resume needs a "
+                            "checkpoint (written by fit(checkpoint=...) or train --checkpoint)")
+        est = cls._from_payload(payload, path, device)
+        done = training.get("epochs_done")
+        if n_epochs is not None:
+            n_epochs = int(n_epochs)
+            if n_epochs < done:
+                raise ConfigError(f"n_epochs={n_epochs} is fewer than the {done} epochs "
+                                  f"{path} has already trained")
+            est.config = est.config.replace(n_epochs=n_epochs)
+        saved_trainer = training.get("trainer", {}).get("trainer")
+        wanted = {"reference": "Trainer", "fast": "FastTrainer"}.get(engine, saved_trainer)
+        if wanted != saved_trainer:
+            raise ConfigError(f"{path} was trained by the {_ENGINE_OF[saved_trainer]!r} engine; "
+                              f"resume it with that engine (got engine={engine!r})")
+        train = as_session_data(data, **read_kw)
+        if (train.n_events != training.get("n_events") or train.n_items != len(est.item_ids)
+                or [str(i) for i in train.item_ids] != [str(i) for i in est.item_ids]):
+            raise DataError(f"{train.source}: not the data {path} was trained on (that had "
+                            f"{training.get('n_events'):,} events over {len(est.item_ids):,} "
+                            f"items; this has {train.n_events:,} over {train.n_items:,}, or "
+                            "its items in another order)")
+        est._read_kw = dict(read_kw)
+        trainer_cls = Trainer if saved_trainer == "Trainer" else FastTrainer
+        trainer = trainer_cls(est.model, est.config, train.supports, est.device,
+                              schedule_backend)
+        try:
+            trainer.load_state_dict(training["trainer"])
+            est.history = [EpochStats(**h) for h in training["history"]]
+        except ConfigError as e:     # (a ValueError) what cannot continue, or differs
+            raise ConfigError(f"{path}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise DataError(f"{path}: inconsistent training state "
+                            f"({type(e).__name__}: {_one_line(e)})") from None
+        est._train_epochs(trainer, train, progress, on_epoch, target, start_epoch=done)
+        return est
+
+    def _train_epochs(self, trainer: Trainer, train: SessionData, progress: bool, on_epoch,
+                      checkpoint, start_epoch: int = 0) -> None:
+        """trainer.fit from start_epoch, appending to self.history; after each epoch the
+        checkpoint (if any) is written, then on_epoch(stats) is called."""
+        def after_epoch(stats: EpochStats) -> None:
+            self.history.append(stats)
+            if checkpoint is not None:
+                self._write(checkpoint, training={
+                    "epochs_done": stats.epoch, "n_events": train.n_events,
+                    "history": [dataclasses.asdict(h) for h in self.history],
+                    "trainer": trainer.state_dict()})
+            if on_epoch is not None:
+                on_epoch(stats)
+
+        trainer.fit(train, progress=progress, on_epoch=after_epoch, start_epoch=start_epoch)
 
     # ------------------------------------------------------------------ inference
     def evaluate(self, test, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, mode: str = "conservative",
@@ -168,6 +259,10 @@ class GRU4Rec:
         """Weights, item map and configuration in one file, written atomically. Loading it
         unpickles only tensors and plain containers (torch.load(weights_only=True))."""
         self._require_fitted()
+        self._write(path)
+
+    def _write(self, path: Union[str, Path], training: Optional[Dict] = None) -> None:
+        """The model file, plus (for a checkpoint) the training state under "training"."""
         path = Path(path)
         bad = _non_finite_parameters(self.model)
         if bad:   # load() would refuse the file: say so now, before writing it
@@ -180,31 +275,22 @@ class GRU4Rec:
             "item_ids": [str(i) for i in self.item_ids],
             "supports": torch.from_numpy(np.asarray(self.supports, dtype=np.int64)),
         }
+        if training is not None:
+            payload["training"] = training
         with atomic_write(path) as f:
             torch.save(payload, f)
 
     @classmethod
     def load(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "GRU4Rec":
+        """A model saved by save(), or a checkpoint written by fit(checkpoint=...) (its
+        training state is ignored: GRU4Rec.resume continues it)."""
         path = Path(path)
         # resolved first, so that a bad device is named as such, not as a bad model file
         device = resolve_device(device)
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, not a model file")
-        if not path.is_file():
-            raise DataError(f"{path}: model file not found")
-        try:
-            # torch warns (three lines) about some files it still reads; the checks below
-            # decide whether the content is a model
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt file, not a torch file, or disallowed (pickled code)
-            raise DataError(f"{path}: not a readable fastgru4rec model ({type(e).__name__})") from None
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise DataError(f"{path}: not a fastgru4rec model file")
-        if payload.get("version") != _FORMAT_VERSION:
-            raise DataError(f"{path}: model format version {payload.get('version')} is not "
-                            f"supported (this library reads version {_FORMAT_VERSION})")
+        return cls._from_payload(_read_payload(path), path, device)
+
+    @classmethod
+    def _from_payload(cls, payload: Dict, path: Path, device) -> "GRU4Rec":
         try:
             est = cls(device=device, **payload["config"])
             est.item_ids = np.asarray(payload["item_ids"], dtype=object)
@@ -215,18 +301,46 @@ class GRU4Rec:
             est.model.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file
-            # load_state_dict's message spans lines (a header, then what is wrong): joined
-            detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
-            if len(detail) > 300:
-                detail = detail[:297] + "..."
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "
-                            f"{detail or 'missing entry'})") from None
+                            f"{_one_line(e) or 'missing entry'})") from None
         bad = _non_finite_parameters(est.model)
         if bad:
             # a NaN model would rank nothing and recommend arbitrary items
             raise DataError(f"{path}: parameter {bad[0]} holds NaN or infinite values "
                             f"({len(bad)} such tensor(s)); the model is unusable")
         return est
+
+
+_ENGINE_OF = {"Trainer": "reference", "FastTrainer": "fast"}
+
+
+def _read_payload(path: Path) -> Dict:
+    """The checked top level of a model file (format and version), as a dict."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a model file")
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    try:
+        # torch warns (three lines) about some files it still reads; the checks below
+        # decide whether the content is a model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, not a torch file, or disallowed (pickled code)
+        raise DataError(f"{path}: not a readable fastgru4rec model ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise DataError(f"{path}: not a fastgru4rec model file")
+    if payload.get("version") != _FORMAT_VERSION:
+        raise DataError(f"{path}: model format version {payload.get('version')} is not "
+                        f"supported (this library reads version {_FORMAT_VERSION})")
+    return payload
+
+
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line, at most 300 characters (load_state_dict's message
+    spans lines: a header, then what is wrong)."""
+    detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+    return detail[:297] + "..." if len(detail) > 300 else detail
 
 
 def _non_finite_parameters(model: torch.nn.Module) -> List[str]:

@@ -69,8 +69,16 @@ class SampleStore:
         self.rng = np.random.default_rng(seed) if self._sampler is None else None
         self._store = None
         self._row = self.n_rows
+        #: the random source as it was before the last refill (the native sampler's position, or
+        #: numpy's bit-generator state): with _row, all a checkpoint needs to redraw the store
+        self._source_at_refill = None
+
+    def _source_state(self):
+        return (self._sampler.position if self._sampler is not None
+                else self.rng.bit_generator.state)
 
     def _refill(self):
+        self._source_at_refill = self._source_state()
         if self._sampler is not None:
             if self._store is None:   # drawn into in place at every refill
                 self._store = np.empty((self.n_rows, self.n_sample), dtype=np.int64)
@@ -100,3 +108,32 @@ class SampleStore:
             self._row += take
             done += take
         return out
+
+    def state_dict(self) -> dict:
+        """Where the stream of rows stands, in plain values (no store contents: the store is
+        redrawn from the random source's state before its last refill). load_state_dict on a
+        store built with the same arguments continues with the same rows."""
+        filled = self._store is not None and self._source_at_refill is not None
+        return {"backend": self.backend, "n_rows": self.n_rows, "n_sample": self.n_sample,
+                "source": self._source_at_refill if filled else self._source_state(),
+                "filled": filled, "row": self._row}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream saved by state_dict (ConfigError if it came from a store of
+        another backend or shape)."""
+        for key in ("backend", "n_rows", "n_sample"):
+            if state.get(key) != getattr(self, key):
+                raise ConfigError(f"sample store state: {key} {state.get(key)!r} does not match "
+                                  f"this store's {getattr(self, key)!r}")
+        row = int(state["row"])
+        if not 0 <= row <= self.n_rows:
+            raise ConfigError(f"sample store state: row {row} outside [0, {self.n_rows}]")
+        if self._sampler is not None:
+            self._sampler.position = int(state["source"])
+        else:
+            self.rng.bit_generator.state = state["source"]
+        if state["filled"]:
+            self._refill()            # the same draws as the saved store
+            self._row = row
+        else:
+            self._store, self._source_at_refill, self._row = None, None, self.n_rows

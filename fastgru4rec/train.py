@@ -21,6 +21,7 @@ import torch
 from .batching import EpochSchedule, build_schedule
 from .config import GRU4RecConfig
 from .data import SessionData
+from .errors import ConfigError
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows, adagrad_momentum_scatter
 from .ops.scoring import full_catalog_cross_entropy, fused_sampled_loss, logq_columns
@@ -163,23 +164,85 @@ class Trainer:
         self.optimizer_backend = "auto"
         self.opt = AdagradMomentum(model, config.learning_rate, config.momentum)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.sampler = (SampleStore(supports, config.sample_alpha, config.n_extra_samples,
-                                    config.sample_store_size, seed=config.seed + 1)
-                        if config.n_extra_samples > 0 else None)
+        self._supports = supports
+        self.sampler = self._sample_store() if config.n_extra_samples > 0 else None
         log_support = torch.log(torch.as_tensor(np.maximum(supports, 1), dtype=torch.float64))
         self.log_support = log_support.to(device=device, dtype=model.item_weight.dtype)
         self._dense = [(n, p) for n, p in model.named_parameters() if n not in self.opt.sparse]
         self._dense_params = [p for _, p in self._dense]
+
+    def _sample_store(self, backend: str = "auto") -> SampleStore:
+        cfg = self.cfg
+        return SampleStore(self._supports, cfg.sample_alpha, cfg.n_extra_samples,
+                           cfg.sample_store_size, seed=cfg.seed + 1, backend=backend)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything besides the model's parameters that the next epoch depends on: the
+        optimizer's accumulators and velocities, the dropout generator, the sample store's
+        place in its stream. Tensors (on the CPU) and plain values only (torch.save with
+        weights_only loading). Taken between epochs (the schedule is rebuilt each epoch)."""
+        return {
+            "trainer": type(self).__name__,
+            "device_type": self.device.type,
+            "optimizer": {name: [t.detach().cpu().clone() if t is not None else None
+                                 for t in pair] for name, pair in self.opt.state.items()},
+            "generator": self.generator.get_state(),
+            "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict's output into this trainer, built for the same model shape and
+        configuration (ConfigError naming what differs). Tensors are copied in place (the
+        fast engine holds references to the optimizer's)."""
+        if state["trainer"] != type(self).__name__:
+            raise ConfigError(f"training state of a {state['trainer']}, not a "
+                              f"{type(self).__name__} (resume with the engine that trained it)")
+        if state["device_type"] != self.device.type:
+            raise ConfigError(f"training state made on {state['device_type']}, resumed on "
+                              f"{self.device.type}: the random streams differ between devices")
+        saved = state["optimizer"]
+        if sorted(saved) != sorted(self.opt.state):
+            raise ConfigError(f"optimizer state for {sorted(saved)}, the model has "
+                              f"{sorted(self.opt.state)}")
+        for name, pair in self.opt.state.items():
+            for mine, theirs in zip(pair, saved[name]):
+                if (mine is None) != (theirs is None) or (
+                        mine is not None and mine.shape != theirs.shape):
+                    raise ConfigError(f"optimizer state of {name}: shape or momentum differs "
+                                      f"from the model's")
+        if (state["sampler"] is None) != (self.sampler is None):
+            raise ConfigError("training state and configuration disagree on negative sampling")
+        if self.sampler is not None and state["sampler"]["backend"] != self.sampler.backend:
+            # the stream of the sampler that made the checkpoint (numpy's or the C++ one's)
+            try:
+                sampler = self._sample_store(state["sampler"]["backend"])
+            except RuntimeError as e:
+                raise ConfigError(f"the checkpoint's negative samples came from the C++ "
+                                  f"sampler, which is unavailable here ({e})") from None
+        else:
+            sampler = self.sampler
+        if sampler is not None:
+            sampler.load_state_dict(state["sampler"])
+        for name, pair in self.opt.state.items():
+            for mine, theirs in zip(pair, saved[name]):
+                if mine is not None:
+                    mine.copy_(theirs)
+        self.generator.set_state(state["generator"])
+        self.sampler = sampler
 
     def schedule(self, data: SessionData) -> EpochSchedule:
         return build_schedule(data.offsets, data.items, self.cfg.batch_size, self.cfg.min_lanes,
                               backend=self.schedule_backend)
 
     def fit(self, data: SessionData, n_epochs: Optional[int] = None,
-            progress: bool = True, on_epoch: Optional[Callable[[EpochStats], None]] = None
-            ) -> List[EpochStats]:
+            progress: bool = True, on_epoch: Optional[Callable[[EpochStats], None]] = None,
+            start_epoch: int = 0) -> List[EpochStats]:
+        """Epochs start_epoch .. n_epochs - 1 (default: the configuration's n_epochs); a
+        trainer restored by load_state_dict continues with start_epoch = the epochs it had
+        done. on_epoch(stats) is called after each epoch. Returns the new epochs' stats."""
         history = []
-        for epoch in range(n_epochs or self.cfg.n_epochs):
+        for epoch in range(start_epoch, n_epochs or self.cfg.n_epochs):
             stats = self.train_epoch(data, epoch, progress)
             history.append(stats)
             if on_epoch is not None:

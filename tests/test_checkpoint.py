@@ -1,0 +1,254 @@
+"""Checkpoints and resumed training: GRU4Rec.fit(checkpoint=...), GRU4Rec.resume, train
+--checkpoint / --resume, and the state they carry (SampleStore.state_dict,
+Trainer.state_dict).
+
+The oracle is the uninterrupted run itself: a training stopped after an epoch and resumed from
+its checkpoint must end with the same parameters, bit for bit, as one that never stopped (same
+process, one thread: the same arithmetic in the same order). Dropout, momentum, a sample store
+small enough to be redrawn many times an epoch and every optimizer table are in play, so a
+checkpoint that dropped any of them (the dropout generator or seed, the store's place in its
+stream, the accumulators or velocities) gives other parameters."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from fastgru4rec import GRU4Rec, native
+from fastgru4rec.errors import ConfigError, DataError
+from fastgru4rec.sampling import SampleStore
+from fastgru4rec.synthetic import synthetic_split
+from fastgru4rec.train import Trainer
+
+from conftest import assert_cli_error, data_to_rows, one_torch_thread, run_cli, write_tsv
+
+# a store of 12 rows of 25 ids: redrawn every 12 steps, so its state matters at every epoch end
+BASE = dict(layers=[24], batch_size=16, n_sample=25, sample_store_size=300, n_epochs=3,
+            learning_rate=0.1, momentum=0.3, dropout_p_embed=0.1, dropout_p_hidden=0.3)
+
+CASES = {
+    # engine, extra parameters: the fused fast step (hashed dropout), the reference loop, the
+    # fast engine's autograd step with a separate input table, in-batch negatives only
+    "fast-shared-xe": ("fast", dict(constrained_embedding=True, loss="cross-entropy", logq=1.0)),
+    "reference-shared-bprmax": ("reference", dict(constrained_embedding=True, loss="bpr-max",
+                                                  bpreg=0.5)),
+    "fast-separate-top1max": ("fast", dict(constrained_embedding=False, embedding=12,
+                                           loss="top1-max")),
+    "reference-onehot-insession": ("reference", dict(constrained_embedding=False, n_sample=0,
+                                                     loss="cross-entropy")),
+}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch):
+    def on_epoch(stats):
+        if stats.epoch == epoch:
+            raise _Stop   # a crash between epochs: the checkpoint of `epoch` is on disk
+    return on_epoch
+
+
+def _params_equal(a: GRU4Rec, b: GRU4Rec):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_split(n_items=120, n_sessions=400, seed=11)
+
+
+# ---------------------------------------------------------------------------- the sample store
+@pytest.mark.parametrize("backend", ["python", "native"])
+@pytest.mark.parametrize("rows_before", [0, 3, 12, 29])   # fresh, mid-store, at a refill, later
+def test_sample_store_state_continues_the_stream(backend, rows_before):
+    if backend == "native" and not native.available():
+        pytest.skip("the native extension is not built")
+    supports = np.arange(1, 51)
+    a = SampleStore(supports, 0.5, 7, store_size=12 * 7, seed=3, backend=backend)
+    a.next_rows(rows_before) if rows_before else None
+    state = a.state_dict()
+    buf = io.BytesIO()       # what a checkpoint does with it: torch.save, weights_only load
+    torch.save(state, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    expected = a.next_rows(40)                      # crosses several refills
+    b = SampleStore(supports, 0.5, 7, store_size=12 * 7, seed=3, backend=backend)
+    b.next_rows(5)                                  # its own place is overwritten
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.next_rows(40), expected)
+    # and the rows a fresh store of the same seed draws at that place (independent of state)
+    c = SampleStore(supports, 0.5, 7, store_size=12 * 7, seed=3, backend=backend)
+    np.testing.assert_array_equal(c.next_rows(rows_before + 40)[rows_before:], expected)
+
+
+def test_sample_store_state_of_another_store_is_refused():
+    supports = np.arange(1, 51)
+    a = SampleStore(supports, 0.5, 7, store_size=84, seed=3, backend="python")
+    with pytest.raises(ConfigError, match="n_sample 7 does not match"):
+        SampleStore(supports, 0.5, 6, store_size=72, seed=3,
+                    backend="python").load_state_dict(a.state_dict())
+    with pytest.raises(ConfigError, match="row 99"):
+        a.load_state_dict({**a.state_dict(), "row": 99})
+
+
+# ---------------------------------------------------------------------------- resumed == uninterrupted
+@pytest.mark.parametrize("case", list(CASES))
+def test_resumed_training_equals_uninterrupted(case, data, tmp_path):
+    engine, extra = CASES[case]
+    params = {**BASE, **extra}
+    train, test = data
+    full = GRU4Rec(**params).fit(train, progress=False, engine=engine)
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(_Stop):
+        GRU4Rec(**params).fit(train, progress=False, engine=engine, checkpoint=ck,
+                              on_epoch=_stop_after(1))
+    at_epoch_1 = GRU4Rec.load(ck)           # a checkpoint is a model file too
+    resumed = GRU4Rec.resume(ck, train, progress=False)
+
+    _params_equal(resumed, full)
+    assert [h.loss for h in resumed.history] == [h.loss for h in full.history]
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert resumed.evaluate(test) == full.evaluate(test)
+    # the checkpoint of epoch 1 held other parameters (the resumed run did train)
+    assert not torch.equal(at_epoch_1.model.item_weight, resumed.model.item_weight)
+    # resume kept writing the checkpoint: it now holds the end of training
+    _params_equal(GRU4Rec.load(ck), full)
+    assert torch.load(ck, weights_only=True)["training"]["epochs_done"] == 3
+
+
+def test_resume_extends_training_and_resumes_twice(data, tmp_path):
+    """n_epochs=2 with a checkpoint, then resume(n_epochs=3): a 3-epoch fit (n_epochs is not
+    in the arithmetic); resuming a finished checkpoint trains nothing."""
+    train, _ = data
+    params = {**BASE, **CASES["fast-shared-xe"][1]}
+    full = GRU4Rec(**params).fit(train, progress=False)
+    ck = tmp_path / "ck.pt"
+    GRU4Rec(**{**params, "n_epochs": 2}).fit(train, progress=False, checkpoint=ck)
+    seen = []
+    resumed = GRU4Rec.resume(ck, train, n_epochs=3, progress=False,
+                             on_epoch=lambda s: seen.append(s.epoch))
+    assert seen == [3] and resumed.config.n_epochs == 3
+    _params_equal(resumed, full)
+    again = GRU4Rec.resume(ck, train, progress=False, save_checkpoint=False)
+    assert len(again.history) == 3
+    _params_equal(again, full)
+
+
+def test_resume_with_the_python_sampler(data, tmp_path, monkeypatch):
+    """A checkpoint made without the C++ extension (numpy's sampler) continues numpy's stream
+    when resumed where the extension loads, and the reverse is refused when it does not."""
+    if not native.available():
+        pytest.skip("the native extension is not built")
+    train, _ = data
+    params = {**BASE, **CASES["reference-shared-bprmax"][1]}
+    make_store = Trainer._sample_store
+    with monkeypatch.context() as m:
+        # only the sampler as without the extension (the C++ row update stays: its rounding
+        # differs from torch's in the last bit)
+        m.setattr(Trainer, "_sample_store", lambda self, backend="auto": make_store(
+            self, "python" if backend == "auto" else backend))
+        full = GRU4Rec(**params).fit(train, progress=False, engine="reference")
+        ck = tmp_path / "ck.pt"
+        with pytest.raises(_Stop):
+            GRU4Rec(**params).fit(train, progress=False, engine="reference", checkpoint=ck,
+                                  on_epoch=_stop_after(2))
+    assert torch.load(ck, weights_only=True)["training"]["trainer"]["sampler"]["backend"] \
+        == "python"
+    _params_equal(GRU4Rec.resume(ck, train, progress=False, save_checkpoint=False), full)
+
+    native_ck = tmp_path / "native.pt"
+    GRU4Rec(**{**params, "n_epochs": 1}).fit(train, progress=False, checkpoint=native_ck)
+
+    def unavailable(*a, **k):
+        raise RuntimeError("the native extension is unavailable: test")
+    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(native, "AliasSampler", unavailable)
+    with pytest.raises(ConfigError, match="C\\+\\+ sampler, which is unavailable"):
+        GRU4Rec.resume(native_ck, train, n_epochs=2, progress=False)
+
+
+# ---------------------------------------------------------------------------- refusals
+def test_resume_refusals(data, small_ck, tmp_path):
+    train, test = data
+    ck, model_file = small_ck
+    with pytest.raises(DataError, match="not the data .* was trained on"):
+        GRU4Rec.resume(ck, test, progress=False)
+    with pytest.raises(DataError, match="without training state"):
+        GRU4Rec.resume(model_file, train, progress=False)
+    with pytest.raises(ConfigError, match="trained by the 'fast' engine"):
+        GRU4Rec.resume(ck, train, engine="reference", progress=False)
+    with pytest.raises(ConfigError, match="n_epochs=0 is fewer than the 1 epochs"):
+        GRU4Rec.resume(ck, train, n_epochs=0, progress=False)
+    with pytest.raises(DataError, match="model file not found"):
+        GRU4Rec.resume(tmp_path / "missing.pt", train, progress=False)
+    # a tampered training state: one line naming the file
+    payload = torch.load(ck, weights_only=True)
+    del payload["training"]["trainer"]["optimizer"]["item_bias"]
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(ConfigError, match="bad.pt: optimizer state for"):
+        GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
+
+
+def test_unwritable_checkpoint_is_refused_before_training(data, tmp_path):
+    train, _ = data
+    calls = []
+    with pytest.raises(OSError, match="is a directory"):
+        GRU4Rec(**BASE).fit(train, progress=False, checkpoint=tmp_path,
+                            on_epoch=calls.append)
+    assert calls == []
+
+
+@pytest.fixture
+def small_ck(data, tmp_path):
+    """(a 1-epoch checkpoint of the fast engine, a model file saved by save())."""
+    train, _ = data
+    params = {**BASE, **CASES["fast-shared-xe"][1], "n_epochs": 1}
+    ck, model_file = tmp_path / "ck.pt", tmp_path / "model.pt"
+    GRU4Rec(**params).fit(train, progress=False, checkpoint=ck).save(model_file)
+    return ck, model_file
+
+
+# ---------------------------------------------------------------------------- the command line
+def test_cli_checkpoint_and_resume(data, tmp_path, capsys):
+    train, test = data
+    train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    test_tsv = write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    ps = ("layers=24,batch_size=16,n_sample=25,sample_store_size=300,n_epochs=2,"
+          "dropout_p_hidden=0.3,momentum=0.3,learning_rate=0.1")
+    full, ck, resumed = tmp_path / "full.pt", tmp_path / "ck.pt", tmp_path / "resumed.pt"
+    assert run_cli(capsys, "train", train_tsv, "-ps", ps, "-s", full, "-q")[0] == 0
+    ps1 = ps.replace("n_epochs=2", "n_epochs=1")
+    assert run_cli(capsys, "train", train_tsv, "-ps", ps1, "--checkpoint", ck, "-q")[0] == 0
+    rc, out, err = run_cli(capsys, "train", train_tsv, "--resume", ck, "-ps", "n_epochs=2",
+                           "-t", test_tsv, "-s", resumed, "--json")
+    assert rc == 0, err
+    _params_equal(GRU4Rec.load(resumed), GRU4Rec.load(full))
+    assert torch.load(ck, weights_only=True)["training"]["epochs_done"] == 2
+
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", ck, "-ps", "loss=bpr-max"),
+                     "train", "only n_epochs may be given", "loss")
+    assert_cli_error(run_cli(capsys, "train", test_tsv, "--resume", ck, "-q"),
+                     "train", "not the data", "was trained on")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", full, "-q"),
+                     "train", "without training state")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", tmp_path / "nope.pt"),
+                     "train", "no such checkpoint file")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", ps1, "--checkpoint", ck,
+                             "-s", ck), "train", "name the same file")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", ps1, "--checkpoint", tmp_path),
+                     "train", "is a directory")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", ck, "-s", ck), "train",
+                     "is an input of this command")
