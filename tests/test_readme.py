@@ -43,8 +43,8 @@ def readme_data(tmp_path, monkeypatch):
 
 def test_python_api_examples_run_as_written(readme_data):
     blocks = python_blocks("Python API")
-    assert len(blocks) == 2, "the README's Python API section changed: update this test"
-    estimator_code, module_code = blocks
+    assert len(blocks) == 3, "the README's Python API section changed: update this test"
+    estimator_code, checkpoint_code, module_code = blocks
 
     code = estimator_code
     for big, small in SMALLER.items():
@@ -59,6 +59,14 @@ def test_python_api_examples_run_as_written(readme_data):
     assert (readme_data / "rsc15.pt").is_file()
     recs = model.recommend(list(README_ITEMS), k=10)
     assert len(recs) == 10 and len(set(map(str, recs))) == 10
+
+    # the checkpoint example continues from the estimator example's scope (its `model`)
+    assert "n_epochs=15" in checkpoint_code
+    code = checkpoint_code.replace("n_epochs=15", "n_epochs=2")
+    with one_torch_thread():
+        exec(compile(code, "README.md: Python API (checkpoints)", "exec"), scope)
+    assert [s.epoch for s in scope["model"].history] == [1, 2]
+    assert torch.load(readme_data / "rsc15.ckpt", weights_only=True)["training"]["epochs_done"] == 2
 
     # the nn.Module example: its free names (N, batch, item_idx) given as the README implies
     N, batch = 50, 4
