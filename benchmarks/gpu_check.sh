@@ -216,11 +216,12 @@ step compile 90 bash -c '
 ' compile "$PY" "$SHARDS" "$RAW/compile" "$QUICK"
 
 # The tests that touch the device: the kernel tests, the engine (its CUDA-graph test), the
-# training step, two pytest processes per file (every other test), all at once: their first
-# launches compile their own specializations, ~1 s each, on 14 cores rather than one
+# training step, checkpoints resumed on the device; two pytest processes per file (every other
+# test), all at once: their first launches compile their own specializations, ~1 s each, on 14
+# cores rather than one
 # (benchmarks/parallel_pytest.py). The rest of the suite is CPU-only and
 # runs in CI (GPU_CHECK_TEST_ARGS=tests for all of it).
-GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_fused_step_kernel.py tests/test_engine.py tests/test_train.py"
+GPU_TESTS="tests/test_gru_kernel.py tests/test_scoring_kernel.py tests/test_ranking_kernel.py tests/test_optim_kernel.py tests/test_fused_step_kernel.py tests/test_engine.py tests/test_train.py tests/test_checkpoint.py"
 # Kernel outputs are poisoned (NaN) before each launch, as in CI's interpreter: an element a
 # kernel leaves unwritten on the GPU fails its test (kernels/launch.py; not for the timings).
 export FASTGRU4REC_POISON=1

@@ -128,6 +128,31 @@ def test_resumed_training_equals_uninterrupted(case, data, tmp_path):
     assert torch.load(ck, weights_only=True)["training"]["epochs_done"] == 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", ["fast-shared-xe", "fast-separate-top1max"])
+def test_resumed_training_on_cuda_equals_uninterrupted(case, data, tmp_path):
+    """On a GPU the fast engine replays CUDA graphs: the fused step's dropout seed is a device
+    counter, the autograd step's generator is registered with the graph. A resumed run must
+    land where an uninterrupted one does: bit for bit when two uninterrupted runs agree bit for
+    bit, else within 10x their own difference (atomics may sum in any order)."""
+    engine, extra = CASES[case]
+    params = {**BASE, **extra, "device": "cuda"}
+    train, _ = data
+    full = GRU4Rec(**params).fit(train, progress=False, engine=engine)
+    again = GRU4Rec(**params).fit(train, progress=False, engine=engine)
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(_Stop):
+        GRU4Rec(**params).fit(train, progress=False, engine=engine, checkpoint=ck,
+                              on_epoch=_stop_after(1))
+    resumed = GRU4Rec.resume(ck, train, device="cuda", progress=False)
+    for name, p_full in full.model.state_dict().items():
+        noise = (again.model.state_dict()[name] - p_full).abs().max().item()
+        diff = (resumed.model.state_dict()[name] - p_full).abs().max().item()
+        assert diff <= 10 * noise, (name, diff, noise)
+    with pytest.raises(ConfigError, match="made on cuda, resumed on cpu"):
+        GRU4Rec.resume(ck, train, device="cpu", progress=False)
+
+
 def test_resume_extends_training_and_resumes_twice(data, tmp_path):
     """n_epochs=2 with a checkpoint, then resume(n_epochs=3): a 3-epoch fit (n_epochs is not
     in the arithmetic); resuming a finished checkpoint trains nothing."""
