@@ -20,7 +20,7 @@ import time
 from typing import Dict, List, Optional
 
 from .config import GRU4RecConfig, parse_param_string, read_param_file
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .fileio import check_writable
 
 EXIT_BAD_INPUT = 2
@@ -349,10 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def _is_out_of_memory(e: BaseException) -> bool:
     """numpy's MemoryError, torch's CUDA OutOfMemoryError or its CPU allocator's failure (a
     plain RuntimeError: "DefaultCPUAllocator: can't allocate memory")."""
@@ -401,21 +397,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_BROKEN_PIPE
     except (ValueError, OSError) as e:
         # DataError / ConfigError / WriteError / bad arguments: one line, no traceback
-        print(f"fastgru4rec {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"fastgru4rec {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (MemoryError, RuntimeError) as e:
         if _is_out_of_memory(e):
             # sizes too large for this machine (parameters, --synthetic, data): one line
             print(f"fastgru4rec {args.command}: error: out of memory: "
-                  f"{_one_line(e) or type(e).__name__}; try smaller sizes", file=sys.stderr)
+                  f"{one_line(e) or type(e).__name__}; try smaller sizes", file=sys.stderr)
             return EXIT_BAD_INPUT
         from .train import TrainingDiverged
-        print(f"fastgru4rec {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"fastgru4rec {args.command}: error: {one_line(e)}", file=sys.stderr)
         # a diverged loss is a consequence of the parameters or data given: bad input;
         # any other RuntimeError is this program's failure
         return EXIT_BAD_INPUT if isinstance(e, TrainingDiverged) else 1
     except KeyboardInterrupt:
-        print(f"fastgru4rec {args.command}: interrupted", file=sys.stderr)
+        ck = getattr(args, "checkpoint", None) or getattr(args, "resume", None)
+        hint = (f" (continue from the last checkpoint with --resume {ck})"
+                if ck and os.path.isfile(ck) else "")
+        print(f"fastgru4rec {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

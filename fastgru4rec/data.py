@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from .errors import DataError
+from .errors import DataError, one_line
 
 __all__ = ["SessionData", "read_events", "read_sessions", "require_trainable",
            "require_evaluable"]
@@ -335,12 +335,12 @@ def _read_parquet(path: Path, name: str, keys: _Keys) -> pa.Table:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{name}: cannot read as Parquet: {_one_line(e)}") from None
+        raise DataError(f"{name}: cannot read as Parquet: {one_line(e)}") from None
     _check_columns(name, keys, list(schema.names), None)
     try:
         table = pq.read_table(path, columns=[keys.session, keys.item, keys.time])
     except (pa.ArrowException, OSError) as e:   # a corrupt or truncated body
-        raise DataError(f"{name}: cannot read as Parquet: {_one_line(e)}") from None
+        raise DataError(f"{name}: cannot read as Parquet: {one_line(e)}") from None
     if table.num_rows == 0:
         raise DataError(f"{name}: no events (no rows)")
     return _normalize(table, name, keys)
@@ -360,7 +360,7 @@ def _check_text(path: Path, name: str, start: bytes) -> None:
                     f.seek(max(0, os.fstat(f.fileno()).st_size - 4))
                     tail = f.read(4)
             except OSError as e:
-                raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
+                raise DataError(f"{name}: cannot read: {one_line(e)}") from None
             if tail == _PARQUET_MAGIC:
                 raise DataError(f"{name}: looks like a Parquet file (name it .parquet), not text")
     if b"\0" in start[:1024]:
@@ -380,7 +380,7 @@ def _read_header(path: Path, name: str, sep: str) -> Optional[list]:
                     break
                 first += block
     except (OSError, pa.ArrowInvalid) as e:
-        raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
+        raise DataError(f"{name}: cannot read: {one_line(e)}") from None
     _check_text(path, name, first)
     first = first.split(b"\n", 1)[0]
     line = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
@@ -450,7 +450,7 @@ def _read_text(path: Path, name: str, keys: _Keys, sep: str) -> pa.Table:
         _normalize(table, name, keys)  # raises with the row if a time is bad
         raise DataError(_csv_error(name, header, e)) from None
     except OSError as e:
-        raise DataError(f"{name}: cannot read: {_one_line(e)}") from None
+        raise DataError(f"{name}: cannot read: {one_line(e)}") from None
     if invalid_rows:
         row = invalid_rows[0]
         if row.number is None:  # the multi-threaded reader does not know line numbers
@@ -469,15 +469,11 @@ def _read_text(path: Path, name: str, keys: _Keys, sep: str) -> pa.Table:
     return _normalize(table, name, keys)
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
-
-
 def _csv_error(name: str, header: list, e: Exception) -> str:
     """pyarrow's "In CSV column #1: Row #3: CSV conversion error to string: invalid UTF8 data"
     (0-based column, 1-based line) in this library's form "NAME: row 2, column 'ItemId': ..."
     (1-based data row, header not counted)."""
-    text = _one_line(e)
+    text = one_line(e)
     m = re.match(r"In CSV column #(\d+):(?: Row #(\d+):)? (?:CSV conversion error to \w+: )?(.*)",
                  text)
     if not m or int(m.group(1)) >= len(header):

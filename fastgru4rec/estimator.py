@@ -24,7 +24,7 @@ import torch
 
 from .config import GRU4RecConfig
 from .data import SessionData, as_session_data, require_evaluable, require_trainable
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
 from .evaluate import DEFAULT_CUTOFFS, evaluate_model
 from .nn import GRU4RecModel
@@ -160,13 +160,19 @@ class GRU4Rec:
                             "checkpoint (written by fit(checkpoint=...) or train --checkpoint)")
         est = cls._from_payload(payload, path, device)
         done = training.get("epochs_done")
+        if not (isinstance(done, int) and isinstance(training.get("n_events"), int)
+                and isinstance(training.get("trainer"), dict)
+                and isinstance(training.get("history"), list)):
+            raise DataError(f"{path}: inconsistent training state (epochs_done, n_events, "
+                            "trainer or history missing or of the wrong type)")
         if n_epochs is not None:
-            n_epochs = int(n_epochs)
-            if n_epochs < done:
+            est.config = est.config.replace(n_epochs=n_epochs)   # checked as a parameter
+            if est.config.n_epochs < done:
                 raise ConfigError(f"n_epochs={n_epochs} is fewer than the {done} epochs "
                                   f"{path} has already trained")
-            est.config = est.config.replace(n_epochs=n_epochs)
-        saved_trainer = training.get("trainer", {}).get("trainer")
+        saved_trainer = training["trainer"].get("trainer")
+        if saved_trainer not in _ENGINE_OF:
+            raise DataError(f"{path}: inconsistent training state (trainer {saved_trainer!r})")
         wanted = {"reference": "Trainer", "fast": "FastTrainer"}.get(engine, saved_trainer)
         if wanted != saved_trainer:
             raise ConfigError(f"{path} was trained by the {_ENGINE_OF[saved_trainer]!r} engine; "
@@ -189,7 +195,7 @@ class GRU4Rec:
             raise ConfigError(f"{path}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise DataError(f"{path}: inconsistent training state "
-                            f"({type(e).__name__}: {_one_line(e)})") from None
+                            f"({type(e).__name__}: {one_line(e, 300)})") from None
         est._train_epochs(trainer, train, progress, on_epoch, target, start_epoch=done)
         return est
 
@@ -302,7 +308,7 @@ class GRU4Rec:
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "
-                            f"{_one_line(e) or 'missing entry'})") from None
+                            f"{one_line(e, 300) or 'missing entry'})") from None
         bad = _non_finite_parameters(est.model)
         if bad:
             # a NaN model would rank nothing and recommend arbitrary items
@@ -334,13 +340,6 @@ def _read_payload(path: Path) -> Dict:
         raise DataError(f"{path}: model format version {payload.get('version')} is not "
                         f"supported (this library reads version {_FORMAT_VERSION})")
     return payload
-
-
-def _one_line(e: Exception) -> str:
-    """An exception's message on one line, at most 300 characters (load_state_dict's message
-    spans lines: a header, then what is wrong)."""
-    detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
-    return detail[:297] + "..." if len(detail) > 300 else detail
 
 
 def _non_finite_parameters(model: torch.nn.Module) -> List[str]:

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Union
 
+from .errors import one_line
+
 __all__ = ["WriteError", "atomic_write", "check_writable"]
 
 
@@ -119,5 +121,5 @@ def atomic_write(path: Union[str, Path], mode: str = "wb") -> Iterator[IO]:
             os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, WriteError):
             # e.g. ENOSPC from a write: name the destination, not the temporary file
-            raise WriteError(e.errno, e.strerror or " ".join(str(e).split()), str(path)) from None
+            raise WriteError(e.errno, e.strerror or one_line(e), str(path)) from None
         raise

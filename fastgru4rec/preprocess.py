@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from .data import _dictionary_codes, _Keys, _normalize, _read_header, read_events
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
 
 __all__ = ["preprocess_rsc15", "register_cli", "run", "format_stats"]
@@ -84,7 +84,7 @@ def _read_clicks(path: Path, name: str) -> pa.Table:
         raise DataError(f"{name}: {where + ': ' if where else ''}not in the yoochoose-clicks "
                         f"format (SessionId,Timestamp,ItemId,Category without header) nor "
                         f"tab-separated with a SessionId/ItemId/Time header: "
-                        f"{' '.join(str(e).split())}") from None
+                        f"{one_line(e)}") from None
     if table.num_rows == 0:
         raise DataError(f"{name}: no events (empty file)")
     ms = table.column("Timestamp").cast(pa.int64())  # ms since the epoch (UTC)

@@ -9,6 +9,10 @@ small enough to be redrawn many times an epoch and every optimizer table are in 
 checkpoint that dropped any of them (the dropout generator or seed, the store's place in its
 stream, the accumulators or velocities) gives other parameters."""
 import io
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +24,8 @@ from fastgru4rec.sampling import SampleStore
 from fastgru4rec.synthetic import synthetic_split
 from fastgru4rec.train import Trainer
 
-from conftest import assert_cli_error, data_to_rows, one_torch_thread, run_cli, write_tsv
+from conftest import (assert_cli_error, data_to_rows, one_torch_thread, run_cli, subprocess_env,
+                      write_tsv)
 
 # a store of 12 rows of 25 ids: redrawn every 12 steps, so its state matters at every epoch end
 BASE = dict(layers=[24], batch_size=16, n_sample=25, sample_store_size=300, n_epochs=3,
@@ -169,6 +174,8 @@ def test_resume_extends_training_and_resumes_twice(data, tmp_path):
     again = GRU4Rec.resume(ck, train, progress=False, save_checkpoint=False)
     assert len(again.history) == 3
     _params_equal(again, full)
+    with pytest.raises(ConfigError, match="n_epochs=2 is fewer than the 3 epochs"):
+        GRU4Rec.resume(ck, train, n_epochs=2, progress=False)
 
 
 def test_resume_with_the_python_sampler(data, tmp_path, monkeypatch):
@@ -214,8 +221,8 @@ def test_resume_refusals(data, small_ck, tmp_path):
         GRU4Rec.resume(model_file, train, progress=False)
     with pytest.raises(ConfigError, match="trained by the 'fast' engine"):
         GRU4Rec.resume(ck, train, engine="reference", progress=False)
-    with pytest.raises(ConfigError, match="n_epochs=0 is fewer than the 1 epochs"):
-        GRU4Rec.resume(ck, train, n_epochs=0, progress=False)
+    with pytest.raises(ConfigError, match="n_epochs"):
+        GRU4Rec.resume(ck, train, n_epochs="two", progress=False)
     with pytest.raises(DataError, match="model file not found"):
         GRU4Rec.resume(tmp_path / "missing.pt", train, progress=False)
     # a tampered training state: one line naming the file
@@ -225,6 +232,12 @@ def test_resume_refusals(data, small_ck, tmp_path):
     torch.save(payload, bad)
     with pytest.raises(ConfigError, match="bad.pt: optimizer state for"):
         GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
+    for key, value in (("epochs_done", None), ("history", 3), ("trainer", {"trainer": "X"})):
+        payload = torch.load(ck, weights_only=True)
+        payload["training"][key] = value
+        torch.save(payload, bad)
+        with pytest.raises(DataError, match="bad.pt: inconsistent training state"):
+            GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
 
 
 def test_unwritable_checkpoint_is_refused_before_training(data, tmp_path):
@@ -277,3 +290,33 @@ def test_cli_checkpoint_and_resume(data, tmp_path, capsys):
                      "train", "is a directory")
     assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", ck, "-s", ck), "train",
                      "is an input of this command")
+
+
+def test_cli_interrupt_names_the_checkpoint(data, tmp_path):
+    """Ctrl-C (SIGINT) during training with --checkpoint: exit 130 and a one-line hint to
+    resume; the checkpoint on disk is a whole file of the last finished epoch."""
+    train, _ = data
+    train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    ck = tmp_path / "ck.pt"
+    ps = "layers=24,batch_size=16,n_sample=25,sample_store_size=300,n_epochs=100000"
+    p = subprocess.Popen([sys.executable, "-m", "fastgru4rec", "train", str(train_tsv), "-ps", ps,
+                          "--checkpoint", str(ck), "-q", "--threads", "1"],
+                         env=subprocess_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ck.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ck.exists(), "no checkpoint written"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"fastgru4rec train: interrupted (continue from "
+                                            f"the last checkpoint with --resume {ck})")
+    done = torch.load(ck, weights_only=True)["training"]["epochs_done"]
+    resumed = GRU4Rec.resume(ck, train, n_epochs=done + 1, progress=False,
+                             save_checkpoint=False)
+    assert [h.epoch for h in resumed.history] == list(range(1, done + 2))
