@@ -181,11 +181,13 @@ class Trainer:
         """Everything besides the model's parameters that the next epoch depends on: the
         optimizer's accumulators and velocities, the dropout generator, the sample store's
         place in its stream. Tensors (on the CPU) and plain values only (torch.save with
-        weights_only loading). Taken between epochs (the schedule is rebuilt each epoch)."""
+        weights_only loading). Taken between epochs (the schedule is rebuilt each epoch). On the
+        CPU the optimizer tensors are the live ones, not copies (a large catalog's accumulators
+        and velocities are twice its item table): save them before training on, or copy."""
         return {
             "trainer": type(self).__name__,
             "device_type": self.device.type,
-            "optimizer": {name: [t.detach().cpu().clone() if t is not None else None
+            "optimizer": {name: [t.detach().cpu() if t is not None else None
                                  for t in pair] for name, pair in self.opt.state.items()},
             "generator": self.generator.get_state(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,

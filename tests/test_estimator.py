@@ -417,6 +417,29 @@ def test_load_rejects_non_finite_weights(fitted, tmp_path):
     assert "\n" not in str(ei.value) and str(path) in str(ei.value)
 
 
+@pytest.mark.parametrize("values, refused", [
+    ((float("inf"), float("-inf")), True),     # the sum is NaN
+    ((float("-inf"), 1.0), True),
+    ((3e38, 3e38), False),                     # finite values whose float32 sum overflows
+])
+def test_finite_check_of_saved_weights(fitted, tmp_path, values, refused):
+    """The save/load check reads a tensor's sum first: an overflowing sum of finite values must
+    not refuse the model, a pair of opposite infinities must."""
+    path = tmp_path / "m.pt"
+    fitted.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["item_bias"] = payload["state_dict"]["item_bias"].clone()
+    payload["state_dict"]["item_bias"][:2] = torch.tensor(values)
+    torch.save(payload, path)
+    if refused:
+        with pytest.raises(DataError, match="parameter item_bias holds NaN or infinite"):
+            GRU4Rec.load(path)
+    else:
+        model = GRU4Rec.load(path)
+        assert model.model.item_bias[0].item() == pytest.approx(3e38)
+        model.save(tmp_path / "again.pt")
+
+
 def test_load_names_a_bad_device_not_the_file(fitted, tmp_path):
     path = tmp_path / "m.pt"
     fitted.save(path)
