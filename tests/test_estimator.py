@@ -11,6 +11,7 @@ from fastgru4rec import GRU4Rec
 from fastgru4rec.config import LOSSES
 from fastgru4rec.data import read_sessions
 from fastgru4rec.errors import ConfigError, DataError
+from fastgru4rec.estimator import decode_item_ids, encode_item_ids
 from fastgru4rec.synthetic import synthetic_split
 
 from conftest import data_to_rows, one_torch_thread, write_tsv
@@ -175,8 +176,8 @@ def test_saved_file_is_weights_only(fitted, tmp_path):
     path = tmp_path / "m.pt"
     fitted.save(path)
     payload = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
-    assert payload["format"] == "fastgru4rec-model" and payload["version"] == 1
-    assert payload["item_ids"] == [str(i) for i in fitted.item_ids]
+    assert payload["format"] == "fastgru4rec-model" and payload["version"] == 2
+    assert decode_item_ids(payload["item_ids"]) == [str(i) for i in fitted.item_ids]
     assert set(payload["state_dict"]) == set(fitted.model.state_dict())
 
     def plain(obj):
@@ -187,6 +188,28 @@ def test_saved_file_is_weights_only(fitted, tmp_path):
         return obj is None or isinstance(obj, (str, int, float, bool, torch.Tensor))
 
     assert plain(payload)
+
+
+def test_item_ids_round_trip_through_their_encoding():
+    ids = ["214853848", "é", "日本語", "a b\n", "", "\ud800x", "𝄞", "42"]
+    enc = encode_item_ids(ids)
+    assert enc["utf8"].dtype == torch.uint8 and enc["char_offsets"].tolist()[-1] == \
+        sum(map(len, ids))
+    assert decode_item_ids(enc) == ids
+    assert decode_item_ids(encode_item_ids([])) == []
+
+
+def test_version_1_model_files_still_load(fitted, tmp_path):
+    """Format 1 kept the item ids as a list of strings: such files load as before."""
+    path = tmp_path / "v1.pt"
+    fitted.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 1
+    payload["item_ids"] = decode_item_ids(payload["item_ids"])
+    torch.save(payload, path)
+    loaded = GRU4Rec.load(path)
+    assert list(loaded.item_ids) == [str(i) for i in fitted.item_ids]
+    assert _states_equal(_state(loaded), _state(fitted))
 
 
 def test_load_refuses_pickled_code(tmp_path):
@@ -384,8 +407,16 @@ def test_seeded_runs_repeat_exactly(small):
 # ---------------------------------------------------------------------------- tampered files
 def _tamper(payload, how):
     p = dict(payload)
-    if how == "short_item_ids":
-        p["item_ids"] = p["item_ids"][:-3]       # weights no longer match the item map
+    if how == "short_item_ids":                  # weights no longer match the item map
+        p["item_ids"] = encode_item_ids(decode_item_ids(p["item_ids"])[:-3])
+    elif how == "item_id_offsets_past_the_text":
+        p["item_ids"] = dict(p["item_ids"], char_offsets=p["item_ids"]["char_offsets"] + 1)
+    elif how == "item_id_offsets_decreasing":
+        offsets = p["item_ids"]["char_offsets"].tolist()
+        offsets[1], offsets[2] = offsets[2], offsets[1]
+        p["item_ids"] = dict(p["item_ids"], char_offsets=torch.tensor(offsets))
+    elif how == "item_ids_not_utf8":
+        p["item_ids"] = dict(p["item_ids"], utf8=torch.full_like(p["item_ids"]["utf8"], 0xFF))
     elif how == "no_state_dict":
         del p["state_dict"]
     elif how == "config_not_a_dict":
@@ -393,7 +424,9 @@ def _tamper(payload, how):
     return p
 
 
-@pytest.mark.parametrize("how", ["short_item_ids", "no_state_dict", "config_not_a_dict"])
+@pytest.mark.parametrize("how", ["short_item_ids", "no_state_dict", "config_not_a_dict",
+                                 "item_id_offsets_past_the_text", "item_id_offsets_decreasing",
+                                 "item_ids_not_utf8"])
 def test_load_rejects_inconsistent_payload_with_data_error(fitted, tmp_path, how):
     path = tmp_path / "m.pt"
     fitted.save(path)
