@@ -5,6 +5,7 @@
                       [-e conservative] [-s MODEL] [--checkpoint CKPT] [--resume CKPT] [--json]
     fastgru4rec evaluate MODEL TEST ... [-m ...] [-e ...] [--json] [-q]
     fastgru4rec recommend MODEL ITEM [ITEM ...] [-k 20] [--json]
+    fastgru4rec recommend MODEL --sessions EVENTS [-k 20] [-o OUT.tsv]
     fastgru4rec preprocess rsc15 CLICKS OUTDIR
 
 Bad input ends with a one-line error on stderr and exit status 2, never a traceback.
@@ -221,6 +222,14 @@ def _print_results(args, out: Dict, results: Dict):
 def cmd_recommend(args) -> int:
     from .estimator import GRU4Rec
 
+    if bool(args.items) == bool(args.sessions):
+        raise ConfigError("give the session's item ids, or --sessions FILE for every session "
+                          "of a file, not both" if args.items else
+                          "give the session's item ids, or --sessions FILE")
+    if args.sessions:
+        return _recommend_sessions(args)
+    if args.output:
+        raise ConfigError("-o/--output goes with --sessions (one session prints to stdout)")
     model = GRU4Rec.load(args.model, device=args.device)
     recs = model.recommend(args.items, k=args.k, exclude_seen=args.exclude_seen)
     known_ids = set(map(str, model.item_ids))
@@ -234,6 +243,47 @@ def cmd_recommend(args) -> int:
                           "unknown_items": unknown, "recommendations": recs}))
     else:
         print("\n".join(recs))
+    return 0
+
+
+def _recommend_sessions(args) -> int:
+    """recommend --sessions: top-k for every session of an events file, as TSV rows
+    SessionId, Rank (1-based), ItemId, Score, to -o (atomically) or stdout; --json: one JSON
+    object {session id: [item ids]}."""
+    from .estimator import GRU4Rec
+    from .fileio import atomic_write
+
+    from .evaluate import check_eval_batch_size
+
+    if int(args.k) <= 0:
+        raise ConfigError(f"-k must be positive (got {args.k})")
+    check_eval_batch_size(args.batch_size, "--batch-size")
+    if args.output is not None:
+        check_writable(args.output, [args.model, args.sessions])
+    model = GRU4Rec.load(args.model, device=args.device)
+    res = model.recommend_sessions(args.sessions, k=args.k, exclude_seen=args.exclude_seen,
+                                   batch_size=args.batch_size,
+                                   progress=not (args.quiet or args.json),
+                                   **_read_kw(args))
+    if res["n_unknown_events"]:
+        print(f"fastgru4rec recommend: warning: {res['n_unknown_events']:,} event(s) of items "
+              f"unknown to the model skipped", file=sys.stderr)
+    if args.json:
+        text = json.dumps({str(sid): [i for i in row if i is not None]
+                           for sid, row in zip(res["session_id"], res["items"])}) + "\n"
+    else:
+        lines = ["SessionId\tRank\tItemId\tScore"]
+        for sid, row, scores in zip(res["session_id"], res["items"], res["scores"]):
+            lines.extend(f"{sid}\t{r + 1}\t{item}\t{score:.6g}"
+                         for r, (item, score) in enumerate(zip(row, scores)) if item is not None)
+        text = "\n".join(lines) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with atomic_write(args.output, "w") as f:
+            f.write(text)
+        _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
+                   f"{args.output}")
     return 0
 
 
@@ -332,12 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recommend", help="top-k items for a session prefix")
     r.add_argument("model")
-    r.add_argument("items", nargs="+", help="the session's item ids so far, oldest first "
+    r.add_argument("items", nargs="*", help="the session's item ids so far, oldest first "
                    "(ids unknown to the model are skipped, with a warning)")
+    r.add_argument("--sessions", metavar="FILE",
+                   help="instead of ITEMS: recommend for every session of this events file "
+                        "(.tsv/.csv/.parquet), after its last event; TSV rows SessionId, Rank, "
+                        "ItemId, Score")
+    r.add_argument("-o", "--output", metavar="FILE",
+                   help="with --sessions: write there (atomically) instead of stdout")
+    r.add_argument("--batch-size", type=int, default=512,
+                   help="with --sessions: sessions run side by side (default: 512)")
     r.add_argument("-k", type=int, default=20)
     r.add_argument("--exclude-seen", action="store_true")
     r.add_argument("--device", default="cpu")
     r.add_argument("--json", action="store_true")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (--sessions)")
+    _add_data_args(r)
     r.set_defaults(func=cmd_recommend)
 
     # Subcommands that live beside their implementation. Imported directly: a broken module

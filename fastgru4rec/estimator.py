@@ -250,18 +250,90 @@ class GRU4Rec:
         hidden = self.model.init_hidden(1, self.device)
         for item in known:
             h_last, hidden = self.model(torch.tensor([item], device=self.device), hidden)
+        order, _ = self._top_items(h_last, int(k), [set(known)] if exclude_seen else None)
+        return [str(self.item_ids[i]) for i in order[0] if i >= 0]
+
+    @torch.no_grad()
+    def recommend_sessions(self, data, k: int = 20, exclude_seen: bool = False,
+                           batch_size: int = 512, progress: bool = False,
+                           **read_kw) -> Dict[str, object]:
+        """Top-k for every session of ``data`` at once (events: a path, DataFrame or
+        SessionData, read with the model's item map, as evaluate() reads test data): the items
+        most likely to follow each session's last event, best first. Sessions are batched
+        ``batch_size`` at a time, sorted by length (GRU4RecModel.encode); the same items as
+        recommend() on each session alone.
+        Returns {"session_id": object (S,) the original ids, in the data's session order;
+        "items": object (S, k) original item ids; "scores": float32 (S, k);
+        "n_unknown_events": events dropped for items unknown to the model}. Sessions with no
+        known item do not appear. When exclude_seen leaves fewer than k items (a catalog
+        barely larger than a session), the row ends in None / NaN."""
+        from .evaluate import check_eval_batch_size
+
+        self._require_fitted()
+        if int(k) <= 0:
+            raise ValueError(f"k must be positive (got {k})")
+        check_eval_batch_size(batch_size, "batch_size")
+        data = as_session_data(data, item_map=self._item_map(), **{**self._read_kw, **read_kw})
+        lengths = data.session_lengths
+        kept = np.flatnonzero(lengths > 0)
+        by_length = kept[np.argsort(lengths[kept], kind="stable")]
         k = min(int(k), len(self.item_ids))
-        seen = set(known) if exclude_seen else set()
-        # top-k over the catalog (ties to the lower index); ask for more when seen items drop out
-        want = min(k + len(seen), len(self.item_ids))
+        top = np.full((data.n_sessions, k), -1, dtype=np.int64)
+        scores = np.full((data.n_sessions, k), np.nan, dtype=np.float32)
+        self.model.eval()
+        from tqdm.auto import tqdm
+
+        for lo in tqdm(range(0, len(by_length), batch_size), desc="recommend", unit="batch",
+                       disable=not progress, leave=False):
+            lanes = by_length[lo:lo + batch_size]                     # (b,) session indices
+            lane_len = lengths[lanes]
+            L = int(lane_len.max())
+            # right-aligned (b, L) item matrix: lane j's events in columns L - len_j .. L - 1
+            events = np.concatenate([np.arange(data.offsets[s], data.offsets[s + 1])
+                                     for s in lanes])
+            rows = np.repeat(np.arange(len(lanes)), lane_len)
+            cols = (np.arange(len(events)) - np.repeat(np.cumsum(lane_len) - lane_len, lane_len)
+                    + np.repeat(L - lane_len, lane_len))
+            items = np.zeros((len(lanes), L), dtype=np.int64)
+            items[rows, cols] = data.items[events]
+            h_last = self.model.encode(torch.from_numpy(items).to(self.device),
+                                       torch.from_numpy(lane_len).to(self.device))
+            seen = ([set(items[j, L - lane_len[j]:].tolist()) for j in range(len(lanes))]
+                    if exclude_seen else None)
+            top[lanes], scores[lanes] = self._top_items(h_last, k, seen)
+        ids = np.asarray(self.item_ids, dtype=object)
+        items_out = np.where(top >= 0, ids[np.maximum(top, 0)], None)
+        return {"session_id": np.asarray(data.session_ids, dtype=object)[kept],
+                "items": items_out[kept], "scores": scores[kept],
+                "n_unknown_events": data.n_unknown_events}
+
+    def _top_items(self, h_last: torch.Tensor, k: int, seen: Optional[List[set]]
+                   ) -> "tuple[np.ndarray, np.ndarray]":
+        """The k best item indices per row of h_last (b, H) over the catalog, ties to the lower
+        index, less each row's ``seen`` items (None: none excluded): (indices int64 (b, k),
+        scores float32 (b, k)), -1 / NaN where fewer than k items remain."""
+        N = len(self.item_ids)
+        k = min(k, N)
+        # ask for more when seen items drop out
+        want = min(k + (max(map(len, seen)) if seen else 0), N)
         values, order = topk_scores(h_last, self.model.item_weight, self.model.item_bias, want)
-        if bool(torch.isnan(values).any()):
+        bad = torch.isnan(values).any(dim=1)
+        if bool(bad.any()):
             # a NaN score (a damaged model) would sort first: rank it last instead, as
             # evaluate() counts a NaN target as a miss
-            scores = self.model.score(h_last)[0].nan_to_num(nan=float("-inf"))
-            order = torch.sort(scores, descending=True, stable=True).indices[:want][None]
-        order = [i for i in order[0].tolist() if i not in seen][:k]
-        return [str(self.item_ids[i]) for i in order]
+            rows = torch.nonzero(bad).view(-1)
+            s = self.model.score(h_last[rows]).nan_to_num(nan=float("-inf"))
+            v, o = torch.sort(s, dim=1, descending=True, stable=True)
+            values[rows], order[rows] = v[:, :want], o[:, :want]
+        values, order = values.float().cpu().numpy(), order.cpu().numpy()
+        if seen is None:
+            return order[:, :k], values[:, :k]
+        out = np.full((len(order), k), -1, dtype=np.int64)
+        out_v = np.full((len(order), k), np.nan, dtype=np.float32)
+        for j, (row, row_seen) in enumerate(zip(order, seen)):
+            keep = [i for i, item in enumerate(row.tolist()) if item not in row_seen][:k]
+            out[j, :len(keep)], out_v[j, :len(keep)] = row[keep], values[j, keep]
+        return out, out_v
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Union[str, Path]) -> None:

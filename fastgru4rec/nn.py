@@ -261,6 +261,26 @@ class GRU4RecModel(nn.Module):
         rows = getattr(self, self.input_table_name).index_select(0, item_idx)
         return self.step(rows, hidden)
 
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The last step's output h_last (b, H_last) of b item sequences at once, no dropout:
+        the same as stepping each sequence alone from a zero state. items int64 (b, L) holds
+        lane i's sequence right-aligned, items[i, L - lengths[i]:]; the entries before it are
+        any valid ids (their steps run, but the lane's state stays zero until its sequence
+        starts). lengths int64 (b,), each in 1..L. Sort sequences by length before batching
+        them to waste few steps."""
+        if items.dim() != 2 or lengths.shape != (items.shape[0],):
+            raise ValueError(f"GRU4RecModel.encode: items (b, L) and lengths (b,) expected "
+                             f"(got {tuple(items.shape)} and {tuple(lengths.shape)})")
+        b, L = items.shape
+        if b and not bool(((lengths >= 1) & (lengths <= L)).all()):
+            raise ValueError(f"GRU4RecModel.encode: lengths must be in 1..{L}")
+        start = (L - lengths).unsqueeze(1)                    # (b, 1) first step of each lane
+        hidden = self.init_hidden(b, items.device)
+        for t in range(L):
+            _, new_hidden = self(items[:, t], hidden)
+            hidden = [torch.where(start <= t, new, old) for new, old in zip(new_hidden, hidden)]
+        return hidden[-1]     # every lane is active at t = L - 1: the last layer's output
+
     def score(self, h_last: torch.Tensor, item_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores (b, n) of h_last (b, H) against the items item_idx (n,) or all N items."""
         if item_idx is None:

@@ -5,7 +5,8 @@ import torch
 
 from fastgru4rec.evaluate import MetricAccumulator
 from fastgru4rec.ops.ranking import (rank_counts_dense, rank_counts_from_hidden,
-                                     rank_counts_from_scores, ranks_from_counts)
+                                     rank_counts_from_scores, ranks_from_counts,
+                                     topk_scores_dense, topk_scores_reference)
 
 # the plain comparison (the reference) and the faster float-flag count of a score matrix
 DENSE_COUNTS = pytest.mark.parametrize("count", [rank_counts_from_scores, rank_counts_dense],
@@ -138,3 +139,39 @@ def test_tiled_counts_with_inputs_that_require_grad_and_bad_targets():
         for bad in (torch.tensor([0, 50, 1]), torch.tensor([-1, 0, 1])):
             with pytest.raises(ValueError, match="targets must be item indices in 0..49"):
                 rank_counts_from_hidden(h, W, bias, bad, max_elements)
+
+
+# ---------------------------------------------------------------------------- top-k on the CPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 3, 17, 40])
+def test_topk_dense_equals_the_reference_sort_with_ties_and_nan(dtype, k):
+    """topk_scores_dense (torch.topk, ties re-ordered, ambiguous rows re-sorted) against the
+    reference's full stable sort, exactly: small-integer scores tie everywhere, also across
+    the k-th place; a row of NaN; -0.0 ties with 0.0; row blocks of 3 rows."""
+    g = torch.Generator().manual_seed(k)
+    b, N, H = 11, 40, 6
+    h = torch.randint(-2, 3, (b, H), generator=g).to(dtype)
+    W = torch.randint(-1, 2, (N, H), generator=g).to(dtype)
+    bias = torch.randint(-1, 2, (N,), generator=g).to(dtype)
+    h[4] = 0.0                                   # every score of row 4 is its bias: 3 values
+    bias[7] = -0.0
+    h[5, 0] = float("nan")                       # row 5: every score NaN (0 * NaN too)
+    rv, ri = topk_scores_reference(h, W, bias, k)
+    for max_elements in (3 * N, 1 << 24):
+        v, i = topk_scores_dense(h, W, bias, k, max_elements=max_elements)
+        assert torch.equal(i, ri)
+        torch.testing.assert_close(v, rv, rtol=0, atol=0, equal_nan=True)
+    # ties across the k-th place exist (below k = N), so the re-sort path ran
+    scores = torch.addmm(bias, h, W.t())
+    assert k == N or any(int((scores[r] == rv[r, -1]).sum()) > int((rv[r] == rv[r, -1]).sum())
+               for r in range(b) if not torch.isnan(rv[r, -1]))
+
+
+def test_topk_dense_at_k_equal_n_and_empty_batch():
+    g = torch.Generator().manual_seed(3)
+    h, W, bias = torch.randn(4, 5, generator=g), torch.randn(9, 5, generator=g), torch.zeros(9)
+    for k in (9, 1):
+        assert all(torch.equal(a, c) for a, c in zip(topk_scores_dense(h, W, bias, k),
+                                                     topk_scores_reference(h, W, bias, k)))
+    v, i = topk_scores_dense(h[:0], W, bias, 2)
+    assert v.shape == (0, 2) and i.shape == (0, 2) and i.dtype == torch.int64

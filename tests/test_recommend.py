@@ -1,0 +1,156 @@
+"""Recommendations for many sessions at once: GRU4RecModel.encode (sequences of different
+lengths in one batch), GRU4Rec.recommend_sessions and ``recommend --sessions``.
+
+Oracles: each sequence stepped alone from a zero state in float64 plain torch (for encode), and
+recommend() called on each session alone (for recommend_sessions: no padding, no batching)."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from fastgru4rec import GRU4Rec
+from fastgru4rec.nn import GRU4RecModel
+from fastgru4rec.synthetic import synthetic_split
+
+from conftest import assert_cli_error, data_to_rows, one_torch_thread, run_cli, write_tsv
+
+FAST = dict(batch_size=16, n_sample=20, n_epochs=1, learning_rate=0.1)
+MODES = {"shared": dict(layers=[24]),
+         "separate-2-layers": dict(layers=[24, 16], constrained_embedding=False, embedding=8),
+         "onehot": dict(layers=[16], constrained_embedding=False, embedding=0)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_split(n_items=200, n_sessions=1500, seed=7)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    train, _ = data
+    return {mode: GRU4Rec(**FAST, **p).fit(train, progress=False) for mode, p in MODES.items()}
+
+
+@pytest.mark.parametrize("mode", ["shared", "separate", "onehot"])
+def test_encode_equals_each_sequence_stepped_alone(mode):
+    torch.manual_seed(0)
+    model = GRU4RecModel(30, layers=(12, 7), embedding_mode=mode,
+                         embedding_dim=5 if mode == "separate" else 0).double()
+    with torch.no_grad():   # nonzero biases: a padded step that leaked into the state would show
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    lengths = [3, 1, 6, 2, 6]
+    seqs = [torch.randint(0, 30, (n,)) for n in lengths]
+    L = max(lengths)
+    items = torch.randint(0, 30, (len(seqs), L))          # padding: arbitrary valid ids
+    for i, s in enumerate(seqs):
+        items[i, L - len(s):] = s
+    got = model.encode(items, torch.tensor(lengths))
+    for i, s in enumerate(seqs):
+        hidden = model.init_hidden(1)
+        for item in s:
+            h_last, hidden = model(item.view(1), hidden)
+        torch.testing.assert_close(got[i], h_last[0], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lengths must be in 1..6"):
+        model.encode(items, torch.tensor([3, 0, 6, 2, 6]))
+    with pytest.raises(ValueError, match="lengths must be in 1..6"):
+        model.encode(items, torch.tensor([3, 7, 6, 2, 6]))
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_recommend_sessions_equals_recommend_one_by_one(fitted, data, mode, exclude_seen):
+    model = fitted[mode]
+    _, test = data
+    res = model.recommend_sessions(test, k=10, exclude_seen=exclude_seen, batch_size=7)
+    assert res["items"].shape == (test.n_sessions, 10) == res["scores"].shape
+    assert list(res["session_id"]) == [str(s) for s in test.session_ids]
+    assert res["n_unknown_events"] == test.n_unknown_events
+    W = model.model.item_weight.detach().double()
+    b = model.model.item_bias.detach().double()
+    index = model._item_map().item_index()
+    for s in range(test.n_sessions):
+        items = [str(test.item_ids[i]) for i in test.items[test.offsets[s]:test.offsets[s + 1]]]
+        assert list(res["items"][s]) == model.recommend(items, k=10, exclude_seen=exclude_seen)
+        if exclude_seen:
+            assert not set(items) & set(res["items"][s])
+    # the scores are the items' scores (float64 recomputation of the last session)
+    rows = torch.tensor([index[i] for i in res["items"][-1]])
+    known = torch.tensor(test.items[test.offsets[-2]:test.offsets[-1]])
+    with torch.no_grad():
+        h = model.model.encode(known.view(1, -1), torch.tensor([len(known)])).double()
+    np.testing.assert_allclose(res["scores"][-1], (h @ W[rows].T + b[rows])[0].numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(res["scores"], axis=1) <= 0)
+
+
+def test_recommend_sessions_edges(fitted, tmp_path):
+    """Unknown items dropped (a session of only unknown items left out); k above the catalog
+    cut to it; exclude_seen on a catalog barely larger than a session ends rows in None."""
+    model = fitted["shared"]
+    ids = [str(i) for i in model.item_ids]
+    path = write_tsv(tmp_path / "s.tsv", [("a", ids[0], 1), ("a", "nope", 2), ("b", "nope", 1),
+                                          ("c", ids[5], 1), ("c", ids[5], 2), ("c", ids[7], 3)])
+    res = model.recommend_sessions(path, k=3)
+    assert list(res["session_id"]) == ["a", "c"] and res["n_unknown_events"] == 2
+    assert list(res["items"][0]) == model.recommend([ids[0]], k=3)
+    assert model.recommend_sessions(path, k=10_000)["items"].shape == (2, len(ids))
+
+    tiny = GRU4Rec(**{**FAST, "n_sample": 0, "layers": [8]}).fit(
+        synthetic_split(n_items=3, n_sessions=40, seed=1)[0], progress=False)
+    t_ids = [str(i) for i in tiny.item_ids]
+    res = tiny.recommend_sessions(write_tsv(tmp_path / "t.tsv", [("x", t_ids[0], 1),
+                                                                   ("x", t_ids[1], 2)]),
+                                  k=3, exclude_seen=True)
+    assert list(res["items"][0]) == [t_ids[2], None, None]
+    assert np.isnan(res["scores"][0, 1:]).all() and np.isfinite(res["scores"][0, 0])
+    with pytest.raises(ValueError, match="k must be positive"):
+        model.recommend_sessions(path, k=0)
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        model.recommend_sessions(path, batch_size=0)
+
+
+def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
+    model = fitted["shared"]
+    _, test = data
+    model_path, test_tsv = tmp_path / "m.pt", write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    model.save(model_path)
+    out_path = tmp_path / "recs.tsv"
+    rc, out, err = run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-k", "5",
+                           "-o", out_path, "-q")
+    assert rc == 0, err
+    with open(out_path, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["SessionId", "Rank", "ItemId", "Score"]
+    res = model.recommend_sessions(test, k=5)
+    expected = [[str(s), str(r + 1), item] for s, row in zip(res["session_id"], res["items"])
+                for r, item in enumerate(row)]
+    assert [r[:3] for r in rows[1:]] == expected
+    np.testing.assert_allclose([float(r[3]) for r in rows[1:]], res["scores"].ravel(), rtol=1e-5)
+    # stdout and JSON
+    rc, out, _ = run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-k", "2",
+                         "--json")
+    assert rc == 0
+    import json
+    assert json.loads(out) == {str(s): list(r[:2]) for s, r in zip(res["session_id"],
+                                                                   res["items"])}
+
+    assert_cli_error(run_cli(capsys, "recommend", model_path), "recommend",
+                     "give the session's item ids, or --sessions FILE")
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "1", "--sessions", test_tsv),
+                     "recommend", "not both")
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "1", "-o", out_path),
+                     "recommend", "-o/--output goes with --sessions")
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-o",
+                             test_tsv), "recommend", "is an input of this command")
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv,
+                             "--batch-size", "0"), "recommend", "--batch-size must be in")
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions",
+                             tmp_path / "missing.tsv"), "recommend", "missing.tsv")
