@@ -599,9 +599,7 @@ def _check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
     if reset is not None:
         want["reset"] = (reset, (B,))
     if idx is not None:
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
-            raise ValueError(f"idx must be an integer tensor (got {idx.dtype})")
-        want["idx"] = (idx, (B,))
+        launch.index_vector("idx", idx, B)
     for name, (t, shape) in want.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} for h of shape {(B, H)} "

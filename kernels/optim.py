@@ -145,11 +145,8 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
     if table2.shape[1] != H:
         raise ValueError(f"adagrad rows kernel: gradient rows have {H} columns, the table "
                          f"{table2.shape[1]}")
-    for name, t in (("sorted_ids", sorted_ids), ("perm", perm)):
-        if tuple(t.shape) != (L,):
-            raise ValueError(f"adagrad rows kernel: {name} must have shape ({L},) (got "
-                             f"{tuple(t.shape)})")
-    sorted_ids, perm = sorted_ids.contiguous(), perm.contiguous()   # read as contiguous
+    sorted_ids = launch.index_vector("adagrad rows kernel: sorted_ids", sorted_ids, L)
+    perm = launch.index_vector("adagrad rows kernel: perm", perm, L)
     if L == 0:
         return
     for name, t in (("table", table2), ("acc", acc2), ("vel", vel2), ("grad", grad2)):

@@ -78,16 +78,6 @@ def catalog_inputs(h, weight, bias, bias_per_item: bool = True):
     return h, weight, bias.contiguous()
 
 
-def index_vector(name, ids, n):
-    """ids as a contiguous (n,) integer vector for a kernel (int32 or int64; a kernel takes
-    ids * stride in int64). Values are not range-checked (that would synchronise with the host
-    every call): out-of-range ids read or write outside the tables, as in a CUDA gather."""
-    if ids.dim() != 1 or ids.shape[0] != n or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer vector of {n} ids (got {ids.dtype}, shape "
-                         f"{tuple(ids.shape)})")
-    return ids.contiguous()
-
-
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
@@ -374,7 +364,8 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     C = w_col.shape[0]
     if C < b:   # lane i's positive is column i
         raise ValueError(f"scores have {C} columns for {b} lanes: lane i's positive is column i")
-    w_col, b_col = index_vector("w_col", w_col, C), index_vector("b_col", b_col, C)
+    w_col = launch.index_vector("w_col", w_col, C)
+    b_col = launch.index_vector("b_col", b_col, C)
     dev = h.device
     code = LOSS_CODES[loss]
     launch.require_cuda("the triton sampled loss", h, weight)
@@ -439,8 +430,8 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         if w_scatter is None or b_scatter is None:
             raise ValueError("the sampled loss's gradients need w_scatter and b_scatter "
                              "(or per_column=True)")
-        w_scatter = index_vector("w_scatter", w_scatter, C)
-        b_scatter = index_vector("b_scatter", b_scatter, C)
+        w_scatter = launch.index_vector("w_scatter", w_scatter, C)
+        b_scatter = launch.index_vector("b_scatter", b_scatter, C)
         d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
         d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
     if big_blocks:
@@ -585,7 +576,7 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     h, weight, bias = catalog_inputs(h, weight, bias)
     b, H = h.shape
     N = weight.shape[0]
-    targets = index_vector("targets", targets, b)
+    targets = launch.index_vector("targets", targets, b)
     for name, t, shape in (("d_weight_out", d_weight_out, (N, H)), ("d_bias_out", d_bias_out, (N,))):
         if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
                               or not t.is_contiguous()):
