@@ -3,7 +3,9 @@
 CPU: evaluate_model on the synthetic test split and on rsc15-sample's test set (a model trained
 for a few hundred steps), and the rank counts of fastgru4rec.ops.ranking: the tiled path
 (rank_counts_from_hidden, one tile and forced into 8 tiles) against the dense
-matmul-and-compare baseline (addmm over the whole catalog, then rank_counts_from_scores).
+matmul-and-compare baseline (addmm over the whole catalog, then rank_counts_from_scores); the
+CPU top-k (torch.topk with ties re-ordered) against the reference's full stable sort; and
+recommendations for every rsc15-sample test session, batched against one call per session.
 GPU (skipped without CUDA): the same rank comparison at fastgru4rec.bench.GPU_RANK_SIZES, plus a
 Triton path (ops.ranking.rank_counts, backend="triton"), and evaluate_model on the device.
 """
@@ -103,6 +105,47 @@ def test_rank_cpu(benchmark, variant):
         benchmark.extra_info["baseline"] = "dense matmul-and-compare"
     benchmark.extra_info.update(b=b, H=H, N=N)
     benchmark.pedantic(fn, args=args, rounds=10, iterations=1, warmup_rounds=2)
+
+
+# ------------------------------------------------------------------------ top-k and recommend
+CPU_TOPK = (512, 100, 20_000, 20)
+_TOPK_VARIANTS = {
+    "reference-full-sort": ranking.topk_scores_reference,    # a stable sort of every row
+    "topk-dense": ranking.topk_scores_dense,                  # torch.topk, ties re-ordered
+}
+
+
+@pytest.mark.parametrize("variant", list(_TOPK_VARIANTS))
+def test_topk_cpu(benchmark, variant):
+    b, H, N, k = CPU_TOPK
+    benchmark.group = f"cpu-topk-b{b}-h{H}-n{N}-k{k}"
+    h, W, bias, _ = _rank_inputs(b, H, N, "cpu")
+    fn = _TOPK_VARIANTS[variant]
+    got, want = fn(h, W, bias, k), ranking.topk_scores_reference(h, W, bias, k)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    if variant == "reference-full-sort":
+        benchmark.extra_info["baseline"] = "full stable sort"
+    benchmark.extra_info.update(b=b, H=H, N=N, k=k)
+    benchmark.pedantic(fn, args=(h, W, bias, k), rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="cpu-recommend-rsc15-test-sessions")
+@pytest.mark.parametrize("variant", ["one-by-one", "batched"])
+def test_recommend_rsc15(benchmark, rsc15_sample, rsc15_model, variant):
+    """Top-20 after every test session of rsc15-sample: GRU4Rec.recommend per session (the
+    baseline) against recommend_sessions (512 sessions side by side)."""
+    train, test = rsc15_sample
+    est = GRU4Rec(**TINY)
+    est.model, est.item_ids, est.supports = rsc15_model, train.item_ids, train.supports
+    sessions = [[str(test.item_ids[i]) for i in test.items[test.offsets[s]:test.offsets[s + 1]]]
+                for s in range(test.n_sessions)]
+    if variant == "one-by-one":
+        benchmark.extra_info["baseline"] = "recommend() per session"
+        fn = lambda: [est.recommend(s, k=20) for s in sessions]   # noqa: E731
+    else:
+        fn = lambda: est.recommend_sessions(test, k=20)            # noqa: E731
+    benchmark.extra_info.update(n_sessions=test.n_sessions, n_items=train.n_items)
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
 
 
 def _gpu_variants():
