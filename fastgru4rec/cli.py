@@ -251,9 +251,8 @@ def _recommend_sessions(args) -> int:
     SessionId, Rank (1-based), ItemId, Score, to -o (atomically) or stdout; --json: one JSON
     object {session id: [item ids]}."""
     from .estimator import GRU4Rec
-    from .fileio import atomic_write
-
     from .evaluate import check_eval_batch_size
+    from .fileio import atomic_write
 
     if int(args.k) <= 0:
         raise ConfigError(f"-k must be positive (got {args.k})")

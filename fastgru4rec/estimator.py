@@ -88,11 +88,11 @@ class GRU4Rec:
             raise RuntimeError("the model is not trained: call fit() or GRU4Rec.load() first")
 
     # ------------------------------------------------------------------ training
-    def build_model(self, n_items: int) -> GRU4RecModel:
+    def build_model(self, n_items: int, initialize: bool = True) -> GRU4RecModel:
         cfg = self.config
         variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
         return GRU4RecModel(n_items, cfg.layers, cfg.embedding_mode, cfg.embedding, variants,
-                            seed=cfg.seed).to(self.device)
+                            seed=cfg.seed, initialize=initialize).to(self.device)
 
     # the model is built and trained with autograd even inside a caller's torch.no_grad() or
     # torch.inference_mode() (parameters made in inference mode could never be trained)
@@ -380,8 +380,8 @@ class GRU4Rec:
             est.supports = payload["supports"].numpy()
             if est.item_ids.ndim != 1 or est.supports.shape != est.item_ids.shape:
                 raise ValueError("item map and supports disagree")
-            est.model = est.build_model(len(est.item_ids))
-            est.model.load_state_dict(payload["state_dict"])
+            est.model = est.build_model(len(est.item_ids), initialize=False)
+            est.model.load_state_dict(payload["state_dict"])   # strict: every tensor filled
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "

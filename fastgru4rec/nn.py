@@ -154,11 +154,13 @@ class GRU4RecModel(nn.Module):
     (N, H_last) is also the input embedding), "separate" (own ``embedding`` (N, E)), or "onehot"
     (``input_table`` (N, 3·H_0) rows are the first layer's input projection).
     variants: GRU variant per layer ("cell"/"original"). Dropout is applied by the caller
-    through ``dropout`` arguments so the model itself is deterministic.
+    through ``dropout`` arguments so the model itself is deterministic. initialize=False: the
+    item-indexed tables are left uninitialised (for load_state_dict to fill).
     """
 
     def __init__(self, n_items: int, layers: Sequence[int] = (100,), embedding_mode: str = "shared",
-                 embedding_dim: int = 0, variants: Optional[Sequence[str]] = None, seed: int = 42):
+                 embedding_dim: int = 0, variants: Optional[Sequence[str]] = None, seed: int = 42,
+                 initialize: bool = True):
         super().__init__()
         if embedding_mode not in EMBEDDING_MODES:
             raise ValueError(f"unknown embedding mode {embedding_mode!r} ({', '.join(EMBEDDING_MODES)})")
@@ -172,17 +174,20 @@ class GRU4RecModel(nn.Module):
         self.embedding_dim = embedding_dim if embedding_mode == "separate" else 0
         g = torch.Generator().manual_seed(int(seed))
         N, H_last = self.n_items, layers[-1]
+        # initialize=False leaves the item tables as allocated (torch.empty), for a state_dict
+        # about to be loaded: their random init is most of a large catalog's load time
+        table_init = glorot_blocks_ if initialize else (lambda t, *args: t)
 
-        self.item_weight = nn.Parameter(glorot_blocks_(torch.empty(N, H_last), 1, g))
-        self.item_bias = nn.Parameter(torch.zeros(N))
+        self.item_weight = nn.Parameter(table_init(torch.empty(N, H_last), 1, g))
+        self.item_bias = nn.Parameter(torch.zeros(N) if initialize else torch.empty(N))
         if embedding_mode == "separate":
-            self.embedding = nn.Parameter(glorot_blocks_(torch.empty(N, embedding_dim), 1, g))
+            self.embedding = nn.Parameter(table_init(torch.empty(N, embedding_dim), 1, g))
             in_size = embedding_dim
         elif embedding_mode == "shared":
             in_size = H_last
         else:
             # One-hot input: x·W_x is a row gather of an (N, 3H) table, one block per gate.
-            self.input_table = nn.Parameter(glorot_blocks_(torch.empty(N, 3 * layers[0]), 3, g, 1))
+            self.input_table = nn.Parameter(table_init(torch.empty(N, 3 * layers[0]), 3, g, 1))
             self.input_bias = nn.Parameter(torch.zeros(3 * layers[0]))
             in_size = None
         gru = []

@@ -154,3 +154,18 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
                              "--batch-size", "0"), "recommend", "--batch-size must be in")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions",
                              tmp_path / "missing.tsv"), "recommend", "missing.tsv")
+
+
+@pytest.mark.parametrize("mode", ["shared", "separate", "onehot"])
+def test_uninitialised_model_has_the_same_tensors_and_loads(mode):
+    """GRU4Rec.load builds with initialize=False (no random init of the item tables): the same
+    names, shapes and dtypes, and after load_state_dict the same module."""
+    kw = dict(layers=(6, 4), embedding_mode=mode, embedding_dim=3 if mode == "separate" else 0)
+    ref, empty = GRU4RecModel(25, **kw), GRU4RecModel(25, **kw, initialize=False)
+    assert {k: (v.shape, v.dtype) for k, v in ref.state_dict().items()} == \
+        {k: (v.shape, v.dtype) for k, v in empty.state_dict().items()}
+    empty.load_state_dict(ref.state_dict())
+    h = torch.randn(2, 6)
+    torch.testing.assert_close(empty(torch.tensor([1, 24]), [h, torch.zeros(2, 4)])[0],
+                               ref(torch.tensor([1, 24]), [h, torch.zeros(2, 4)])[0],
+                               rtol=0, atol=0)
