@@ -259,6 +259,8 @@ def _recommend_sessions(args) -> int:
     check_eval_batch_size(args.batch_size, "--batch-size")
     if args.output is not None:
         check_writable(args.output, [args.model, args.sessions])
+        if args.json and str(args.output).lower().endswith(".parquet"):
+            raise ConfigError("--json and a Parquet -o/--output: give one of them")
     model = GRU4Rec.load(args.model, device=args.device)
     res = model.recommend_sessions(args.sessions, k=args.k, exclude_seen=args.exclude_seen,
                                    batch_size=args.batch_size,
@@ -267,6 +269,11 @@ def _recommend_sessions(args) -> int:
     if res["n_unknown_events"]:
         print(f"fastgru4rec recommend: warning: {res['n_unknown_events']:,} event(s) of items "
               f"unknown to the model skipped", file=sys.stderr)
+    if args.output is not None and str(args.output).lower().endswith(".parquet"):
+        _write_recommendations_parquet(args.output, res)
+        _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
+                   f"{args.output}")
+        return 0
     if args.json:
         text = json.dumps({str(sid): [i for i in row if i is not None]
                            for sid, row in zip(res["session_id"], res["items"])}) + "\n"
@@ -284,6 +291,29 @@ def _recommend_sessions(args) -> int:
         _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
                    f"{args.output}")
     return 0
+
+
+def _write_recommendations_parquet(path, res) -> None:
+    """recommend_sessions' result as a Parquet file (atomically) with the TSV's columns:
+    SessionId string, Rank int32 (1-based), ItemId string, Score float32; one row per
+    recommended item (rows a short catalog left empty are not written)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .fileio import atomic_write
+
+    items = res["items"]                                       # object (S, k), None: empty
+    S, k = items.shape
+    valid = (items != None).ravel()                            # noqa: E711 (elementwise)
+    table = pa.table({
+        "SessionId": pa.array(np.repeat(res["session_id"], k)[valid].astype(str), pa.string()),
+        "Rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), S)[valid]),
+        "ItemId": pa.array(items.ravel()[valid].astype(str), pa.string()),
+        "Score": pa.array(res["scores"].ravel()[valid].astype(np.float32)),
+    })
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
 
 
 def cmd_demo(args) -> int:
@@ -388,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(.tsv/.csv/.parquet), after its last event; TSV rows SessionId, Rank, "
                         "ItemId, Score")
     r.add_argument("-o", "--output", metavar="FILE",
-                   help="with --sessions: write there (atomically) instead of stdout")
+                   help="with --sessions: write there (atomically) instead of stdout; a name "
+                        "ending in .parquet writes Parquet with the same columns")
     r.add_argument("--batch-size", type=int, default=512,
                    help="with --sessions: sessions run side by side (default: 512)")
     r.add_argument("-k", type=int, default=20)

@@ -134,6 +134,17 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
                 for r, item in enumerate(row)]
     assert [r[:3] for r in rows[1:]] == expected
     np.testing.assert_allclose([float(r[3]) for r in rows[1:]], res["scores"].ravel(), rtol=1e-5)
+    # Parquet: the same rows, typed
+    import pyarrow.parquet as pq
+    pq_path = tmp_path / "recs.parquet"
+    assert run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-k", "5", "-o",
+                   pq_path, "-q")[0] == 0
+    table = pq.read_table(pq_path)
+    assert table.column_names == ["SessionId", "Rank", "ItemId", "Score"]
+    assert [[r["SessionId"], str(r["Rank"]), r["ItemId"]] for r in table.to_pylist()] == expected
+    np.testing.assert_array_equal(table.column("Score").to_numpy(), res["scores"].ravel())
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-o",
+                             pq_path, "--json"), "recommend", "--json and a Parquet")
     # stdout and JSON
     rc, out, _ = run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-k", "2",
                          "--json")
