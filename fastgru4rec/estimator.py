@@ -6,6 +6,7 @@
     model.fit("train.tsv")
     model.evaluate("test.tsv", cutoffs=[1, 5, 10, 20], mode="conservative")
     model.recommend(["214853848", "214853182"], k=10)     # top-10 original item ids
+    model.recommend_sessions("test.tsv", k=20)             # every session of a file, batched
     model.save("model.pt"); GRU4Rec.load("model.pt")
     model.fit("train.tsv", checkpoint="run.ckpt")       # a checkpoint after every epoch
     GRU4Rec.resume("run.ckpt", "train.tsv")             # continues it exactly
