@@ -126,20 +126,26 @@ def cmd_train(args) -> int:
 
     params = _params_from_args(args)
     inputs = [args.train] + list(args.test or [])
-    if args.resume:
+    if args.resume is not None:
         # the configuration is the checkpoint's; only the number of epochs may grow
         extra = sorted(set(params) - {"n_epochs"})
         if extra:
             raise ConfigError(f"--resume: the configuration comes from the checkpoint; only "
                               f"n_epochs may be given (got {', '.join(extra)})")
-        if not os.path.isfile(args.resume):
+        if args.resume == "":
+            raise ConfigError("--resume: the path is empty")
+        if os.path.isdir(args.resume):
+            raise ConfigError(f"--resume {args.resume}: is a directory, not a checkpoint file")
+        if not os.path.exists(args.resume):
             raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
+        if not os.path.isfile(args.resume):
+            raise ConfigError(f"--resume {args.resume}: not a regular file")
         resolve_device(args.device)
         model = None
     else:
         model = GRU4Rec(device=args.device, **params)
     _check_eval_args(args)  # before training, not after an hour of it
-    _check_save_path(args.save_model, inputs + ([args.resume] if args.resume else []))
+    _check_save_path(args.save_model, inputs + ([args.resume] if args.resume is not None else []))
     if args.checkpoint is not None:
         if args.checkpoint == "":
             raise ConfigError("--checkpoint: the path is empty")
@@ -161,7 +167,7 @@ def cmd_train(args) -> int:
                    f"{s.batches_per_s:,.0f} mb/s  ({s.seconds:.1f} s)")
 
     progress = not (args.json or args.quiet)
-    if args.resume:
+    if args.resume is not None:
         model = GRU4Rec.resume(args.resume, train, device=args.device,
                                n_epochs=params.get("n_epochs"), progress=progress,
                                on_epoch=on_epoch, engine=args.engine,
@@ -280,7 +286,8 @@ def _recommend_sessions(args) -> int:
     else:
         lines = ["SessionId\tRank\tItemId\tScore"]
         for sid, row, scores in zip(res["session_id"], res["items"], res["scores"]):
-            lines.extend(f"{sid}\t{r + 1}\t{item}\t{score:.6g}"
+            sid = _tsv_field(str(sid))
+            lines.extend(f"{sid}\t{r + 1}\t{_tsv_field(item)}\t{score:.6g}"
                          for r, (item, score) in enumerate(zip(row, scores)) if item is not None)
         text = "\n".join(lines) + "\n"
     if args.output is None:
@@ -291,6 +298,15 @@ def _recommend_sessions(args) -> int:
         _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
                    f"{args.output}")
     return 0
+
+
+def _tsv_field(text: str) -> str:
+    """A TSV field: quoted as CSV readers expect (pyarrow, pandas, Python's csv) when the id
+    holds a tab, a line break or a quote (ids read from Parquet or quoted CSV can), else as
+    it is."""
+    if any(c in text for c in '\t\n\r"'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _write_recommendations_parquet(path, res) -> None:
@@ -464,8 +480,12 @@ MAX_THREADS = 1 << 16
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        # importing the subcommands takes a moment: a Ctrl-C then is an interruption too
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("fastgru4rec: interrupted", file=sys.stderr)
+        return 130
     try:
         # 0: leave torch's setting (as `baselines --threads` documents); the subcommand may
         # still apply its own (baselines does, per fit)
@@ -501,9 +521,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         # any other RuntimeError is this program's failure
         return EXIT_BAD_INPUT if isinstance(e, TrainingDiverged) else 1
     except KeyboardInterrupt:
-        ck = getattr(args, "checkpoint", None) or getattr(args, "resume", None)
-        hint = (f" (continue from the last checkpoint with --resume {ck})"
-                if ck and os.path.isfile(ck) else "")
+        # the checkpoint being written, else (none yet) the one this run resumed
+        cks = [getattr(args, "checkpoint", None), getattr(args, "resume", None)]
+        ck = next((c for c in cks if c and os.path.isfile(c)), None)
+        hint = f" (continue from the last checkpoint with --resume {ck})" if ck else ""
         print(f"fastgru4rec {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 

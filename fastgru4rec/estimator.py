@@ -164,11 +164,12 @@ class GRU4Rec:
                             "checkpoint (written by fit(checkpoint=...) or train --checkpoint)")
         est = cls._from_payload(payload, path, device)
         done = training.get("epochs_done")
-        if not (isinstance(done, int) and isinstance(training.get("n_events"), int)
-                and isinstance(training.get("trainer"), dict)
-                and isinstance(training.get("history"), list)):
+        history = training.get("history")
+        if not (type(done) is int and type(training.get("n_events")) is int
+                and isinstance(training.get("trainer"), dict) and isinstance(history, list)
+                and 0 < done == len(history)):
             raise DataError(f"{path}: inconsistent training state (epochs_done, n_events, "
-                            "trainer or history missing or of the wrong type)")
+                            "trainer or history missing, of the wrong type, or disagreeing)")
         if n_epochs is not None:
             est.config = est.config.replace(n_epochs=n_epochs)   # checked as a parameter
             if est.config.n_epochs < done:
@@ -262,7 +263,9 @@ class GRU4Rec:
         SessionData, read with the model's item map, as evaluate() reads test data): the items
         most likely to follow each session's last event, best first. Sessions are batched
         ``batch_size`` at a time, sorted by length (GRU4RecModel.encode); the same items as
-        recommend() on each session alone.
+        recommend() on each session alone, up to float rounding (a batch's products round
+        differently from one session's in the last bits: items whose scores differ by that
+        little may come in the other order).
         Returns {"session_id": object (S,) the original ids, in the data's session order;
         "items": object (S, k) original item ids; "scores": float32 (S, k);
         "n_unknown_events": events dropped for items unknown to the model}. Sessions with no
@@ -415,7 +418,7 @@ def _read_payload(path: Path) -> Dict:
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise DataError(f"{path}: not a fastgru4rec model file")
     if payload.get("version") not in _READABLE_VERSIONS:
-        raise DataError(f"{path}: model format version {payload.get('version')} is not "
+        raise DataError(f"{path}: model format version {payload.get('version')!r} is not "
                         f"supported (this library reads versions "
                         f"{', '.join(map(str, _READABLE_VERSIONS))})")
     return payload

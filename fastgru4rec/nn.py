@@ -268,7 +268,8 @@ class GRU4RecModel(nn.Module):
 
     def encode(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The last step's output h_last (b, H_last) of b item sequences at once, no dropout:
-        the same as stepping each sequence alone from a zero state. items int64 (b, L) holds
+        what stepping each sequence alone from a zero state gives, up to float rounding (a
+        batch's products round differently from one row's). items int64 (b, L) holds
         lane i's sequence right-aligned, items[i, L - lengths[i]:]; the entries before it are
         any valid ids (their steps run, but the lane's state stays zero until its sequence
         starts). lengths int64 (b,), each in 1..L. Sort sequences by length before batching

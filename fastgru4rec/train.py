@@ -208,6 +208,9 @@ class Trainer:
             raise ConfigError(f"optimizer state for {sorted(saved)}, the model has "
                               f"{sorted(self.opt.state)}")
         for name, pair in self.opt.state.items():
+            if len(saved[name]) != len(pair):
+                raise ConfigError(f"optimizer state of {name}: {len(saved[name])} tensors, "
+                                  f"expected {len(pair)} (accumulator, velocity)")
             for mine, theirs in zip(pair, saved[name]):
                 if (mine is None) != (theirs is None) or (
                         mine is not None and mine.shape != theirs.shape):

@@ -232,7 +232,15 @@ def test_resume_refusals(data, small_ck, tmp_path):
     torch.save(payload, bad)
     with pytest.raises(ConfigError, match="bad.pt: optimizer state for"):
         GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
-    for key, value in (("epochs_done", None), ("history", 3), ("trainer", {"trainer": "X"})):
+    payload = torch.load(ck, weights_only=True)     # a velocity dropped (momentum > 0)
+    payload["training"]["trainer"]["optimizer"]["item_weight"] = \
+        payload["training"]["trainer"]["optimizer"]["item_weight"][:1]
+    torch.save(payload, bad)
+    with pytest.raises(ConfigError, match="item_weight: 1 tensors, expected 2"):
+        GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
+    for key, value in (("epochs_done", None), ("history", 3), ("trainer", {"trainer": "X"}),
+                       ("epochs_done", -5), ("epochs_done", True), ("epochs_done", 2),
+                       ("history", [])):
         payload = torch.load(ck, weights_only=True)
         payload["training"][key] = value
         torch.save(payload, bad)
@@ -284,6 +292,12 @@ def test_cli_checkpoint_and_resume(data, tmp_path, capsys):
                      "train", "without training state")
     assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", tmp_path / "nope.pt"),
                      "train", "no such checkpoint file")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", ""), "train",
+                     "--resume: the path is empty")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", tmp_path), "train",
+                     "is a directory, not a checkpoint file")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", "/dev/null"), "train",
+                     "not a regular file")
     assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", ps1, "--checkpoint", ck,
                              "-s", ck), "train", "name the same file")
     assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", ps1, "--checkpoint", tmp_path),

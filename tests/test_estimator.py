@@ -240,6 +240,9 @@ def test_load_errors(tmp_path):
     torch.save({"format": "fastgru4rec-model", "version": 99}, future)
     with pytest.raises(DataError, match="version 99"):
         GRU4Rec.load(future)
+    torch.save({"format": "fastgru4rec-model", "version": "2"}, future)
+    with pytest.raises(DataError, match="version '2' is not supported"):
+        GRU4Rec.load(future)
 
 
 def test_save_is_atomic(fitted, tmp_path, monkeypatch):

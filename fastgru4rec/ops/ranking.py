@@ -160,8 +160,10 @@ def topk_scores_dense(h: torch.Tensor, item_weight: torch.Tensor, item_bias: tor
     sort is N log N: 512 x 1M scores, k 20, one thread: 74 s -> 7.3 s), then the k found re-sorted by (score
     descending, index ascending). torch.topk picks any of the items tied at the k-th score and
     orders ties arbitrarily, so a row whose k-th score is shared with an item left out, or
-    that holds a NaN, is redone with the reference's stable sort: the result equals the
-    reference's exactly."""
+    that holds a NaN, is redone with the reference's stable sort: on the same scores the result
+    equals the reference's exactly. (A block's product may round differently from the
+    reference's one product over all rows, in the last bits: items that tie but for rounding
+    can then come in the other order, as between any two matmul kernels.)"""
     N = item_weight.shape[0]
     values, indices = [], []
     step = max(1, int(max_elements) // max(N, 1))
