@@ -637,3 +637,19 @@ def test_repr_and_discoverable_names(small):
     assert repr(m).endswith(f"[trained on {small[0].n_items:,} items]")
     assert {"GRU4Rec", "GRU4RecModel", "read_sessions"} <= set(dir(fastgru4rec))
     assert ops.ranking.__name__ == "fastgru4rec.ops.ranking" and "optim" in dir(ops)
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_evaluating_in_on_epoch_leaves_the_training_unchanged(small, engine):
+    """The README's per-epoch metrics: evaluate() inside on_epoch (mid-fit) neither fails nor
+    disturbs the training (no generator, sampler or parameter is touched): the parameters equal
+    those of a fit without it, and the last epoch's metrics are the final ones."""
+    train, test = small
+    kw = {**FAST, "n_epochs": 2, "dropout_p_hidden": 0.2}
+    watched = GRU4Rec(**kw)
+    seen = []
+    watched.fit(train, progress=False, engine=engine,
+                on_epoch=lambda s: seen.append(watched.evaluate(test)))
+    plain = GRU4Rec(**kw).fit(train, progress=False, engine=engine)
+    assert _states_equal(_state(watched), _state(plain))
+    assert len(seen) == 2 and seen[-1] == plain.evaluate(test)
