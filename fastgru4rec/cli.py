@@ -154,6 +154,8 @@ def cmd_train(args) -> int:
                                 == os.path.realpath(args.checkpoint)):
             raise ConfigError("-s/--save-model and --checkpoint name the same file (the final "
                               "model would replace the checkpoint's training state)")
+    if args.eval_every_epoch and not args.test:
+        raise ConfigError("--eval-every-epoch evaluates the first -t/--test file: give one")
     t0 = time.perf_counter()
     train = read_sessions(args.train, **_read_kw(args))
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
@@ -162,24 +164,34 @@ def cmd_train(args) -> int:
     for test in tests:
         require_evaluable(test)
 
+    top_k = max(args.cutoffs)
+
     def on_epoch(s):
+        metrics = (f"  Recall@{top_k} {s.metrics['recall'][top_k]:.4f}  MRR@{top_k} "
+                   f"{s.metrics['mrr'][top_k]:.4f}" if s.metrics else "")
         _log(args, f"epoch {s.epoch:>3}: loss {s.loss:.4f}  {s.events_per_s:,.0f} events/s  "
-                   f"{s.batches_per_s:,.0f} mb/s  ({s.seconds:.1f} s)")
+                   f"{s.batches_per_s:,.0f} mb/s  ({s.seconds:.1f} s){metrics}")
 
     progress = not (args.json or args.quiet)
+    # --eval-every-epoch: the first test file after every epoch, with the -m / -e options
+    validation = dict(validation=tests[0], validation_kw=dict(
+        cutoffs=args.cutoffs, mode=args.mode, batch_size=args.eval_batch_size)) \
+        if args.eval_every_epoch else {}
     if args.resume is not None:
         model = GRU4Rec.resume(args.resume, train, device=args.device,
                                n_epochs=params.get("n_epochs"), progress=progress,
                                on_epoch=on_epoch, engine=args.engine,
-                               save_checkpoint=args.checkpoint or True)
+                               save_checkpoint=args.checkpoint or True, **validation)
         _log(args, f"resumed {args.resume}: {len(model.history)} of "
                    f"{model.config.n_epochs} epochs trained")
     else:
         model.fit(train, progress=progress, on_epoch=on_epoch, engine=args.engine,
-                  checkpoint=args.checkpoint)
+                  checkpoint=args.checkpoint, **validation)
     out = {"config": model.config.to_dict(),
            "epochs": [dict(epoch=s.epoch, loss=s.loss, events_per_s=s.events_per_s,
-                           batches_per_s=s.batches_per_s, seconds=s.seconds) for s in model.history]}
+                           batches_per_s=s.batches_per_s, seconds=s.seconds,
+                           **({"metrics": _jsonable(s.metrics)} if s.metrics else {}))
+                      for s in model.history]}
     if args.save_model:
         model.save(args.save_model)
         _log(args, f"saved model to {args.save_model}")
@@ -405,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and kind of device, exactly as if it had not stopped; the "
                         "configuration is the checkpoint's (-ps n_epochs=N may extend it); "
                         "keeps writing the checkpoint there unless --checkpoint says elsewhere")
+    t.add_argument("--eval-every-epoch", action="store_true",
+                   help="evaluate the first -t file after every epoch (shown with the epoch's "
+                        "line, in --json's epochs, and kept in checkpoints)")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
                    help="training loop: fast (with the shared embedding and sampled negatives "

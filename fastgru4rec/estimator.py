@@ -101,7 +101,7 @@ class GRU4Rec:
     @torch.enable_grad()
     def fit(self, data, progress: bool = True, on_epoch=None, schedule_backend: str = "auto",
             engine: str = "auto", checkpoint: Union[str, Path, None] = None,
-            **read_kw) -> "GRU4Rec":
+            validation=None, validation_kw: Optional[Dict] = None, **read_kw) -> "GRU4Rec":
         """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame). Every call
         trains a new model from scratch (a new item map, the seeded initialisation): it never
         continues an earlier fit or a loaded model (GRU4Rec.resume continues a checkpoint). The
@@ -116,7 +116,10 @@ class GRU4Rec:
         checkpoint: a file written (atomically) after every epoch: a model file (load,
         evaluate and recommend read it) that also holds the optimizer, random-stream and
         epoch state, so that GRU4Rec.resume(checkpoint, data) continues the training exactly
-        as if it had not stopped. Checked writable before training starts."""
+        as if it had not stopped. Checked writable before training starts.
+        validation: test data evaluated after every epoch (evaluate() with validation_kw, e.g.
+        cutoffs, mode, batch_size), into each epoch's ``stats.metrics`` (the training is
+        unchanged by it); read, and checked to have evaluation points, before training."""
         if engine not in ("auto", "fast", "reference"):
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         if checkpoint is not None:
@@ -131,7 +134,8 @@ class GRU4Rec:
         trainer = trainer_cls(self.model, self.config, train.supports, self.device,
                               schedule_backend)
         self.history = []
-        self._train_epochs(trainer, train, progress, on_epoch, checkpoint)
+        valid = self._validation(validation, validation_kw)
+        self._train_epochs(trainer, train, progress, on_epoch, checkpoint, valid)
         return self
 
     @classmethod
@@ -140,14 +144,16 @@ class GRU4Rec:
     def resume(cls, checkpoint: Union[str, Path], data, device: Union[str, torch.device] = "cpu",
                n_epochs: Optional[int] = None, progress: bool = True, on_epoch=None,
                schedule_backend: str = "auto", engine: str = "auto",
-               save_checkpoint: Union[str, Path, None, bool] = True, **read_kw) -> "GRU4Rec":
+               save_checkpoint: Union[str, Path, None, bool] = True, validation=None,
+               validation_kw: Optional[Dict] = None, **read_kw) -> "GRU4Rec":
         """Continue the training saved in ``checkpoint`` (a file written by fit(checkpoint=...))
         on the same training data, on the same kind of device: the remaining epochs give the
         parameters an uninterrupted fit would have given (the same configuration, optimizer
         state, dropout and sampling streams). n_epochs: the total number of epochs (default:
         the configuration's; more extends the training). engine: "auto" (the one that wrote
         the checkpoint) or that same one. save_checkpoint: True (keep writing the checkpoint
-        after every epoch), another path, or False / None (write none).
+        after every epoch), another path, or False / None (write none). validation,
+        validation_kw: as for fit (the resumed epochs get metrics; the earlier ones keep theirs).
         DataError when the file is not a checkpoint or the data is not what it was trained on;
         ConfigError when the device, engine or n_epochs cannot continue it."""
         if engine not in ("auto", "fast", "reference"):
@@ -201,14 +207,35 @@ class GRU4Rec:
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise DataError(f"{path}: inconsistent training state "
                             f"({type(e).__name__}: {one_line(e, 300)})") from None
-        est._train_epochs(trainer, train, progress, on_epoch, target, start_epoch=done)
+        valid = est._validation(validation, validation_kw)
+        est._train_epochs(trainer, train, progress, on_epoch, target, valid, start_epoch=done)
         return est
 
+    def _validation(self, data, options: Optional[Dict]):
+        """fit / resume's validation: None, or (SessionData read with the model's item map,
+        evaluate() keyword options), checked before training."""
+        if data is None:
+            if options:
+                raise ValueError("validation_kw given without validation data")
+            return None
+        options = dict(options or {})
+        unknown = set(options) - {"cutoffs", "mode", "batch_size"}
+        if unknown:
+            raise ValueError(f"validation_kw: unknown option(s) {sorted(unknown)} (cutoffs, "
+                             f"mode, batch_size)")
+        data = as_session_data(data, item_map=self._item_map(), **self._read_kw)
+        require_evaluable(data)
+        return data, options
+
     def _train_epochs(self, trainer: Trainer, train: SessionData, progress: bool, on_epoch,
-                      checkpoint, start_epoch: int = 0) -> None:
+                      checkpoint, validation=None, start_epoch: int = 0) -> None:
         """trainer.fit from start_epoch, appending to self.history; after each epoch the
-        checkpoint (if any) is written, then on_epoch(stats) is called."""
+        validation data (if any) is evaluated into stats.metrics, the checkpoint (if any) is
+        written, then on_epoch(stats) is called."""
         def after_epoch(stats: EpochStats) -> None:
+            if validation is not None:
+                data, options = validation
+                stats.metrics = self.evaluate(data, **options)
             self.history.append(stats)
             if checkpoint is not None:
                 self._write(checkpoint, training={

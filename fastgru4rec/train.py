@@ -59,6 +59,9 @@ class EpochStats:
     n_events: int
     n_steps: int
     seconds: float
+    #: GRU4Rec.evaluate's result on the validation data after this epoch (fit / resume with
+    #: ``validation=``), else None
+    metrics: Optional[Dict] = None
 
     @property
     def events_per_s(self) -> float:

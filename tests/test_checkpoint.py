@@ -334,3 +334,54 @@ def test_cli_interrupt_names_the_checkpoint(data, tmp_path):
     resumed = GRU4Rec.resume(ck, train, n_epochs=done + 1, progress=False,
                              save_checkpoint=False)
     assert [h.epoch for h in resumed.history] == list(range(1, done + 2))
+
+
+# ---------------------------------------------------------------------------- validation per epoch
+def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path, capsys):
+    """fit(validation=...) puts evaluate()'s result after each epoch into stats.metrics without
+    changing the training; a checkpoint keeps them and resume adds the new epochs'; the CLI's
+    --eval-every-epoch reports them in --json."""
+    train, test = data
+    params = {**BASE, **CASES["fast-shared-xe"][1]}
+    seen = []
+    watched = GRU4Rec(**params)
+    watched.fit(train, progress=False, on_epoch=lambda s: seen.append(watched.evaluate(
+        test, cutoffs=[5, 20], mode="standard")))
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(_Stop):
+        GRU4Rec(**params).fit(train, progress=False, checkpoint=ck, on_epoch=_stop_after(2),
+                              validation=test, validation_kw=dict(cutoffs=[5, 20],
+                                                                  mode="standard"))
+    resumed = GRU4Rec.resume(ck, train, progress=False, validation=test,
+                             validation_kw=dict(cutoffs=[5, 20], mode="standard"))
+    _params_equal(resumed, watched)
+    assert [h.metrics for h in resumed.history] == seen
+    assert [sorted(h.metrics["recall"]) for h in resumed.history] == [[5, 20]] * 3
+    # resumed without validation: the earlier epochs keep theirs, the new one has none
+    again = GRU4Rec.resume(ck, train, n_epochs=4, progress=False, save_checkpoint=False)
+    assert [h.metrics is not None for h in again.history] == [True, True, True, False]
+
+    with pytest.raises(ValueError, match="unknown option"):
+        GRU4Rec(**params).fit(train, progress=False, validation=test,
+                              validation_kw=dict(cutof=[5]))
+    with pytest.raises(ValueError, match="without validation data"):
+        GRU4Rec(**params).fit(train, progress=False, validation_kw=dict(cutoffs=[5]))
+    calls = []
+    unknown = write_tsv(tmp_path / "unknown.tsv", [("a", "nope", 1), ("a", "nope2", 2)])
+    with pytest.raises(DataError, match="unknown.tsv"):
+        GRU4Rec(**params).fit(train, progress=False, on_epoch=calls.append,
+                              validation=unknown)
+    assert calls == []
+
+    train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    test_tsv = write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    rc, out, err = run_cli(capsys, "train", train_tsv, "-t", test_tsv, "--eval-every-epoch",
+                           "-ps", "layers=16,n_epochs=2,n_sample=8,batch_size=16", "-m", "3",
+                           "10", "--json")
+    assert rc == 0, err
+    import json
+    res = json.loads(out)
+    assert [sorted(e["metrics"]["mrr"]) for e in res["epochs"]] == [["10", "3"]] * 2
+    assert res["epochs"][-1]["metrics"]["recall"] == res["results"][str(test_tsv)]["recall"]
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--eval-every-epoch"), "train",
+                     "--eval-every-epoch evaluates the first -t/--test file")
