@@ -27,7 +27,8 @@ from .config import GRU4RecConfig
 from .data import SessionData, as_session_data, require_evaluable, require_trainable
 from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
-from .evaluate import DEFAULT_CUTOFFS, evaluate_model
+from .evaluate import (DEFAULT_CUTOFFS, MetricAccumulator, check_eval_batch_size,
+                       evaluate_model)
 from .nn import GRU4RecModel
 from .ops.ranking import topk_scores
 from .engine import FastTrainer
@@ -223,6 +224,10 @@ class GRU4Rec:
         if unknown:
             raise ValueError(f"validation_kw: unknown option(s) {sorted(unknown)} (cutoffs, "
                              f"mode, batch_size)")
+        # the options evaluate() would refuse after the first epoch, refused now
+        MetricAccumulator(options.get("cutoffs", DEFAULT_CUTOFFS),
+                          options.get("mode", "conservative"))
+        check_eval_batch_size(options.get("batch_size", 512), "validation_kw batch_size")
         data = as_session_data(data, item_map=self._item_map(), **self._read_kw)
         require_evaluable(data)
         return data, options
@@ -298,8 +303,6 @@ class GRU4Rec:
         "n_unknown_events": events dropped for items unknown to the model}. Sessions with no
         known item do not appear. When exclude_seen leaves fewer than k items (a catalog
         barely larger than a session), the row ends in None / NaN."""
-        from .evaluate import check_eval_batch_size
-
         self._require_fitted()
         if int(k) <= 0:
             raise ValueError(f"k must be positive (got {k})")

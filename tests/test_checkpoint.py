@@ -361,12 +361,19 @@ def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path,
     again = GRU4Rec.resume(ck, train, n_epochs=4, progress=False, save_checkpoint=False)
     assert [h.metrics is not None for h in again.history] == [True, True, True, False]
 
+    calls = []
     with pytest.raises(ValueError, match="unknown option"):
         GRU4Rec(**params).fit(train, progress=False, validation=test,
                               validation_kw=dict(cutof=[5]))
+    for bad, message in ((dict(cutoffs=[0]), "cut-offs must be positive"),
+                         (dict(mode="best"), "unknown evaluation mode"),
+                         (dict(batch_size=0), "validation_kw batch_size must be in")):
+        with pytest.raises(ValueError, match=message):
+            GRU4Rec(**params).fit(train, progress=False, validation=test, validation_kw=bad,
+                                  on_epoch=calls.append)
     with pytest.raises(ValueError, match="without validation data"):
         GRU4Rec(**params).fit(train, progress=False, validation_kw=dict(cutoffs=[5]))
-    calls = []
+    assert calls == []
     unknown = write_tsv(tmp_path / "unknown.tsv", [("a", "nope", 1), ("a", "nope2", 2)])
     with pytest.raises(DataError, match="unknown.tsv"):
         GRU4Rec(**params).fit(train, progress=False, on_epoch=calls.append,
