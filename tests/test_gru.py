@@ -178,3 +178,31 @@ def test_fused_step_reference_equals_nn_grucell_composition():
     plain = gru_step_fused_reference(table, h, cell.weight_ih, cell.bias_ih, cell.weight_hh,
                                      cell.bias_hh, "cell", idx=idx)
     assert torch.allclose(plain, cell(table[idx], h), rtol=1e-12, atol=1e-14)
+
+
+def test_model_exports_with_torch_export_for_serving():
+    """Importing the model into one's own PyTorch code includes serving it: GRU4RecModel's
+    step and scores go through torch.export (no data-dependent Python branches) and the
+    exported program computes what the module does, for each embedding mode."""
+    import pytest
+
+    if not hasattr(torch, "export"):
+        pytest.skip("torch.export needs torch >= 2.1")
+    for mode in ("shared", "separate", "onehot"):
+        torch.manual_seed(0)
+        net = GRU4RecModel(40, layers=(8, 6), embedding_mode=mode,
+                           embedding_dim=5 if mode == "separate" else 0)
+
+        class Serve(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, items, h0, h1):
+                h_last, hidden = self.net(items, [h0, h1])
+                return self.net.score(h_last), hidden[0], hidden[1]
+
+        args = (torch.tensor([3, 0, 39]), torch.randn(3, 8), torch.randn(3, 6))
+        program = torch.export.export(Serve(net), args)
+        for got, want in zip(program.module()(*args), Serve(net)(*args)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
