@@ -2,10 +2,11 @@
 
     fastgru4rec demo                                   synthetic data, no download: GRU4Rec vs POP
     fastgru4rec train TRAIN [-t TEST ...] [-ps k=v,k=v | -pf PARAMFILE] [-m 1 5 10 20]
-                      [-e conservative] [-s MODEL] [--checkpoint CKPT] [--resume CKPT] [--json]
+                      [-e conservative] [-s MODEL] [--checkpoint CKPT] [--resume CKPT]
+                      [--eval-every-epoch] [--json]
     fastgru4rec evaluate MODEL TEST ... [-m ...] [-e ...] [--json] [-q]
     fastgru4rec recommend MODEL ITEM [ITEM ...] [-k 20] [--json]
-    fastgru4rec recommend MODEL --sessions EVENTS [-k 20] [-o OUT.tsv]
+    fastgru4rec recommend MODEL --sessions EVENTS [-k 20] [-o OUT.tsv|OUT.parquet]
     fastgru4rec preprocess rsc15 CLICKS OUTDIR
 
 Bad input ends with a one-line error on stderr and exit status 2, never a traceback.
