@@ -496,9 +496,17 @@ MAX_THREADS = 1 << 16
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    started = time.time()
     try:
         # importing the subcommands takes a moment: a Ctrl-C then is an interruption too
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command == "recommend" and not any(a.startswith("-") for a in extra):
+            # item ids after an option (`recommend MODEL -k 5 ITEM ...`): argparse gave the
+            # optional ITEMS nothing at MODEL and left the ids over
+            args.items = list(args.items) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except KeyboardInterrupt:
         print("fastgru4rec: interrupted", file=sys.stderr)
         return 130
@@ -537,9 +545,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         # any other RuntimeError is this program's failure
         return EXIT_BAD_INPUT if isinstance(e, TrainingDiverged) else 1
     except KeyboardInterrupt:
-        # the checkpoint being written, else (none yet) the one this run resumed
-        cks = [getattr(args, "checkpoint", None), getattr(args, "resume", None)]
-        ck = next((c for c in cks if c and os.path.isfile(c)), None)
+        # the checkpoint this run wrote, else (none yet) the one it resumed; never a file
+        # that only happens to be there (from another run)
+        written = getattr(args, "checkpoint", None)
+        if not (written and os.path.isfile(written) and os.path.getmtime(written) >= started):
+            written = None
+        resumed = getattr(args, "resume", None)
+        ck = written or (resumed if resumed and os.path.isfile(resumed) else None)
         hint = f" (continue from the last checkpoint with --resume {ck})" if ck else ""
         print(f"fastgru4rec {args.command}: interrupted{hint}", file=sys.stderr)
         return 130

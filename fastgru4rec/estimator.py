@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -127,15 +128,17 @@ class GRU4Rec:
             check_writable(checkpoint, [data] if isinstance(data, (str, Path)) else [])
         train = as_session_data(data, **read_kw)
         require_trainable(train, self.config.min_lanes)
+        valid = _validation(validation, validation_kw, train, read_kw)
+        # everything checked and built before the estimator changes: a refused call leaves an
+        # earlier fit as it was
+        model = self.build_model(train.n_items)
+        trainer_cls = Trainer if engine == "reference" else FastTrainer
+        trainer = trainer_cls(model, self.config, train.supports, self.device, schedule_backend)
         self._read_kw = dict(read_kw)
         self.item_ids, self.supports = train.item_ids, train.supports
         self._train_map = None
-        self.model = self.build_model(train.n_items)
-        trainer_cls = Trainer if engine == "reference" else FastTrainer
-        trainer = trainer_cls(self.model, self.config, train.supports, self.device,
-                              schedule_backend)
+        self.model = model
         self.history = []
-        valid = self._validation(validation, validation_kw)
         self._train_epochs(trainer, train, progress, on_epoch, checkpoint, valid)
         return self
 
@@ -183,7 +186,7 @@ class GRU4Rec:
                 raise ConfigError(f"n_epochs={n_epochs} is fewer than the {done} epochs "
                                   f"{path} has already trained")
         saved_trainer = training["trainer"].get("trainer")
-        if saved_trainer not in _ENGINE_OF:
+        if not (isinstance(saved_trainer, str) and saved_trainer in _ENGINE_OF):
             raise DataError(f"{path}: inconsistent training state (trainer {saved_trainer!r})")
         wanted = {"reference": "Trainer", "fast": "FastTrainer"}.get(engine, saved_trainer)
         if wanted != saved_trainer:
@@ -202,35 +205,15 @@ class GRU4Rec:
                               schedule_backend)
         try:
             trainer.load_state_dict(training["trainer"])
-            est.history = [EpochStats(**h) for h in training["history"]]
+            est.history = [_epoch_stats(h, i + 1) for i, h in enumerate(training["history"])]
         except ConfigError as e:     # (a ValueError) what cannot continue, or differs
             raise ConfigError(f"{path}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise DataError(f"{path}: inconsistent training state "
                             f"({type(e).__name__}: {one_line(e, 300)})") from None
-        valid = est._validation(validation, validation_kw)
+        valid = _validation(validation, validation_kw, train, read_kw)
         est._train_epochs(trainer, train, progress, on_epoch, target, valid, start_epoch=done)
         return est
-
-    def _validation(self, data, options: Optional[Dict]):
-        """fit / resume's validation: None, or (SessionData read with the model's item map,
-        evaluate() keyword options), checked before training."""
-        if data is None:
-            if options:
-                raise ValueError("validation_kw given without validation data")
-            return None
-        options = dict(options or {})
-        unknown = set(options) - {"cutoffs", "mode", "batch_size"}
-        if unknown:
-            raise ValueError(f"validation_kw: unknown option(s) {sorted(unknown)} (cutoffs, "
-                             f"mode, batch_size)")
-        # the options evaluate() would refuse after the first epoch, refused now
-        MetricAccumulator(options.get("cutoffs", DEFAULT_CUTOFFS),
-                          options.get("mode", "conservative"))
-        check_eval_batch_size(options.get("batch_size", 512), "validation_kw batch_size")
-        data = as_session_data(data, item_map=self._item_map(), **self._read_kw)
-        require_evaluable(data)
-        return data, options
 
     def _train_epochs(self, trainer: Trainer, train: SessionData, progress: bool, on_epoch,
                       checkpoint, validation=None, start_epoch: int = 0) -> None:
@@ -431,6 +414,26 @@ class GRU4Rec:
 _ENGINE_OF = {"Trainer": "reference", "FastTrainer": "fast"}
 
 
+def _validation(data, options: Optional[Dict], train: SessionData, read_kw: Dict):
+    """fit / resume's validation: None, or (the data read with the training item map,
+    evaluate() keyword options), everything evaluate() would refuse after the first epoch
+    refused now."""
+    if data is None:
+        if options:
+            raise ValueError("validation_kw given without validation data")
+        return None
+    options = dict(options or {})
+    unknown = set(options) - {"cutoffs", "mode", "batch_size"}
+    if unknown:
+        raise ValueError(f"validation_kw: unknown option(s) {sorted(unknown)} (cutoffs, "
+                         f"mode, batch_size)")
+    MetricAccumulator(options.get("cutoffs", DEFAULT_CUTOFFS), options.get("mode", "conservative"))
+    check_eval_batch_size(options.get("batch_size", 512), "validation_kw batch_size")
+    data = as_session_data(data, item_map=train, **read_kw)
+    require_evaluable(data)
+    return data, options
+
+
 def _read_payload(path: Path) -> Dict:
     """The checked top level of a model file (format and version), as a dict."""
     if path.is_dir():
@@ -452,6 +455,30 @@ def _read_payload(path: Path) -> Dict:
                         f"supported (this library reads versions "
                         f"{', '.join(map(str, _READABLE_VERSIONS))})")
     return payload
+
+
+def _epoch_stats(saved: Dict, epoch: int) -> EpochStats:
+    """A checkpoint's history entry back as EpochStats, every field checked (ValueError): the
+    history is printed, and --json must stay valid JSON (finite numbers)."""
+    stats = EpochStats(**saved)
+
+    def count(x):
+        return type(x) is int and x >= 0
+
+    def finite(x):
+        return type(x) in (int, float) and math.isfinite(x)
+
+    ok = (stats.epoch == epoch and type(stats.epoch) is int and finite(stats.loss)
+          and count(stats.n_events) and count(stats.n_steps) and finite(stats.seconds))
+    m = stats.metrics
+    if m is not None:
+        ok = ok and isinstance(m, dict) and all(
+            isinstance(m.get(key), dict) and m[key]
+            and all(type(k) is int and finite(v) for k, v in m[key].items())
+            for key in ("recall", "mrr")) and count(m.get("n_events"))
+    if not ok:
+        raise ValueError(f"history entry {epoch - 1} is not an epoch's record")
+    return stats
 
 
 def encode_item_ids(item_ids: Sequence) -> Dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ event a target, ranked against ALL training items. Test sessions run session-par
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -23,9 +24,15 @@ MAX_EVAL_LANES = MAX_BATCH_SIZE
 
 def check_eval_batch_size(n: int, option: str = "--eval-batch-size") -> None:
     """ConfigError (a ValueError) naming ``option`` unless 1 <= n <= MAX_EVAL_LANES; the
-    commands call it before their long work, evaluation itself again."""
-    if not 0 < n <= MAX_EVAL_LANES:
-        raise ConfigError(f"{option} must be in [1, {MAX_EVAL_LANES}] (got {n})")
+    commands call it before their long work, evaluation itself again. A float or bool is
+    refused (2.5 lanes would fail inside the evaluation, True would mean 1)."""
+    if not _is_int(n) or not 0 < n <= MAX_EVAL_LANES:
+        raise ConfigError(f"{option} must be an integer in [1, {MAX_EVAL_LANES}] (got {n!r})")
+
+
+def _is_int(x) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
 
@@ -34,9 +41,10 @@ class MetricAccumulator:
     """Sums Recall@K and MRR@K over evaluation points."""
 
     def __init__(self, cutoffs: Sequence[int], mode: str):
-        cutoffs = tuple(int(k) for k in cutoffs)
-        if not cutoffs or any(k <= 0 for k in cutoffs):
+        cutoffs = tuple(cutoffs)
+        if not cutoffs or any(not _is_int(k) or k <= 0 for k in cutoffs):
             raise ValueError(f"cut-offs must be positive integers (got {list(cutoffs)})")
+        cutoffs = tuple(int(k) for k in cutoffs)
         if mode not in RANK_MODES:
             raise ValueError(f"unknown evaluation mode {mode!r} (choose from {', '.join(RANK_MODES)})")
         self.cutoffs, self.mode = cutoffs, mode

@@ -610,7 +610,8 @@ def test_eval_batch_size_beyond_the_limit_is_named_up_front(files, capsys, monke
     first = [files["model"]] if command == "evaluate" else [files["train"], "-ps", PS, "-t"]
     for size in ("2147483648", "99999999999999999999"):
         assert_cli_error(run_cli(capsys, command, *first, files["test"], "--eval-batch-size", size,
-                                 "-q"), command, "--eval-batch-size must be in [1, ", size)
+                                 "-q"), command,
+                     "--eval-batch-size must be an integer in [1, ", size)
 
 
 def test_closed_stdout_is_not_a_crash(files, monkeypatch):

@@ -74,7 +74,7 @@ def test_bench_evaluation_is_warmed_up_on_the_first_sessions(monkeypatch, warmup
         assert head.items.tolist() == test.items[:test.offsets[7]].tolist()
     else:
         assert len(seen) == 1
-    with pytest.raises(ValueError, match="eval_batch_size must be in"):
+    with pytest.raises(ValueError, match="eval_batch_size must be an integer in"):
         bench.measure_training(train, test, cfg, torch.device("cpu"), "reference", max_steps=4,
                                warmup_steps=warmup_steps, eval_batch_size=-3)
 

@@ -367,7 +367,10 @@ def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path,
                               validation_kw=dict(cutof=[5]))
     for bad, message in ((dict(cutoffs=[0]), "cut-offs must be positive"),
                          (dict(mode="best"), "unknown evaluation mode"),
-                         (dict(batch_size=0), "validation_kw batch_size must be in")):
+                         (dict(batch_size=0), "validation_kw batch_size must be an integer"),
+                         (dict(batch_size=2.5), "validation_kw batch_size must be an integer"),
+                         (dict(cutoffs=[5.5]), "cut-offs must be positive integers"),
+                         (dict(cutoffs=[True]), "cut-offs must be positive integers")):
         with pytest.raises(ValueError, match=message):
             GRU4Rec(**params).fit(train, progress=False, validation=test, validation_kw=bad,
                                   on_epoch=calls.append)
@@ -392,3 +395,50 @@ def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path,
     assert res["epochs"][-1]["metrics"]["recall"] == res["results"][str(test_tsv)]["recall"]
     assert_cli_error(run_cli(capsys, "train", train_tsv, "--eval-every-epoch"), "train",
                      "--eval-every-epoch evaluates the first -t/--test file")
+
+
+def test_refusals_found_by_the_second_review(data, small_ck, tmp_path, capsys, monkeypatch):
+    train, test = data
+    ck, _ = small_ck
+    # a refused fit leaves the earlier fit as it was
+    model = GRU4Rec.load(ck)
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    model.history = ["kept"]
+    for bad in (dict(validation=test, validation_kw=dict(cutoffs=[0])),
+                dict(validation=tmp_path / "missing.tsv"), dict(validation_kw=dict(mode="x"))):
+        with pytest.raises((ValueError, OSError)):
+            model.fit(train, progress=False, **bad)
+        assert model.history == ["kept"]
+        assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
+    # tampered history entries and trainer names: one-line errors, before any training
+    bad = tmp_path / "bad.pt"
+    for where, value in (("metrics", "x"), ("metrics", {"recall": {20: torch.tensor(0.1)},
+                                                        "mrr": {20: 0.1}, "n_events": 3}),
+                         ("loss", float("nan")), ("epoch", 7), ("seconds", "1")):
+        payload = torch.load(ck, weights_only=True)
+        payload["training"]["history"][0][where] = value
+        torch.save(payload, bad)
+        with pytest.raises(DataError, match="bad.pt: inconsistent training state .*history"):
+            GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
+    payload = torch.load(ck, weights_only=True)
+    payload["training"]["trainer"]["trainer"] = ["x"]
+    torch.save(payload, bad)
+    with pytest.raises(DataError, match="inconsistent training state"):
+        GRU4Rec.resume(bad, train, n_epochs=2, progress=False)
+
+    # Ctrl-C: the hint names this run's checkpoint or the resumed one, never a stale file
+    train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    stale = tmp_path / "stale.pt"
+    stale.write_bytes(ck.read_bytes())
+    import os
+    os.utime(stale, (0, 0))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(GRU4Rec, "fit", interrupted)
+    rc, _, err = run_cli(capsys, "train", train_tsv, "-ps", "layers=8", "--checkpoint", stale)
+    assert rc == 130 and err.strip().splitlines()[-1] == "fastgru4rec train: interrupted"
+    monkeypatch.setattr(GRU4Rec, "resume", interrupted)
+    rc, _, err = run_cli(capsys, "train", train_tsv, "--resume", ck, "--checkpoint", stale)
+    assert rc == 130 and err.strip().splitlines()[-1] == (
+        f"fastgru4rec train: interrupted (continue from the last checkpoint with --resume {ck})")

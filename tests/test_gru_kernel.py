@@ -258,8 +258,9 @@ def test_mismatched_sizes_are_errors_not_reads_past_the_end():
     # (argument, bad value, the start of the message that names it)
     bad = [("x", a["x"][:, :-1], "x must have shape"),
            ("h", torch.cat([a["h"], a["h"][:, :1]], 1), r"weight_hh must have shape .* for h of"),
-           ("idx", idx[:-1], "idx must be an integer vector of"),
-           ("idx", idx.float(), "idx must be an integer vector of"),
+           ("idx", idx[:-1], "idx must be an int32 or int64 vector of"),
+           ("idx", idx.float(), "idx must be an int32 or int64 vector of"),
+           ("idx", idx.to(torch.uint8), "idx must be an int32 or int64 vector of"),
            ("reset", reset[:-1], "reset must have shape"),
            ("bias_ih", a["bias_ih"][:-5], "bias_ih must have shape"),
            ("weight_hh", a["weight_hh"][:, :H - 1], "weight_hh must have shape")]

@@ -54,11 +54,11 @@ def test_triton_scatter_update_rejects_mismatched_widths():
     with pytest.raises(ValueError, match="acc has shape"):
         K.adagrad_momentum_sorted_rows(t, ids, ids, torch.randn(2, 5, device=DEV),
                                        torch.zeros(4, 5, device=DEV), None, 0.1, 0.0, 1e-6)
-    with pytest.raises(ValueError, match="perm must be an integer vector of 2 ids"):
+    with pytest.raises(ValueError, match="perm must be an int32 or int64 vector of 2 ids"):
         K.adagrad_momentum_sorted_rows(t, ids, ids[:1], torch.randn(2, 5, device=DEV),
                                        torch.zeros_like(t), None, 0.1, 0.0, 1e-6)
     # float ids would be truncated to rows silently: refused, the table untouched
-    with pytest.raises(ValueError, match="sorted_ids must be an integer vector of 2 ids"):
+    with pytest.raises(ValueError, match="sorted_ids must be an int32 or int64 vector of 2 ids"):
         K.adagrad_momentum_sorted_rows(t, ids.float() + 0.5, ids, torch.randn(2, 5, device=DEV),
                                        torch.zeros_like(t), None, 0.1, 0.0, 1e-6)
     assert not t.any()

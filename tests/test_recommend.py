@@ -132,7 +132,7 @@ def test_recommend_sessions_edges(fitted, tmp_path):
     assert np.isnan(res["scores"][0, 1:]).all() and np.isfinite(res["scores"][0, 0])
     with pytest.raises(ValueError, match="k must be positive"):
         model.recommend_sessions(path, k=0)
-    with pytest.raises(ValueError, match="batch_size must be in"):
+    with pytest.raises(ValueError, match="batch_size must be an integer in"):
         model.recommend_sessions(path, batch_size=0)
 
 
@@ -194,6 +194,18 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
     assert list(back["ItemId"]) == [i for row in want["items"] for i in row]
     assert set(back["SessionId"]) == {"s\t1"} and set(odd_ids) <= set(back["ItemId"])
 
+    # item ids after options, as before --sessions existed, and between them
+    ids = [str(i) for i in model.item_ids[:2]]
+    want = model.recommend(ids, k=3, exclude_seen=True)
+    for args in (["-k", "3", "--exclude-seen", *ids], [ids[0], "-k", "3", ids[1],
+                                                       "--exclude-seen"]):
+        rc, out, err = run_cli(capsys, "recommend", model_path, *args)
+        assert rc == 0, err
+        assert out.split() == want
+    with pytest.raises(SystemExit) as exit_info:       # argparse's own usage error
+        run_cli(capsys, "recommend", model_path, "-k", "3", ids[0], "--bogus")
+    assert exit_info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
     assert_cli_error(run_cli(capsys, "recommend", model_path), "recommend",
                      "give the session's item ids, or --sessions FILE")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "1", "--sessions", test_tsv),
@@ -203,7 +215,8 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-o",
                              test_tsv), "recommend", "is an input of this command")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv,
-                             "--batch-size", "0"), "recommend", "--batch-size must be in")
+                             "--batch-size", "0"), "recommend",
+                     "--batch-size must be an integer in")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions",
                              tmp_path / "missing.tsv"), "recommend", "missing.tsv")
 

@@ -358,7 +358,7 @@ def test_strided_tables_and_mismatched_sizes():
             fused_sampled_loss_and_grads(h_, W_, b_, Y[:b - 1].to(DEV), "top1", backend=backend)
     Yd = Y.to(DEV)
     uniq, inv = torch.unique(Yd, return_inverse=True)
-    with pytest.raises(ValueError, match="w_scatter must be an integer vector of 12 ids"):
+    with pytest.raises(ValueError, match="w_scatter must be an int32 or int64 vector of 12 ids"):
         fused_sampled_loss_and_grads(h_, W_, b_, Yd, "cross-entropy", rows=(uniq, inv[:2]),
                                      backend="triton")
     with pytest.raises(ValueError, match="logq_per_column"):
