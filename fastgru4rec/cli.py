@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -495,13 +496,18 @@ def _silence_stdout():
 MAX_THREADS = 1 << 16
 
 
+# what argparse itself takes for a positional value rather than an option (an id like -5)
+_NEGATIVE_NUMBER = re.compile(r"-\d+$|-\d*\.\d+$")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     started = time.time()
     try:
         # importing the subcommands takes a moment: a Ctrl-C then is an interruption too
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command == "recommend" and not any(a.startswith("-") for a in extra):
+        if extra and args.command == "recommend" and not any(
+                a.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(a) for a in extra):
             # item ids after an option (`recommend MODEL -k 5 ITEM ...`): argparse gave the
             # optional ITEMS nothing at MODEL and left the ids over
             args.items = list(args.items) + extra

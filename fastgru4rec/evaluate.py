@@ -34,6 +34,7 @@ def _is_int(x) -> bool:
     """An integer (Python or numpy), not a bool."""
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
+
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
 
 

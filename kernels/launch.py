@@ -133,9 +133,8 @@ def index_vector(name: str, ids: torch.Tensor, n: int) -> torch.Tensor:
     """ids as a contiguous (n,) integer vector for a kernel (int32 or int64; a kernel takes
     ids * stride in int64). A float or bool vector would be read as other ids (no error), a
     narrower or unsigned one overflows in the kernel, one of another length is read past its
-    end. Values are not range-checked (that would synchronise with
-    the host every call): out-of-range ids read or write outside the tables, as in a CUDA
-    gather."""
+    end. Values are not range-checked (that would synchronise with the host every call):
+    out-of-range ids read or write outside the tables, as in a CUDA gather."""
     if ids.dim() != 1 or ids.shape[0] != n or ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{name} must be an int32 or int64 vector of {n} ids (got {ids.dtype}, "
                          f"shape {tuple(ids.shape)})")
