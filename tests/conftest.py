@@ -2,7 +2,8 @@
 
 - ``tiny_tsv``: a factory writing a small session file (customary GRU4Rec TSV format) to tmp_path.
 - ``synthetic_tsv``: a factory writing a seeded synthetic train/test pair (fastgru4rec.synthetic).
-- ``one_torch_thread``: a context manager, for module-scoped autouse fixtures of model tests.
+- ``one_torch_thread``: a context manager, for module-scoped autouse fixtures of model tests;
+  the ``single_torch_thread`` fixture applies it to a module (``pytestmark``).
 - ``shared_data``: the real-data folder (../shared/data or $FASTGRU4REC_DATA), skipped if absent;
   ``shared_file`` gives one file in it, skipped if that file is absent (``shared_path(*parts)``:
   the same as a plain function, for module-scoped fixtures).
@@ -85,6 +86,14 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """one_torch_thread for a whole module: ``pytestmark = pytest.mark.usefixtures(
+    "single_torch_thread")``."""
+    with one_torch_thread():
+        yield
 
 
 def write_tsv(path: Path, rows: Iterable[Sequence], header: Optional[Sequence[str]] = HEADER,

@@ -24,8 +24,9 @@ from fastgru4rec.sampling import SampleStore
 from fastgru4rec.synthetic import synthetic_split
 from fastgru4rec.train import Trainer
 
-from conftest import (assert_cli_error, data_to_rows, one_torch_thread, run_cli, subprocess_env,
-                      write_tsv)
+from conftest import assert_cli_error, data_to_rows, run_cli, subprocess_env, write_tsv
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 # a store of 12 rows of 25 ids: redrawn every 12 steps, so its state matters at every epoch end
 BASE = dict(layers=[24], batch_size=16, n_sample=25, sample_store_size=300, n_epochs=3,
@@ -60,12 +61,6 @@ def _params_equal(a: GRU4Rec, b: GRU4Rec):
     assert sa.keys() == sb.keys()
     for name in sa:
         assert torch.equal(sa[name], sb[name]), name
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,14 @@ from fastgru4rec import GRU4Rec
 from fastgru4rec.nn import GRU4RecModel
 from fastgru4rec.synthetic import synthetic_split
 
-from conftest import assert_cli_error, data_to_rows, one_torch_thread, run_cli, write_tsv
+from conftest import assert_cli_error, data_to_rows, run_cli, write_tsv
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 FAST = dict(batch_size=16, n_sample=20, n_epochs=1, learning_rate=0.1)
 MODES = {"shared": dict(layers=[24]),
          "separate-2-layers": dict(layers=[24, 16], constrained_embedding=False, embedding=8),
          "onehot": dict(layers=[16], constrained_embedding=False, embedding=0)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +230,8 @@ def test_uninitialised_model_has_the_same_tensors_and_loads(mode):
     torch.testing.assert_close(empty(torch.tensor([1, 24]), [h, torch.zeros(2, 4)])[0],
                                ref(torch.tensor([1, 24]), [h, torch.zeros(2, 4)])[0],
                                rtol=0, atol=0)
+
+
+def test_module_runs_on_one_torch_thread():
+    # the single_torch_thread fixture (pytestmark) is in force: tiny models, 2-core CI
+    assert torch.get_num_threads() == 1
