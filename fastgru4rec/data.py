@@ -321,13 +321,29 @@ def _read_dataframe(df, keys: _Keys) -> pa.Table:
             if null.any():
                 row = int(np.flatnonzero(null)[0]) + 1
                 raise DataError(f"{name}: row {row}, column {col!r}: missing value")
-            arrays.append(pa.array(series.astype(str).to_numpy(dtype=object), type=pa.string()))
+            try:
+                values = series.astype(str).to_numpy(dtype=object)
+                arrays.append(pa.array(values, type=pa.string()))
+            except UnicodeEncodeError:
+                # a string that is not valid Unicode (a lone surrogate) cannot be stored as UTF-8
+                raw = [str(v) for v in series.to_numpy(dtype=object).tolist()]
+                row = next(i for i, v in enumerate(raw) if not _utf8_encodable(v)) + 1
+                raise DataError(f"{name}: row {row}, column {col!r}: not valid Unicode text "
+                                f"({raw[row - 1]!r})") from None
         else:
             arrays.append(pa.array(series))
     # column labels need not be strings in pandas (header=None gives 0, 1, 2); Arrow's must
     str_keys = _Keys(str(keys.session), str(keys.item), str(keys.time))
     table = pa.Table.from_arrays(arrays, names=[str_keys.session, str_keys.item, str_keys.time])
     return _normalize(table, name, str_keys)
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _read_parquet(path: Path, name: str, keys: _Keys) -> pa.Table:

@@ -342,3 +342,13 @@ def test_rsc15_sample_test_mapped(rsc15_train):
     assert (t.n_events, t.n_sessions, t.n_unknown_events) == (7_299, 1_703, 0)
     assert len(np.unique(t.items)) == 2_875
     assert t.n_items == rsc15_train.n_items
+
+
+def test_dataframe_string_that_is_not_unicode_is_named():
+    """A Python string holding a lone surrogate cannot become UTF-8 (Arrow's strings): a
+    DataError naming the row and column, not pyarrow's UnicodeEncodeError."""
+    df = pd.DataFrame({"SessionId": ["a", "a", "b", "b"],
+                       "ItemId": pd.Series(["x", "y\ud800", "x", "y"], dtype=object),
+                       "Time": [1, 2, 3, 4]})
+    with pytest.raises(DataError, match=r"row 2, column 'ItemId': not valid Unicode text"):
+        read_sessions(df)
