@@ -60,6 +60,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from .config import is_integer
 from .data import (SessionData, as_session_data, read_sessions, require_evaluable,
                    require_trainable)
 from .errors import ConfigError, DataError
@@ -94,7 +95,7 @@ def _torch_threads(n: Optional[int]):
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"parameter {name}={value!r}: must be an integer >= {minimum}")
     return int(value)
 

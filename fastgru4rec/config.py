@@ -197,6 +197,12 @@ def _as_layers(value) -> Tuple[int, ...]:
     return tuple(_as_int(v) for v in items)
 
 
+def is_integer(value) -> bool:
+    """An int or numpy integer, not a bool (True would pass for 1): what a count parameter
+    given as a Python value must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _as_int(value) -> int:
     """A whole number (int, numpy integer, integral float, or its text) as int; else
     ValueError/TypeError."""

@@ -709,7 +709,7 @@ def as_session_data(data, item_map: Optional[SessionData] = None, **read_kw) -> 
     original item ids when it was mapped with another item map than ``item_map``; a path,
     DataFrame or Table is read with read_sessions(data, item_map, **read_kw)."""
     if isinstance(data, SessionData):
-        if item_map is not None and not _same_items(data, item_map):
+        if item_map is not None and not same_item_map(data, item_map):
             return SessionData.from_arrays(
                 np.repeat(data.session_ids, data.session_lengths), data.item_ids[data.items],
                 data.times, item_map=item_map, source=data.source)
@@ -717,7 +717,8 @@ def as_session_data(data, item_map: Optional[SessionData] = None, **read_kw) -> 
     return read_sessions(data, item_map=item_map, **read_kw)
 
 
-def _same_items(a: SessionData, b: SessionData) -> bool:
+def same_item_map(a: SessionData, b: SessionData) -> bool:
+    """True when a and b map the same original item ids to the same indices."""
     return a.item_ids is b.item_ids or (
         a.n_items == b.n_items and bool(np.all(a.item_ids == b.item_ids)))
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .config import GRU4RecConfig
-from .data import SessionData, as_session_data, require_evaluable, require_trainable
+from .data import (SessionData, as_session_data, require_evaluable, require_trainable,
+                   same_item_map)
 from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
 from .evaluate import (DEFAULT_CUTOFFS, MetricAccumulator, check_eval_batch_size,
@@ -193,10 +194,9 @@ class GRU4Rec:
             raise ConfigError(f"{path} was trained by the {_ENGINE_OF[saved_trainer]!r} engine; "
                               f"resume it with that engine (got engine={engine!r})")
         train = as_session_data(data, **read_kw)
-        if (train.n_events != training.get("n_events") or train.n_items != len(est.item_ids)
-                or [str(i) for i in train.item_ids] != [str(i) for i in est.item_ids]):
+        if train.n_events != training["n_events"] or not same_item_map(train, est._item_map()):
             raise DataError(f"{train.source}: not the data {path} was trained on (that had "
-                            f"{training.get('n_events'):,} events over {len(est.item_ids):,} "
+                            f"{training['n_events']:,} events over {len(est.item_ids):,} "
                             f"items; this has {train.n_events:,} over {train.n_items:,}, or "
                             "its items in another order)")
         est._read_kw = dict(read_kw)
@@ -264,9 +264,8 @@ class GRU4Rec:
             raise DataError(f"recommend: none of the session's items {list(session_items)[:5]} "
                             "is known to the model")
         self.model.eval()
-        hidden = self.model.init_hidden(1, self.device)
-        for item in known:
-            h_last, hidden = self.model(torch.tensor([item], device=self.device), hidden)
+        h_last = self.model.encode(torch.tensor([known], device=self.device),
+                                   torch.tensor([len(known)], device=self.device))
         order, _ = self._top_items(h_last, int(k), [set(known)] if exclude_seen else None)
         return [str(self.item_ids[i]) for i in order[0] if i >= 0]
 

@@ -6,14 +6,13 @@ event a target, ranked against ALL training items. Test sessions run session-par
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .batching import build_schedule
-from .config import MAX_BATCH_SIZE
+from .config import MAX_BATCH_SIZE, is_integer
 from .data import SessionData
 from .errors import ConfigError, DataError
 from .ops.ranking import RANK_MODES, rank_counts, ranks_from_counts
@@ -26,13 +25,8 @@ def check_eval_batch_size(n: int, option: str = "--eval-batch-size") -> None:
     """ConfigError (a ValueError) naming ``option`` unless 1 <= n <= MAX_EVAL_LANES; the
     commands call it before their long work, evaluation itself again. A float or bool is
     refused (2.5 lanes would fail inside the evaluation, True would mean 1)."""
-    if not _is_int(n) or not 0 < n <= MAX_EVAL_LANES:
+    if not is_integer(n) or not 0 < n <= MAX_EVAL_LANES:
         raise ConfigError(f"{option} must be an integer in [1, {MAX_EVAL_LANES}] (got {n!r})")
-
-
-def _is_int(x) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
@@ -43,7 +37,7 @@ class MetricAccumulator:
 
     def __init__(self, cutoffs: Sequence[int], mode: str):
         cutoffs = tuple(cutoffs)
-        if not cutoffs or any(not _is_int(k) or k <= 0 for k in cutoffs):
+        if not cutoffs or any(not is_integer(k) or k <= 0 for k in cutoffs):
             raise ValueError(f"cut-offs must be positive integers (got {list(cutoffs)})")
         cutoffs = tuple(int(k) for k in cutoffs)
         if mode not in RANK_MODES:

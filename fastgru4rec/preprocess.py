@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from .config import is_integer
 from .data import _dictionary_codes, _Keys, _normalize, _read_header, read_events
 from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
@@ -212,8 +213,7 @@ def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progres
     written, header only, so that no stale file of an earlier run is left beside the others;
     the counts say so (the command prints a warning).
     """
-    if isinstance(min_item_support, bool) or not isinstance(min_item_support, (int, np.integer)) \
-            or min_item_support < 1:
+    if not is_integer(min_item_support) or min_item_support < 1:
         raise ConfigError(f"min_item_support must be an integer >= 1, got {min_item_support!r}")
     t0 = _time.perf_counter()
     path, name = Path(clicks_path), str(clicks_path)
