@@ -277,9 +277,10 @@ def _recommend_sessions(args) -> int:
     if int(args.k) <= 0:
         raise ConfigError(f"-k must be positive (got {args.k})")
     check_eval_batch_size(args.batch_size, "--batch-size")
+    parquet = args.output is not None and str(args.output).lower().endswith(".parquet")
     if args.output is not None:
         check_writable(args.output, [args.model, args.sessions])
-        if args.json and str(args.output).lower().endswith(".parquet"):
+        if args.json and parquet:
             raise ConfigError("--json and a Parquet -o/--output: give one of them")
     model = GRU4Rec.load(args.model, device=args.device)
     res = model.recommend_sessions(args.sessions, k=args.k, exclude_seen=args.exclude_seen,
@@ -289,28 +290,27 @@ def _recommend_sessions(args) -> int:
     if res["n_unknown_events"]:
         print(f"fastgru4rec recommend: warning: {res['n_unknown_events']:,} event(s) of items "
               f"unknown to the model skipped", file=sys.stderr)
-    if args.output is not None and str(args.output).lower().endswith(".parquet"):
+    if parquet:
         _write_recommendations_parquet(args.output, res)
-        _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
-                   f"{args.output}")
-        return 0
-    if args.json:
-        text = json.dumps({str(sid): [i for i in row if i is not None]
-                           for sid, row in zip(res["session_id"], res["items"])}) + "\n"
     else:
-        lines = ["SessionId\tRank\tItemId\tScore"]
-        for sid, row, scores in zip(res["session_id"], res["items"], res["scores"]):
-            sid = _tsv_field(str(sid))
-            lines.extend(f"{sid}\t{r + 1}\t{_tsv_field(item)}\t{score:.6g}"
-                         for r, (item, score) in enumerate(zip(row, scores)) if item is not None)
-        text = "\n".join(lines) + "\n"
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
+        if args.json:
+            text = json.dumps({str(sid): [i for i in row if i is not None]
+                               for sid, row in zip(res["session_id"], res["items"])}) + "\n"
+        else:
+            lines = ["SessionId\tRank\tItemId\tScore"]
+            for sid, row, scores in zip(res["session_id"], res["items"], res["scores"]):
+                sid = _tsv_field(str(sid))
+                lines.extend(f"{sid}\t{r + 1}\t{_tsv_field(item)}\t{score:.6g}"
+                             for r, (item, score) in enumerate(zip(row, scores))
+                             if item is not None)
+            text = "\n".join(lines) + "\n"
+        if args.output is None:
+            sys.stdout.write(text)
+            return 0
         with atomic_write(args.output, "w") as f:
             f.write(text)
-        _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
-                   f"{args.output}")
+    _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
+               f"{args.output}")
     return 0
 
 
