@@ -8,6 +8,7 @@
     fastgru4rec recommend MODEL ITEM [ITEM ...] [-k 20] [--json]
     fastgru4rec recommend MODEL --sessions EVENTS [-k 20] [-o OUT.tsv|OUT.parquet]
     fastgru4rec preprocess rsc15 CLICKS OUTDIR
+    fastgru4rec info [--json]                          versions, extension, GPUs, backends
 
 Bad input ends with a one-line error on stderr and exit status 2, never a traceback.
 """
@@ -20,6 +21,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional
 
 from .config import GRU4RecConfig, parse_param_string, read_param_file
@@ -261,8 +263,8 @@ def cmd_recommend(args) -> int:
     if args.json:
         print(json.dumps({"session": [i for i in args.items if i in known_ids],
                           "unknown_items": unknown, "recommendations": recs}))
-    else:
-        print("\n".join(recs))
+    else:   # one id a line, quoted as in --sessions' TSV when it holds a line break
+        print("\n".join(map(_tsv_field, recs)))
     return 0
 
 
@@ -346,6 +348,68 @@ def _write_recommendations_parquet(path, res) -> None:
         pq.write_table(table, f)
 
 
+def environment_report() -> Dict:
+    """What `fastgru4rec info` reports: versions, whether the C++ extension loaded (else why
+    not), the GPUs torch sees, and which implementation the ops run on CPU and CUDA tensors."""
+    import torch
+
+    from . import native
+    from .bench import environment_info
+    from .ops.backend import ENV_BACKEND, reference_forced, triton_available
+
+    cuda = torch.cuda.is_available()
+    with warnings.catch_warnings():   # a missing extension is this report's subject
+        warnings.simplefilter("ignore", RuntimeWarning)
+        info = environment_info("cuda" if cuda else "cpu")
+    for key in ("device", "device_name", "loadavg", "driver", "gpu_memory_gib",
+                "gpu_capability", "cudnn"):
+        info.pop(key, None)
+    info["native_extension"] = native.available()
+    info["native_extension_error"] = (None if info["native_extension"]
+                                      else one_line(native.load_error()))
+    info["cuda_devices"] = [
+        {"name": props.name, "capability": f"{props.major}.{props.minor}",
+         "memory_gib": round(props.total_memory / 2 ** 30, 1)}
+        for props in map(torch.cuda.get_device_properties, range(torch.cuda.device_count()))
+    ] if cuda else []
+    # ops.backend.resolve_backend's rule for "auto", spelled out per device type
+    gpu_ops = "torch" if reference_forced() or not triton_available() else "triton"
+    info["ops_backend"] = {"cpu": "torch", "cuda": gpu_ops}
+    info["settings"] = {k: os.environ[k] for k in (ENV_BACKEND, "FASTGRU4REC_NO_NATIVE",
+                                                    "FASTGRU4REC_NATIVE_PATH",
+                                                    "FASTGRU4REC_DATA") if k in os.environ}
+    return info
+
+
+def cmd_info(args) -> int:
+    info = environment_report()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"fastgru4rec {info['fastgru4rec']} (python {info['python']}, torch {info['torch']}, "
+          f"numpy {info['numpy']}, triton {info['triton'] or 'not installed'})")
+    print("native extension: " + ("loaded (C++ session batcher, sampler, row optimizer)"
+                                  if info["native_extension"] else
+                                  f"unavailable, the slower Python batcher and sampler run "
+                                  f"({info['native_extension_error']})"))
+    print(f"CPU: {info['cpu']}, {info['cpu_count']} cores, torch threads "
+          f"{info['torch_threads']}")
+    if info["cuda_devices"]:
+        for i, d in enumerate(info["cuda_devices"]):
+            print(f"cuda:{i}: {d['name']} (compute capability {d['capability']}, "
+                  f"{d['memory_gib']} GiB), CUDA runtime {info['cuda_runtime']}")
+    else:
+        print("CUDA: no GPU visible to torch" + ("" if info["cuda_runtime"] else
+                                                 " (a CPU-only torch build)"))
+    names = {"torch": "the plain-torch reference", "triton": "the fused Triton kernels"}
+    print(f"ops: CPU tensors run {names['torch']}, CUDA tensors "
+          f"{names[info['ops_backend']['cuda']]}"
+          + ("" if info["triton"] else " (triton is not installed)"))
+    for key, value in info["settings"].items():
+        print(f"{key}={value}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .estimator import GRU4Rec
     from .evaluate import DEFAULT_CUTOFFS
@@ -387,7 +451,10 @@ def _demo_baselines(train, test, cutoffs) -> Dict[str, Dict]:
 
 # ------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="fastgru4rec", description="GRU4Rec, faithful and fast.")
+    p.add_argument("--version", action="version", version=f"fastgru4rec {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -462,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (--sessions)")
     _add_data_args(r)
     r.set_defaults(func=cmd_recommend)
+
+    i = sub.add_parser("info", help="versions, the C++ extension, GPUs and which "
+                       "implementation the ops run (for bug reports)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
 
     # Subcommands that live beside their implementation. Imported directly: a broken module
     # must fail loudly, not drop its subcommand.

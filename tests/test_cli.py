@@ -31,9 +31,10 @@ def _env():
     return env
 
 
-def _popen(*args, cwd):
+def _popen(*args, cwd, extra_env=None):
     return subprocess.Popen([sys.executable, "-m", "fastgru4rec", *map(str, args)], cwd=str(cwd),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**_env(), **(extra_env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _run(*args, cwd, timeout=120):
@@ -292,3 +293,43 @@ def test_demo_one_epoch_json(capsys):
     assert g["recall"]["20"] > 0.3 and g["mrr"]["20"] > 0.1
     if "POP" in res["results"]:
         assert g["recall"]["20"] > res["results"]["POP"]["recall"]["20"]
+
+
+# ---------------------------------------------------------------------------- info, --version
+def test_version_and_info(capsys, monkeypatch):
+    import torch
+
+    import fastgru4rec
+    from fastgru4rec import native
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--version"])
+    assert ei.value.code == 0
+    assert capsys.readouterr().out == f"fastgru4rec {fastgru4rec.__version__}\n"
+
+    monkeypatch.setenv("FASTGRU4REC_BACKEND", "torch")   # forces the reference on CUDA too
+    rc, out, err = run_cli(capsys, "info", "--json")
+    assert rc == 0, err
+    info = json.loads(out)
+    assert (info["fastgru4rec"], info["torch"]) == (fastgru4rec.__version__, torch.__version__)
+    assert info["native_extension"] == native.available()
+    assert (info["native_extension_error"] is None) == native.available()
+    assert len(info["cuda_devices"]) == (torch.cuda.device_count()
+                                         if torch.cuda.is_available() else 0)
+    assert info["ops_backend"] == {"cpu": "torch", "cuda": "torch"}
+    assert info["settings"]["FASTGRU4REC_BACKEND"] == "torch"
+    rc, out, _ = run_cli(capsys, "info")
+    assert rc == 0 and out.startswith(f"fastgru4rec {fastgru4rec.__version__} (python ")
+    assert "FASTGRU4REC_BACKEND=torch" in out.splitlines()
+    monkeypatch.delenv("FASTGRU4REC_BACKEND")
+    info = json.loads(run_cli(capsys, "info", "--json")[1])
+    assert info["ops_backend"]["cuda"] == ("triton" if info["triton"] else "torch")
+
+
+def test_info_names_why_the_native_extension_is_off(tmp_path):
+    """A real process (the extension is loaded once per process): the reason, no warning."""
+    p = _popen("info", cwd=tmp_path, extra_env={"FASTGRU4REC_NO_NATIVE": "1"})
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "native extension: unavailable" in out and "FASTGRU4REC_NO_NATIVE" in out
+    assert "Warning" not in err

@@ -189,6 +189,13 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
     want = GRU4Rec.load(odd_path).recommend_sessions(odd_tsv, k=60)
     assert list(back["ItemId"]) == [i for row in want["items"] for i in row]
     assert set(back["SessionId"]) == {"s\t1"} and set(odd_ids) <= set(back["ItemId"])
+    # one session to stdout: one id a line, quoted the same way
+    rc, out, err = run_cli(capsys, "recommend", odd_path, "-k", "60", str(model.item_ids[5]))
+    assert rc == 0, err
+    want = GRU4Rec.load(odd_path).recommend([str(model.item_ids[5])], k=60)
+    assert set(odd_ids) <= set(want)
+    lines = out.splitlines(keepends=True)
+    assert list(csv.reader(lines, delimiter="\t")) == [[i] for i in want]
 
     # item ids after options, as before --sessions existed, and between them
     ids = [str(i) for i in model.item_ids[:2]]
