@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .ops.gru import gru_step
+from .ops.gru import check_dropout_probability, gru_step
 from .ops.scoring import sampled_scores
 
 EMBEDDING_MODES = ("shared", "separate", "onehot")
@@ -167,9 +167,14 @@ class GRU4RecModel(nn.Module):
         if embedding_mode == "separate" and embedding_dim <= 0:
             raise ValueError("the separate embedding mode needs embedding_dim > 0")
         layers = tuple(int(h) for h in layers)
+        if not layers:
+            raise ValueError("GRU4RecModel: layers must hold at least one hidden size")
         if variants is None:
             variants = ["original" if (l == 0 and embedding_mode == "onehot") else "cell"
                         for l in range(len(layers))]
+        elif len(variants) != len(layers):
+            raise ValueError(f"GRU4RecModel: {len(variants)} variants for {len(layers)} layers "
+                             f"(one per layer)")
         self.n_items, self.layers, self.embedding_mode = int(n_items), layers, embedding_mode
         self.embedding_dim = embedding_dim if embedding_mode == "separate" else 0
         g = torch.Generator().manual_seed(int(seed))
@@ -231,14 +236,24 @@ class GRU4RecModel(nn.Module):
         ``generator``) is applied to the embedding rows and to each layer's output; the
         dropped-out output is what is carried as the next state (REFERENCE §3).
         """
+        width = getattr(self, self.input_table_name).shape[1]
+        if input_rows.dim() != 2 or input_rows.shape[1] != width:
+            raise ValueError(f"GRU4RecModel: input_rows must be (b, {width}) rows of "
+                             f"{self.input_table_name} (got shape {tuple(input_rows.shape)})")
         b = input_rows.shape[0]
         if len(hidden) != len(self.gru):
             raise ValueError(f"GRU4RecModel: hidden holds {len(hidden)} tensors for "
                              f"{len(self.gru)} layers (use init_hidden)")
+        dtype = self.item_weight.dtype
         for l, (h, size) in enumerate(zip(hidden, self.layers)):
             if tuple(h.shape) != (b, size):
                 raise ValueError(f"GRU4RecModel: hidden[{l}] has shape {tuple(h.shape)}, "
                                  f"expected ({b}, {size}) for a batch of {b}")
+            if h.dtype != dtype:
+                raise ValueError(f"GRU4RecModel: hidden[{l}] is {h.dtype}, the model's "
+                                 f"parameters {dtype} (use init_hidden)")
+        check_dropout_probability(dropout_embed, "GRU4RecModel.step: dropout_embed")
+        check_dropout_probability(dropout_hidden, "GRU4RecModel.step: dropout_hidden")
         new_hidden = []
         if self.embedding_mode == "onehot":
             gi = input_rows + self.input_bias
@@ -277,6 +292,9 @@ class GRU4RecModel(nn.Module):
         if items.dim() != 2 or lengths.shape != (items.shape[0],):
             raise ValueError(f"GRU4RecModel.encode: items (b, L) and lengths (b,) expected "
                              f"(got {tuple(items.shape)} and {tuple(lengths.shape)})")
+        if items.dtype.is_floating_point or lengths.dtype.is_floating_point:
+            raise ValueError(f"GRU4RecModel.encode: items and lengths must be integer tensors "
+                             f"(got {items.dtype} and {lengths.dtype})")
         b, L = items.shape
         if b and not bool(((lengths >= 1) & (lengths <= L)).all()):
             raise ValueError(f"GRU4RecModel.encode: lengths must be in 1..{L}")
@@ -289,6 +307,10 @@ class GRU4RecModel(nn.Module):
 
     def score(self, h_last: torch.Tensor, item_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores (b, n) of h_last (b, H) against the items item_idx (n,) or all N items."""
+        H = self.item_weight.shape[1]
+        if h_last.dim() != 2 or h_last.shape[1] != H:
+            raise ValueError(f"GRU4RecModel.score: h_last must be (b, {H}) (got shape "
+                             f"{tuple(h_last.shape)})")
         if item_idx is None:
             return sampled_scores(h_last, self.item_weight, self.item_bias)
         return sampled_scores(h_last, self.item_weight.index_select(0, item_idx),

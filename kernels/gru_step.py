@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch
+from . import contracts, launch
 
 _MASK31 = 0x7FFFFFFF
 
@@ -562,51 +562,17 @@ def _blocks(B: int, H: int, E: int, variant: str):
 
 
 def _dropout_args(p: float, stream: int, which: int):
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    p = contracts.check_dropout_probability(p)
     return dropout_salt(stream, which), dropout_threshold(p), 1.0 / (1.0 - p), p > 0.0
 
 
 def _reset_arg(reset: torch.Tensor) -> torch.Tensor:
-    """The (b,) reset flags as the kernels read them (nonzero: the lane restarts): bool as
-    uint8, integer flags as they are (e.g. a view into the engine's int64 step row); a strided
-    view is copied (the kernels read element i at offset i)."""
-    if reset.dtype.is_floating_point or reset.dim() != 1:
-        raise ValueError(f"reset must be a (b,) bool or integer tensor "
-                         f"(got {reset.dtype}, shape {tuple(reset.shape)})")
+    """The (b,) reset flags as the kernels read them (nonzero: the lane restarts; checked by
+    contracts.check_step_shapes): bool as uint8, integer flags as they are (e.g. a view into
+    the engine's int64 step row); a strided view is copied (the kernels read element i at
+    offset i)."""
     reset = reset.contiguous()
     return reset.view(torch.uint8) if reset.dtype == torch.bool else reset
-
-
-def _check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset):
-    """The kernels read raw pointers with sizes taken from h (b, H) and weight_ih (3H, E): a
-    tensor of another size would be read past its end (wrong numbers or a crash), so every
-    size is checked here (metadata only, no device sync). Ids in idx are not range-checked
-    (that would synchronise with the host every step): they must be rows of x."""
-    if h.dim() != 2:
-        raise ValueError(f"h must be (b, H) (got shape {tuple(h.shape)})")
-    B, H = h.shape
-    want = {"weight_hh": (weight_hh, (3 * H, H))}
-    if weight_ih is not None:
-        E = weight_ih.shape[-1]
-        want["weight_ih"] = (weight_ih, (3 * H, E))
-    else:
-        E = 3 * H
-    for name, t in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if t is not None:
-            want[name] = (t, (3 * H,))
-    if reset is not None:
-        want["reset"] = (reset, (B,))
-    if idx is not None:
-        launch.index_vector("idx", idx, B)
-    for name, (t, shape) in want.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} for h of shape {(B, H)} "
-                             f"(got {tuple(t.shape)})")
-    if x.dim() != 2 or x.shape[1] != E or (idx is None and x.shape[0] != B):
-        rows = "n" if idx is not None else str(B)
-        raise ValueError(f"x must have shape ({rows}, {E}) (got {tuple(x.shape)})")
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -621,7 +587,7 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
     int64 (1,).
     Returns (h' after output dropout (b, H) in h's dtype, saved gates (b, 4H) fp32)."""
     launch.require_cuda("the triton GRU step", x, h)
-    _check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
+    contracts.check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
     B, H = h.shape
     proj = weight_ih is not None
     E = weight_ih.shape[1] if proj else 3 * H
@@ -660,7 +626,7 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
     dweight_hh, dbias_hh): dx_rows (b, E) or (b, 3H) are the gradients of the rows x[idx] (the
     caller scatters them into the table), written into dx_out (contiguous, x's dtype) when
     given; absent parameters give None."""
-    _check_step_shapes(x, h, weight_ih, None, weight_hh, None, idx, reset)
+    contracts.check_step_shapes(x, h, weight_ih, None, weight_hh, None, idx, reset)
     B, H = h.shape
     proj = weight_ih is not None
     E = weight_ih.shape[1] if proj else 3 * H

@@ -12,8 +12,6 @@
 - ``require_cuda(what, *tensors)``: a launch on CPU tensors outside the interpreter is an
   error, said in one line.
 - ``sm_count(device)``: streaming multiprocessors, to size grids that fill the GPU.
-- ``index_vector(name, ids, n)``: the check every launch makes of an id vector (int32 or
-  int64, (n,)), and its contiguous form.
 - ``new_output(shape, dtype, device)`` / ``poisoned(t)``: the buffers launch functions hand to
   kernels, filled with NaN (integers: -2^30) first while ``poison`` is on, so an element a
   kernel forgets to write fails the tests' comparisons. On under the interpreter (CI) and with
@@ -127,15 +125,3 @@ def poisoned(t: torch.Tensor) -> torch.Tensor:
 def new_output(shape, dtype, device) -> torch.Tensor:
     """torch.empty for a kernel's output, poisoned while poison is on."""
     return poisoned(torch.empty(shape, dtype=dtype, device=device))
-
-
-def index_vector(name: str, ids: torch.Tensor, n: int) -> torch.Tensor:
-    """ids as a contiguous (n,) integer vector for a kernel (int32 or int64; a kernel takes
-    ids * stride in int64). A float or bool vector would be read as other ids (no error), a
-    narrower or unsigned one overflows in the kernel, one of another length is read past its
-    end. Values are not range-checked (that would synchronise with the host every call):
-    out-of-range ids read or write outside the tables, as in a CUDA gather."""
-    if ids.dim() != 1 or ids.shape[0] != n or ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{name} must be an int32 or int64 vector of {n} ids (got {ids.dtype}, "
-                         f"shape {tuple(ids.shape)})")
-    return ids.contiguous()

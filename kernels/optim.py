@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch
+from . import contracts, launch
 
 
 @triton.jit
@@ -145,8 +145,8 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
     if table2.shape[1] != H:
         raise ValueError(f"adagrad rows kernel: gradient rows have {H} columns, the table "
                          f"{table2.shape[1]}")
-    sorted_ids = launch.index_vector("adagrad rows kernel: sorted_ids", sorted_ids, L)
-    perm = launch.index_vector("adagrad rows kernel: perm", perm, L)
+    sorted_ids = contracts.index_vector("adagrad rows kernel: sorted_ids", sorted_ids, L)
+    perm = contracts.index_vector("adagrad rows kernel: perm", perm, L)
     if L == 0:
         return
     for name, t in (("table", table2), ("acc", acc2), ("vel", vel2), ("grad", grad2)):

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch
+from . import contracts, launch
 from .scoring import _pow2, _score_tile, _split_plan, catalog_inputs, resolve_precision
 
 
@@ -73,7 +73,7 @@ def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     N = weight.shape[0]
     dev = h.device
     launch.require_cuda("the triton rank", h, weight)
-    targets = launch.index_vector("targets", targets, b)
+    targets = contracts.index_vector("targets", targets, b)
     BM, BN, BK = _blocks(b, H)
     n_rb = triton.cdiv(b, BM)
     ts = launch.new_output((b,), torch.float32, dev)

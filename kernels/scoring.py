@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch
+from . import contracts, launch
 
 # loss codes (constexpr)
 CE, BPR_MAX, TOP1_MAX, TOP1, BPR = 0, 1, 2, 3, 4
@@ -362,10 +362,9 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     h, weight, bias = catalog_inputs(h, weight, bias, bias_per_item=False)
     b, H = h.shape
     C = w_col.shape[0]
-    if C < b:   # lane i's positive is column i
-        raise ValueError(f"scores have {C} columns for {b} lanes: lane i's positive is column i")
-    w_col = launch.index_vector("w_col", w_col, C)
-    b_col = launch.index_vector("b_col", b_col, C)
+    contracts.check_sampled_columns(b, C, loss)
+    w_col = contracts.index_vector("w_col", w_col, C)
+    b_col = contracts.index_vector("b_col", b_col, C)
     dev = h.device
     code = LOSS_CODES[loss]
     launch.require_cuda("the triton sampled loss", h, weight)
@@ -390,11 +389,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
                              f"(got {tuple(log_support.shape)})")
         lq = log_support.to(device=dev, dtype=torch.float32).contiguous()
     elif has_lq:
-        if logq_per_column is None:
-            raise ValueError("cross-entropy with logq > 0 needs logq_per_column or log_support")
-        if tuple(logq_per_column.shape) != (C,):
-            raise ValueError(f"logq_per_column must have shape ({C},) (got "
-                             f"{tuple(logq_per_column.shape)})")
+        contracts.check_logq_per_column(logq_per_column, C)
         lq = logq_per_column.to(device=dev, dtype=torch.float32).contiguous()
     else:
         lq = R   # unused
@@ -430,8 +425,8 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         if w_scatter is None or b_scatter is None:
             raise ValueError("the sampled loss's gradients need w_scatter and b_scatter "
                              "(or per_column=True)")
-        w_scatter = launch.index_vector("w_scatter", w_scatter, C)
-        b_scatter = launch.index_vector("b_scatter", b_scatter, C)
+        w_scatter = contracts.index_vector("w_scatter", w_scatter, C)
+        b_scatter = contracts.index_vector("b_scatter", b_scatter, C)
         d_rows = torch.zeros((n_w_rows, H), dtype=torch.float32, device=dev)
         d_bias = torch.zeros((n_b_rows,), dtype=torch.float32, device=dev)
     if big_blocks:
@@ -576,7 +571,8 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     h, weight, bias = catalog_inputs(h, weight, bias)
     b, H = h.shape
     N = weight.shape[0]
-    targets = launch.index_vector("targets", targets, b)
+    targets = contracts.index_vector("targets", targets, b)
+    contracts.check_catalog_grad_buffers(d_weight_out, d_bias_out)
     for name, t, shape in (("d_weight_out", d_weight_out, (N, H)), ("d_bias_out", d_bias_out, (N,))):
         if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
                               or not t.is_contiguous()):
@@ -621,8 +617,6 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     accum = d_weight_out is not None
     dW = d_weight_out if accum else launch.new_output((N, H), torch.float32, dev)
     if accum:
-        if d_bias_out is None:
-            raise ValueError("d_weight_out needs d_bias_out too")
         db = d_bias_out
     else:
         db = launch.new_output((N,), torch.float32, dev)

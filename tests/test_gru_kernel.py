@@ -261,7 +261,7 @@ def test_mismatched_sizes_are_errors_not_reads_past_the_end():
            ("idx", idx[:-1], "idx must be an int32 or int64 vector of"),
            ("idx", idx.float(), "idx must be an int32 or int64 vector of"),
            ("idx", idx.to(torch.uint8), "idx must be an int32 or int64 vector of"),
-           ("reset", reset[:-1], "reset must have shape"),
+           ("reset", reset[:-1], r"reset must be a \(3,\) bool or integer tensor"),
            ("bias_ih", a["bias_ih"][:-5], "bias_ih must have shape"),
            ("weight_hh", a["weight_hh"][:, :H - 1], "weight_hh must have shape")]
     for name, t, message in bad:

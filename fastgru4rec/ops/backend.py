@@ -49,6 +49,13 @@ def resolve_backend(backend: str, like: torch.Tensor, op: str = "op") -> str:
     return backend
 
 
+def load_contracts() -> ModuleType:
+    """kernels/contracts.py: the launch functions' argument checks, which the plain-torch
+    references apply too (same arguments accepted and refused by both backends). Plain torch:
+    importing it never imports triton."""
+    return load_kernels("contracts")
+
+
 def load_kernels(name: str) -> ModuleType:
     """A launch module of kernels/, imported on first use (importing an op never imports
     triton). Installed wheel: fastgru4rec.kernels.<name>; source checkout: kernels.<name>."""

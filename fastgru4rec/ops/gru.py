@@ -19,7 +19,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from .backend import load_kernels, resolve_backend
+from .backend import load_contracts, load_kernels, resolve_backend
+
+_contracts = load_contracts()
 
 
 def gru_step_reference(gi: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
@@ -32,6 +34,7 @@ def gru_step_reference(gi: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tenso
                               c = tanh(gi_c + (r ⊙ h) W_hc),        h' = (1 - z) ⊙ h + z ⊙ c
     (the original form has a single bias per gate, folded into gi; bias_hh must be None.)
     """
+    _contracts.check_step_shapes(gi, h, None, None, weight_hh, bias_hh, None, None)
     H = h.shape[1]
     if variant == "cell":
         gh = torch.nn.functional.linear(h, weight_hh, bias_hh)          # (b, 3H)
@@ -120,8 +123,11 @@ def _check_args(variant: str, bias_hh, dropout_in: float, dropout_out: float):
     if variant == "original" and bias_hh is not None:
         raise ValueError("the original GRU variant has no bias_hh")
     for p in (dropout_in, dropout_out):
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        check_dropout_probability(p)
+
+
+#: p as a float in [0, 1), else ValueError (the kernels' check; GRU4RecModel.step's too)
+check_dropout_probability = _contracts.check_dropout_probability
 
 
 def gru_step_fused_reference(x: torch.Tensor, h: torch.Tensor, weight_ih: Optional[torch.Tensor],
@@ -132,6 +138,7 @@ def gru_step_fused_reference(x: torch.Tensor, h: torch.Tensor, weight_ih: Option
                              dropout_out: float = 0.0, seed=0, stream: int = 0) -> torch.Tensor:
     """Plain-torch reference of :func:`gru_step_fused` (same arguments, autograd by torch)."""
     _check_args(variant, bias_hh, dropout_in, dropout_out)
+    _contracts.check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
     rows = x if idx is None else x.index_select(0, idx)
     if weight_ih is None:
         gi = rows if bias_ih is None else rows + bias_ih
@@ -257,7 +264,8 @@ def gru_step_fused(x: torch.Tensor, h: torch.Tensor, weight_ih: Optional[torch.T
     idx: optional int64 (b,) rows of x to use (the embedding lookup fused into the step; the
        gradient of x is then dense (n, ·), rows scattered). Without idx, n = b.
     h: (b, H); weight_hh (3H, H); bias_hh (3H,) ("cell") or None (required None in "original").
-    reset: optional bool (b,): lanes whose session restarts, their h is taken as 0.
+    reset: optional bool or integer (b,): lanes whose session restarts (nonzero), their h is
+       taken as 0.
     dropout_in: inverted dropout on the input rows x (not on projection rows);
     dropout_out: on h'. Masks come from the counter-based hash of (seed, stream, row, col)
        (:func:`dropout_keep_mask`); seed is an int or an int64 tensor of one element (pass a
@@ -271,6 +279,8 @@ def gru_step_fused(x: torch.Tensor, h: torch.Tensor, weight_ih: Optional[torch.T
     _check_args(variant, bias_hh, dropout_in, dropout_out)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    # before reset is converted below: the same arguments refused on both backends
+    _contracts.check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
     if _resolve_backend(backend, h) == "torch":
         return gru_step_fused_reference(x, h, weight_ih, bias_ih, weight_hh, bias_hh, variant,
                                         idx=idx, reset=reset, dropout_in=dropout_in,

@@ -10,7 +10,9 @@ from typing import Tuple
 
 import torch
 
-from .backend import load_kernels, resolve_backend
+from .backend import load_contracts, load_kernels, resolve_backend
+
+_contracts = load_contracts()
 
 RANK_MODES = ("standard", "conservative", "median")
 
@@ -18,6 +20,7 @@ RANK_MODES = ("standard", "conservative", "median")
 def rank_counts_from_scores(scores: torch.Tensor, targets: torch.Tensor
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """scores (b, N), targets int64 (b,) -> (n_greater, n_equal), int64 (b,) each."""
+    targets = _contracts.index_vector("targets", targets, scores.shape[0]).long()
     t = scores.gather(1, targets.unsqueeze(1))
     return (scores > t).sum(dim=1), (scores == t).sum(dim=1)
 
@@ -50,6 +53,7 @@ def rank_counts_dense(scores: torch.Tensor, targets: torch.Tensor
     """rank_counts_from_scores's counts, faster on a CPU (see _count_above_and_equal):
     scores (b, N), targets int64 (b,) -> (n_greater, n_equal), int64 (b,) each."""
     b, N = scores.shape
+    targets = _contracts.index_vector("targets", targets, b).long()
     n_greater = torch.zeros(b, dtype=torch.int64, device=scores.device)
     n_equal = torch.zeros(b, dtype=torch.int64, device=scores.device)
     _count_above_and_equal(scores, scores.gather(1, targets.unsqueeze(1)),
@@ -74,6 +78,7 @@ def rank_counts_from_hidden(h: torch.Tensor, item_weight: torch.Tensor, item_bia
     Extra memory: the (b, T) tile and as many 0/1 flags (float32; float64 past 2^24 columns).
     """
     b, N = h.shape[0], item_weight.shape[0]
+    targets = _contracts.index_vector("targets", targets, b)
     if b and (int(targets.min()) < 0 or int(targets.max()) >= N):
         raise ValueError(f"targets must be item indices in 0..{N - 1} (got "
                          f"{int(targets.min())}..{int(targets.max())})")

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LOSSES
-from .backend import load_kernels, resolve_backend
+from .backend import load_contracts, load_kernels, resolve_backend
 
 _EPS = 1e-24
+_contracts = load_contracts()
 
 
 def sampled_scores(h: torch.Tensor, item_rows: torch.Tensor, item_bias: torch.Tensor) -> torch.Tensor:
@@ -67,10 +68,10 @@ def sampled_loss_reference(R: torch.Tensor, loss: str, *, logq_per_column: Optio
     b, C = R.shape
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
-    if C < b:   # the diagonal would be cut short (a silent loss over the first C lanes)
-        raise ValueError(f"scores have {C} columns for {b} lanes: lane i's positive is column i")
+    _contracts.check_sampled_columns(b, C, loss)
     if loss == "cross-entropy":
         if logq > 0:
+            _contracts.check_logq_per_column(logq_per_column, C)
             R = R - logq * logq_per_column
         p = torch.softmax(R, dim=1)
         return -torch.log(p[:, :b].diagonal() + _EPS).sum()
@@ -239,6 +240,7 @@ def fused_sampled_loss(h, item_weight, item_bias, Y, loss, *, logq_per_column=No
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
     b_col = Y if bias_index is None else bias_index
+    _contracts.index_vector("bias_index", b_col, Y.shape[0])   # one bias id per column of Y
     if resolve_backend(backend, h) == "torch":
         R = sampled_scores(h, item_weight.index_select(0, Y), item_bias.index_select(0, b_col))
         return sampled_loss_reference(R, loss, logq_per_column=logq_per_column, logq=logq,
@@ -253,6 +255,7 @@ def fused_sampled_loss(h, item_weight, item_bias, Y, loss, *, logq_per_column=No
 def full_catalog_cross_entropy_reference(h, item_weight, item_bias, targets) -> torch.Tensor:
     """Σ_i -log(softmax(h_i · Wᵀ + bias)[t_i] + 1e-24): cross-entropy over the whole catalog
     (§4's cross-entropy with Y = all items, no logq). Materialises (b, N)."""
+    targets = _contracts.index_vector("targets", targets, h.shape[0]).long()
     R = torch.addmm(item_bias, h, item_weight.t())
     p = torch.softmax(R, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
     return -torch.log(p + _EPS).sum()
@@ -263,7 +266,9 @@ def full_catalog_cross_entropy_and_grads(h, item_weight, item_bias, targets, *, 
                                          backend: str = "auto", precision=None):
     """(loss, dh, d_weight (N, H), d_bias (N,)) of scale · full_catalog_cross_entropy. The
     Triton path never holds the (b, N) scores (an online softmax over item tiles, tiles
-    recomputed for the gradients). d_weight_out / d_bias_out (fp32): accumulate into these instead (returned)."""
+    recomputed for the gradients). d_weight_out / d_bias_out (fp32, both or neither): accumulate
+    into these instead (returned)."""
+    _contracts.check_catalog_grad_buffers(d_weight_out, d_bias_out)
     if resolve_backend(backend, h) == "torch":
         hh = h.detach().requires_grad_(grads)
         W = item_weight.detach().requires_grad_(grads)
