@@ -101,9 +101,10 @@ def _read_kw(args) -> Dict:
     if len({args.session_key, args.item_key, args.time_key}) < 3:
         raise ConfigError(f"--session-key {args.session_key!r}, --item-key {args.item_key!r} and "
                           f"--time-key {args.time_key!r} must name three different columns")
-    if args.sep is not None and (len(args.sep) != 1 or args.sep in "\r\n\""):
-        raise ConfigError(f"--sep must be a single character other than a newline or '\"' "
-                          f"(got {args.sep!r})")
+    if args.sep is not None and (len(args.sep) != 1 or args.sep in "\r\n\""
+                                 or not args.sep.isascii()):
+        raise ConfigError(f"--sep must be a single ASCII character other than a newline or "
+                          f"'\"' (got {args.sep!r})")
     return dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,
                 sep=args.sep)
 
@@ -244,14 +245,18 @@ def _print_results(args, out: Dict, results: Dict):
 def cmd_recommend(args) -> int:
     from .estimator import GRU4Rec
 
-    if bool(args.items) == bool(args.sessions):
+    sessions = args.sessions is not None
+    if sessions and not args.sessions:
+        raise ConfigError("--sessions needs the name of an events file (got '')")
+    if bool(args.items) == sessions:
         raise ConfigError("give the session's item ids, or --sessions FILE for every session "
                           "of a file, not both" if args.items else
                           "give the session's item ids, or --sessions FILE")
-    if args.sessions:
+    if sessions:
         return _recommend_sessions(args)
-    if args.output:
-        raise ConfigError("-o/--output goes with --sessions (one session prints to stdout)")
+    for given, option in ((args.output, "-o/--output"), (args.batch_size, "--batch-size")):
+        if given is not None:
+            raise ConfigError(f"{option} goes with --sessions (one session prints to stdout)")
     model = GRU4Rec.load(args.model, device=args.device)
     recs = model.recommend(args.items, k=args.k, exclude_seen=args.exclude_seen)
     known_ids = set(map(str, model.item_ids))
@@ -278,7 +283,8 @@ def _recommend_sessions(args) -> int:
 
     if int(args.k) <= 0:
         raise ConfigError(f"-k must be positive (got {args.k})")
-    check_eval_batch_size(args.batch_size, "--batch-size")
+    batch_size = 512 if args.batch_size is None else args.batch_size
+    check_eval_batch_size(batch_size, "--batch-size")
     parquet = args.output is not None and str(args.output).lower().endswith(".parquet")
     if args.output is not None:
         check_writable(args.output, [args.model, args.sessions])
@@ -286,7 +292,7 @@ def _recommend_sessions(args) -> int:
             raise ConfigError("--json and a Parquet -o/--output: give one of them")
     model = GRU4Rec.load(args.model, device=args.device)
     res = model.recommend_sessions(args.sessions, k=args.k, exclude_seen=args.exclude_seen,
-                                   batch_size=args.batch_size,
+                                   batch_size=batch_size,
                                    progress=not (args.quiet or args.json),
                                    **_read_kw(args))
     if res["n_unknown_events"]:
@@ -473,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("train", help="training events (.tsv/.csv/.parquet)")
     t.add_argument("-t", "--test", nargs="+", help="test files evaluated after training")
     t.add_argument("-ps", "--parameter-string", dest="params",
-                   help="parameters as k=v,k=v (lists as 100/100, booleans True/False)")
+                   help="parameters as k=v,k=v (lists as 100/100, booleans True/False; a "
+                        "key given again overrides the earlier value)")
     t.add_argument("-pf", "--parameter-file", dest="param_file",
                    help="parameter file: JSON (.json, or text starting with '{'), or Python "
                         "assigning gru4rec_params = OrderedDict(...)")
@@ -520,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="FILE",
                    help="with --sessions: write there (atomically) instead of stdout; a name "
                         "ending in .parquet writes Parquet with the same columns")
-    r.add_argument("--batch-size", type=int, default=512,
+    r.add_argument("--batch-size", type=int, default=None,
                    help="with --sessions: sessions run side by side (default: 512)")
     r.add_argument("-k", type=int, default=20)
     r.add_argument("--exclude-seen", action="store_true")
@@ -578,11 +585,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         # importing the subcommands takes a moment: a Ctrl-C then is an interruption too
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        # item ids after an option (`recommend MODEL -k 5 ITEM ...`, or after `--`, which ends
+        # the options): argparse gave the optional ITEMS nothing at MODEL and left the ids over
+        before, after = extra, []
+        if "--" in extra:
+            before, after = extra[:extra.index("--")], extra[extra.index("--") + 1:]
         if extra and args.command == "recommend" and not any(
-                a.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(a) for a in extra):
-            # item ids after an option (`recommend MODEL -k 5 ITEM ...`): argparse gave the
-            # optional ITEMS nothing at MODEL and left the ids over
-            args.items = list(args.items) + extra
+                a.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(a) for a in before):
+            args.items = list(args.items) + before + after
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except KeyboardInterrupt:

@@ -251,8 +251,22 @@ def _coerce(key: str, value: Any, type_name: Any, where: str) -> Any:
         raise ConfigError(f"{where}: parameter {key}={value!r} is not a valid {what}") from None
 
 
+def _unique_keys(pairs, where: str) -> Dict[str, Any]:
+    """A parameter file's (key, value) pairs as a dict; a key written twice is an error (a
+    file is edited, not appended to: one of the two values was a mistake, and the last one
+    would silently win)."""
+    params: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in params:
+            raise ConfigError(f"{where}: parameter {key!r} given twice")
+        params[key] = value
+    return params
+
+
 def parse_param_string(text: str) -> Dict[str, str]:
-    """``"loss=bpr-max,layers=100/100"`` -> ``{"loss": "bpr-max", "layers": "100/100"}``."""
+    """``"loss=bpr-max,layers=100/100"`` -> ``{"loss": "bpr-max", "layers": "100/100"}``.
+    A key given again overrides the earlier value, as in the authors' run script (so that
+    ``-ps "$BASE,n_epochs=5"`` changes one parameter of a shared string)."""
     params: Dict[str, str] = {}
     for part in text.split(","):
         part = part.strip()
@@ -284,7 +298,8 @@ def read_param_file(path) -> Dict[str, Any]:
     # JSON by its extension, or by its content (an object) whatever the file is called
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
-            params = json.loads(text)
+            params = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs,
+                                                                                  str(path)))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
         except RecursionError:
@@ -314,16 +329,22 @@ def _literal_params(node: ast.AST, path: Path) -> Dict[str, Any]:
             name = getattr(node.func, "id", getattr(node.func, "attr", ""))
             if name not in ("OrderedDict", "dict"):
                 raise ValueError
-            params: Dict[str, Any] = {}
+            pairs = []
             for arg in node.args:
-                params.update(dict(ast.literal_eval(arg)))
-            for kw in node.keywords:
-                params[kw.arg] = ast.literal_eval(kw.value)
-            return params
-        value = ast.literal_eval(node)
-        if not isinstance(value, dict):
+                value = ast.literal_eval(arg)
+                pairs.extend(value.items() if isinstance(value, dict) else
+                             [tuple(pair) for pair in value])
+            pairs.extend((kw.arg, ast.literal_eval(kw.value)) for kw in node.keywords)
+        elif isinstance(node, ast.Dict) and None not in node.keys:   # (None: a ** entry)
+            pairs = [(ast.literal_eval(k), ast.literal_eval(v))
+                     for k, v in zip(node.keys, node.values)]
+        else:
             raise ValueError
-        return value
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError
+        return _unique_keys(pairs, str(path))
+    except ConfigError:   # a key given twice: said as such
+        raise
     except (ValueError, TypeError, SyntaxError):
         raise ConfigError(
             f"{path}: line {getattr(node, 'lineno', '?')}: gru4rec_params must be a dict or "

@@ -24,8 +24,9 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .config import GRU4RecConfig
+from .config import GRU4RecConfig, is_integer
 from .data import (SessionData, as_session_data, require_evaluable, require_trainable,
+                   training_fingerprint,
                    same_item_map)
 from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
@@ -125,9 +126,10 @@ class GRU4Rec:
         unchanged by it); read, and checked to have evaluation points, before training."""
         if engine not in ("auto", "fast", "reference"):
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
+        _check_on_epoch(on_epoch)
         if checkpoint is not None:
-            check_writable(checkpoint, [data] if isinstance(data, (str, Path)) else [])
-        train = as_session_data(data, **read_kw)
+            check_writable(checkpoint, _paths(data, validation))
+        train = _read_training_data(data, read_kw, "fit")
         require_trainable(train, self.config.min_lanes)
         valid = _validation(validation, validation_kw, train, read_kw)
         # everything checked and built before the estimator changes: a refused call leaves an
@@ -165,8 +167,9 @@ class GRU4Rec:
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         path = Path(checkpoint)
         target = path if save_checkpoint is True else (save_checkpoint or None)
+        _check_on_epoch(on_epoch)
         if target is not None:
-            check_writable(target, [data] if isinstance(data, (str, Path)) else [])
+            check_writable(target, _paths(data, validation))
         resolve_device(device)   # a bad device is named as such, first
         payload = _read_payload(path)
         training = payload.get("training")
@@ -193,12 +196,18 @@ class GRU4Rec:
         if wanted != saved_trainer:
             raise ConfigError(f"{path} was trained by the {_ENGINE_OF[saved_trainer]!r} engine; "
                               f"resume it with that engine (got engine={engine!r})")
-        train = as_session_data(data, **read_kw)
+        train = _read_training_data(data, read_kw, "resume")
         if train.n_events != training["n_events"] or not same_item_map(train, est._item_map()):
             raise DataError(f"{train.source}: not the data {path} was trained on (that had "
                             f"{training['n_events']:,} events over {len(est.item_ids):,} "
                             f"items; this has {train.n_events:,} over {train.n_items:,}, or "
                             "its items in another order)")
+        # checkpoints before the fingerprint have only the checks above
+        saved_print = training.get("data_fingerprint")
+        if saved_print is not None and saved_print != training_fingerprint(train):
+            raise DataError(f"{train.source}: not the data {path} was trained on (the same "
+                            f"{train.n_events:,} events over the same items, but other "
+                            "sessions or other items in them)")
         est._read_kw = dict(read_kw)
         trainer_cls = Trainer if saved_trainer == "Trainer" else FastTrainer
         trainer = trainer_cls(est.model, est.config, train.supports, est.device,
@@ -220,6 +229,9 @@ class GRU4Rec:
         """trainer.fit from start_epoch, appending to self.history; after each epoch the
         validation data (if any) is evaluated into stats.metrics, the checkpoint (if any) is
         written, then on_epoch(stats) is called."""
+        # what resume compares the data with, computed once
+        fingerprint = training_fingerprint(train) if checkpoint is not None else None
+
         def after_epoch(stats: EpochStats) -> None:
             if validation is not None:
                 data, options = validation
@@ -228,6 +240,7 @@ class GRU4Rec:
             if checkpoint is not None:
                 self._write(checkpoint, training={
                     "epochs_done": stats.epoch, "n_events": train.n_events,
+                    "data_fingerprint": fingerprint,
                     "history": [dataclasses.asdict(h) for h in self.history],
                     "trainer": trainer.state_dict()})
             if on_epoch is not None:
@@ -256,8 +269,11 @@ class GRU4Rec:
         """Top-k original item ids for a session prefix (original ids, oldest first).
         Items unknown to the model are skipped; at least one must be known."""
         self._require_fitted()
-        if int(k) <= 0:
-            raise ValueError(f"k must be positive (got {k})")
+        _check_k(k)
+        if isinstance(session_items, (str, bytes)):   # its characters would be taken as items
+            raise TypeError(f"recommend: session_items must be a sequence of item ids, not one "
+                            f"{type(session_items).__name__} ({session_items!r}: give "
+                            f"[{session_items!r}])")
         index = self._item_map().item_index()
         known = [index[str(i)] for i in session_items if str(i) in index]
         if not known:
@@ -286,8 +302,7 @@ class GRU4Rec:
         known item do not appear. When exclude_seen leaves fewer than k items (a catalog
         barely larger than a session), the row ends in None / NaN."""
         self._require_fitted()
-        if int(k) <= 0:
-            raise ValueError(f"k must be positive (got {k})")
+        _check_k(k)
         check_eval_batch_size(batch_size, "batch_size")
         data = as_session_data(data, item_map=self._item_map(), **{**self._read_kw, **read_kw})
         lengths = data.session_lengths
@@ -411,6 +426,35 @@ class GRU4Rec:
 
 
 _ENGINE_OF = {"Trainer": "reference", "FastTrainer": "fast"}
+
+
+def _paths(*sources) -> List:
+    """The sources given as file paths (the inputs an output must not overwrite)."""
+    return [s for s in sources if isinstance(s, (str, Path))]
+
+
+def _check_k(k) -> None:
+    if not is_integer(k) or k <= 0:
+        raise ValueError(f"k must be a positive integer (got {k!r})")
+
+
+def _check_on_epoch(on_epoch) -> None:
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be a function of the epoch's stats, or None (got "
+                        f"{type(on_epoch).__name__})")
+
+
+_READ_KW = ("session_key", "item_key", "time_key", "sep")
+
+
+def _read_training_data(data, read_kw: Dict, method: str) -> SessionData:
+    """fit / resume's data, read with the column options; an unknown keyword is named as the
+    method's (it would otherwise be named as an internal reader's)."""
+    unknown = sorted(set(read_kw) - set(_READ_KW))
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword argument(s) {unknown} (options "
+                        f"for reading the data: {', '.join(_READ_KW)})")
+    return as_session_data(data, **read_kw)
 
 
 def _validation(data, options: Optional[Dict], train: SessionData, read_kw: Dict):

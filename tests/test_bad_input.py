@@ -281,11 +281,16 @@ def test_wide_and_odd_headers_are_shown_short_and_unambiguous(capsys, tmp_path):
     assert_cli_error(run_cli(capsys, "train", cr, "-q"), "train", str(cr), "'Item\\rId'")
 
 
-@pytest.mark.parametrize("sep", ["::", ""])
+@pytest.mark.parametrize("sep", ["::", "", "§"])   # § is 2 bytes in UTF-8: pyarrow splits on 1
 def test_separator_must_be_one_character(files, capsys, sep):
     assert_cli_error(run_cli(capsys, "train", files["train"], "--sep", sep, "-q"), "train", "--sep",
                  repr(sep))
     assert "sep=" in api_error(DataError, read_sessions, files["train"], sep=sep)
+
+
+def test_an_empty_file_name_is_not_the_current_folder(capsys):
+    assert "an empty file name" in api_error(DataError, read_events, "")
+    assert_cli_error(run_cli(capsys, "train", "", "-q"), "train", "an empty file name")
 
 
 def test_corrupt_parquet_names_the_file(capsys, tmp_path):

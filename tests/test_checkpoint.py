@@ -437,3 +437,48 @@ def test_refusals_found_by_the_second_review(data, small_ck, tmp_path, capsys, m
     rc, _, err = run_cli(capsys, "train", train_tsv, "--resume", ck, "--checkpoint", stale)
     assert rc == 130 and err.strip().splitlines()[-1] == (
         f"fastgru4rec train: interrupted (continue from the last checkpoint with --resume {ck})")
+
+
+# ---------------------------------------------------------------------------- the third review
+def test_checkpoint_never_overwrites_the_validation_file_and_resume_knows_its_data(
+        data, small_ck, tmp_path):
+    train, test = data
+    ck, _ = small_ck
+    test_tsv = write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    before = test_tsv.read_bytes()
+    params = {**BASE, "n_epochs": 1}
+    with pytest.raises(OSError, match="is an input of this command"):
+        GRU4Rec(**params).fit(train, progress=False, validation=test_tsv, checkpoint=test_tsv)
+    with pytest.raises(OSError, match="is an input of this command"):
+        GRU4Rec.resume(ck, train, n_epochs=2, progress=False, validation=test_tsv,
+                       save_checkpoint=test_tsv)
+    assert test_tsv.read_bytes() == before
+
+    # the same number of events over the same item map, other sessions: refused by the
+    # fingerprint of what training reads (the count and map checks alone let it through)
+    from fastgru4rec.data import SessionData
+    order = np.arange(train.n_sessions)[::-1]                  # the sessions reversed
+    lengths = train.session_lengths[order]
+    starts = train.offsets[:-1][order]
+    events = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+    reordered = SessionData(np.concatenate([[0], np.cumsum(lengths)]), train.items[events],
+                            train.times[events], train.session_ids[order], train.item_ids,
+                            train.supports)
+    assert reordered.n_events == train.n_events and reordered.item_ids is train.item_ids
+    with pytest.raises(DataError, match="other sessions or other items in them"):
+        GRU4Rec.resume(ck, reordered, n_epochs=2, progress=False, save_checkpoint=False)
+    # a checkpoint written before the fingerprint existed resumes on the count and map checks
+    payload = torch.load(ck, weights_only=True)
+    assert len(payload["training"].pop("data_fingerprint")) == 32
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    resumed = GRU4Rec.resume(old, train, n_epochs=2, progress=False, save_checkpoint=False)
+    assert [h.epoch for h in resumed.history] == [1, 2]
+
+
+def test_fit_checks_its_callback_and_keywords_before_training(data):
+    train, _ = data
+    with pytest.raises(TypeError, match="on_epoch must be a function"):
+        GRU4Rec(**BASE).fit(train, progress=False, on_epoch=5)
+    with pytest.raises(TypeError, match=r"fit\(\) got unexpected keyword argument\(s\) \['foo'\]"):
+        GRU4Rec(**BASE).fit(train, progress=False, foo=1)

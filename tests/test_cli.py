@@ -251,7 +251,7 @@ def test_evaluate_and_recommend_bad_input(files, bad, capsys, tmp_path):
     rc, out, err = run_cli(capsys, "recommend", files["model"], "nope1", "nope2")
     assert_cli_error((rc, out, err), "recommend", "known")
     rc, out, err = run_cli(capsys, "recommend", files["model"], files["item_ids"][0], "-k", "0")
-    assert_cli_error((rc, out, err), "recommend", "k must be positive")
+    assert_cli_error((rc, out, err), "recommend", "k must be a positive integer")
 
 
 def test_argparse_errors_exit_2_without_traceback(capsys):

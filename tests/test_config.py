@@ -233,6 +233,24 @@ def test_read_python_param_file_forms(tmp_path):
     assert read_param_file(p) == {"loss": "bpr", "layers": (3,)}
 
 
+def test_a_parameter_given_twice_overrides_in_a_string_and_is_an_error_in_a_file(tmp_path):
+    # a string: the later value wins (the authors' run script; -ps "$BASE,n_epochs=5")
+    assert parse_param_string("n_epochs=1,loss=top1,n_epochs=2") == {"n_epochs": "2",
+                                                                    "loss": "top1"}
+    for name, text in (("a.json", '{"loss": "top1", "layers": [4], "loss": "bpr"}'),
+                       ("b.py", "gru4rec_params = OrderedDict([('loss', 'top1'), ('loss', 'bpr')])"),
+                       ("c.py", "gru4rec_params = {'loss': 'top1', 'loss': 'bpr'}"),
+                       ("d.py", "gru4rec_params = dict([('loss', 'top1')], loss='bpr')")):
+        p = tmp_path / name
+        p.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=f"{name}: parameter 'loss' given twice"):
+            read_param_file(p)
+    p = tmp_path / "e.py"          # pairs of three are not parameters
+    p.write_text("gru4rec_params = OrderedDict([('loss', 'top1', 3)])\n")
+    with pytest.raises(ConfigError, match="must be a dict or OrderedDict of literal values"):
+        read_param_file(p)
+
+
 def test_python_param_file_is_never_executed(tmp_path):
     marker = tmp_path / "x_marker"
     p = tmp_path / "evil.py"

@@ -319,7 +319,7 @@ def test_recommend_all_unknown_raises(fitted):
         fitted.recommend(["no-such-item", "another"], k=5)
     with pytest.raises(DataError):
         fitted.recommend([], k=5)
-    with pytest.raises(ValueError, match="k must be positive"):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
         fitted.recommend([fitted.item_ids[0]], k=0)
 
 

@@ -126,8 +126,14 @@ def test_recommend_sessions_edges(fitted, tmp_path):
                                   k=3, exclude_seen=True)
     assert list(res["items"][0]) == [t_ids[2], None, None]
     assert np.isnan(res["scores"][0, 1:]).all() and np.isfinite(res["scores"][0, 0])
-    with pytest.raises(ValueError, match="k must be positive"):
-        model.recommend_sessions(path, k=0)
+    for k in (0, 1.5, True, None, "3"):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            model.recommend_sessions(path, k=k)
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            model.recommend([ids[0]], k=k)
+    assert len(model.recommend([ids[0]], k=np.int64(2))) == 2
+    with pytest.raises(TypeError, match="a sequence of item ids, not one str"):
+        model.recommend(ids[0])                 # its characters would be taken as items
     with pytest.raises(ValueError, match="batch_size must be an integer in"):
         model.recommend_sessions(path, batch_size=0)
 
@@ -215,6 +221,15 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
                      "recommend", "not both")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "1", "-o", out_path),
                      "recommend", "-o/--output goes with --sessions")
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "1", "--batch-size", "4"),
+                     "recommend", "--batch-size goes with --sessions")
+    for items in (["1"], []):      # an empty name is not "no --sessions"
+        assert_cli_error(run_cli(capsys, "recommend", model_path, *items, "--sessions", ""),
+                         "recommend", "--sessions needs the name of an events file")
+    # `--` ends the options: the ids after it, even one that looks like an option
+    rc, out, err = run_cli(capsys, "recommend", model_path, "-k", "3", "--exclude-seen", "--",
+                           *ids)
+    assert rc == 0 and out.split() == want, err
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-o",
                              test_tsv), "recommend", "is an input of this command")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv,
