@@ -62,21 +62,21 @@ def check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset) 
         raise ValueError(f"x must have shape ({rows}, {E}) (got {tuple(x.shape)})")
 
 
-def check_rows_update(table: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor,
+def check_rows_update(what: str, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
                       acc: torch.Tensor, vel) -> None:
-    """A row update of table (N, ...): rows (u,) int ids, grad_rows (u, ...) one gradient row
-    per id, acc and vel (or None) shaped like the table."""
+    """A row update (``what``: the op, for the messages) of table (N, ...): rows (u,) int ids,
+    grad (u, ...) one gradient row per id, acc and vel (or None) shaped like the table."""
     if rows.dim() != 1:
-        raise ValueError(f"the row ids must be a vector (got shape {tuple(rows.shape)})")
-    index_vector("the row ids", rows, rows.shape[0])
+        raise ValueError(f"{what}: the row ids must be a vector (got shape {tuple(rows.shape)})")
+    index_vector(f"{what}: the row ids", rows, rows.shape[0])
     want = (rows.shape[0], *table.shape[1:])
-    if tuple(grad_rows.shape) != want:
-        raise ValueError(f"the gradient must have one row per row id, shape {want} (got "
-                         f"{tuple(grad_rows.shape)})")
+    if tuple(grad.shape) != want:
+        raise ValueError(f"{what}: grad must have one row per row id, shape {want} (got "
+                         f"{tuple(grad.shape)})")
     for name, t in (("acc", acc), ("vel", vel)):
         if t is not None and t.shape != table.shape:
-            raise ValueError(f"{name} must have the table's shape {tuple(table.shape)} (got "
-                             f"{tuple(t.shape)})")
+            raise ValueError(f"{what}: {name} must have the table's shape {tuple(table.shape)} "
+                             f"(got {tuple(t.shape)})")
 
 
 def check_logq_per_column(logq_per_column, n_columns: int) -> None:

@@ -98,7 +98,7 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
         raise ValueError(f"optimizer backend {backend!r} is unknown (auto, torch, native)")
     _check_vel(vel, momentum, "adagrad_momentum_rows")
     vel = vel if momentum > 0 else None
-    _contracts.check_rows_update(table, rows, grad_rows, acc, vel)
+    _contracts.check_rows_update("adagrad_momentum_rows", table, rows, grad_rows, acc, vel)
     if _use_native(backend, [(table, acc, vel, grad_rows)]):
         from .. import native
         native.adagrad_momentum_rows(*_native_args(table, acc, vel, rows, grad_rows), lr,
@@ -115,7 +115,7 @@ def adagrad_momentum_rows_reference(table: torch.Tensor, rows: torch.Tensor,
     """Plain-torch adagrad_momentum_rows."""
     _check_vel(vel, momentum, "adagrad_momentum_rows_reference")
     vel = vel if momentum > 0 else None
-    _contracts.check_rows_update(table, rows, grad_rows, acc, vel)
+    _contracts.check_rows_update("adagrad_momentum_rows", table, rows, grad_rows, acc, vel)
     _update_rows(table, rows.long(), grad_rows, acc, vel, lr, momentum)
 
 
@@ -200,7 +200,7 @@ def adagrad_momentum_scatter(table: torch.Tensor, ids: torch.Tensor, grad: torch
     if bias is not None:
         _check_vel(bias[3], momentum, "adagrad_momentum_scatter (bias)")
     used_vel = vel if momentum > 0 else None
-    _contracts.check_rows_update(table, ids, grad, acc, used_vel)
+    _contracts.check_rows_update("adagrad_momentum_scatter", table, ids, grad, acc, used_vel)
     # dtype, device and layout of every tensor the native pass touches: checked ("native")
     # or deciding the fallback ("auto") before anything is written
     groups = [(table, acc, used_vel, grad)]
