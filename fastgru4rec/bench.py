@@ -103,11 +103,15 @@ def _cpu_name() -> str:
 
 
 def _version(module: str) -> Optional[str]:
+    """The installed version of a distribution, None when it is not installed; read from its
+    metadata, not by importing it (triton can fail to import in odd ways on machines without
+    a GPU, and is installed all the same)."""
+    from importlib import metadata
+
     try:
-        mod = __import__(module)
-    except Exception:   # triton can fail to import in odd ways on machines without a GPU
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
         return None
-    return getattr(mod, "__version__", None)
 
 
 def _git_commit() -> Optional[Dict[str, Any]]:

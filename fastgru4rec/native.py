@@ -63,10 +63,14 @@ def _load():
         _module = mod
     except Exception as e:  # ImportError, OSError (bad .so), anything a broken build raises
         _error = e
+        here = os.path.dirname(os.path.abspath(__file__))
         warnings.warn(
             f"fastgru4rec: the native extension is unavailable ({type(e).__name__}: {e}); using the "
-            "pure-Python batcher and sampler, which are much slower. Rebuild with "
-            "`pip install --no-build-isolation --no-deps -e .`.", RuntimeWarning, stacklevel=3)
+            f"pure-Python batcher and sampler, which are much slower. The package was imported "
+            f"from {here}: reinstall it (`pip install --force-reinstall --no-deps fastgru4rec`), "
+            "or in a source checkout build it with `pip install --no-deps -e .` (a C++17 "
+            "compiler and CMake are needed; from outside the checkout, Python imports the "
+            "installed package instead).", RuntimeWarning, stacklevel=3)
     return _module
 
 

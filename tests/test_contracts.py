@@ -203,3 +203,20 @@ def test_model_checks_its_arguments():
         net64(idx, hidden)
     h_last, _ = net64(idx)                                   # init_hidden follows the dtype
     assert h_last.dtype == torch.float64
+
+
+def test_a_kernel_module_failing_to_import_is_that_failure(tmp_path, monkeypatch):
+    """load_kernels falls back to the source checkout's top-level ``kernels`` package only when
+    fastgru4rec.kernels is missing; an ImportError raised inside a kernel module (a broken
+    triton) reaches the caller as it is, not as "No module named 'kernels'"."""
+    import sys
+
+    import fastgru4rec.kernels as package
+    broken = tmp_path / "broken_kernel_module.py"
+    broken.write_text("raise ImportError('triton is broken here')\n")
+    monkeypatch.setattr(package, "__path__", [str(tmp_path), *package.__path__])
+    monkeypatch.delitem(sys.modules, "fastgru4rec.kernels.broken_kernel_module", raising=False)
+    with pytest.raises(ImportError, match="triton is broken here"):
+        load_kernels("broken_kernel_module")
+    with pytest.raises(ModuleNotFoundError, match="No module named 'kernels.no_such_module'"):
+        load_kernels("no_such_module")     # missing everywhere: the fallback's own error

@@ -61,5 +61,9 @@ def load_kernels(name: str) -> ModuleType:
     triton). Installed wheel: fastgru4rec.kernels.<name>; source checkout: kernels.<name>."""
     try:
         return importlib.import_module(f"fastgru4rec.kernels.{name}")
-    except ImportError:
+    except ModuleNotFoundError as e:
+        # only a missing fastgru4rec.kernels (a source checkout on sys.path) falls back; an
+        # import failing inside the module (a broken triton) is that failure, not this one
+        if e.name not in ("fastgru4rec.kernels", f"fastgru4rec.kernels.{name}"):
+            raise
         return importlib.import_module(f"kernels.{name}")
