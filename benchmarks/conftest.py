@@ -27,6 +27,7 @@ Files named bench_*.py are collected here (the project's python_files covers tes
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,18 +36,23 @@ import pytest
 from fastgru4rec.bench import GPU_RANK_SIZES, GPU_TRAIN_SIZES  # noqa: E402,F401
 
 
-BENCH_ASSERT = os.environ.get("FASTGRU4REC_BENCH_ASSERT", "1") not in ("0", "")
+BENCH_ASSERT = os.environ.get("FASTGRU4REC_BENCH_ASSERT", "0") not in ("0", "")
 
 
 @pytest.fixture
-def claim():
-    """check(ok, what): a performance claim of the issues. Asserted by default; with
-    FASTGRU4REC_BENCH_ASSERT=0 (CI on a shared, loaded machine) it is reported, not failed."""
+def claim(request):
+    """check(ok, what): a performance claim of the issues, a ratio measured in this run (what:
+    the claim's shortfall, said when it is not met). Reported, not failed, by default: timings
+    on shared machines are noisy, so a claim not met is a warning in pytest's summary and a
+    ("claim not met", what) user property of the test (in --junitxml's report); with
+    FASTGRU4REC_BENCH_ASSERT=1 (a quiet machine, the benchmark run alone) it fails the test."""
     def check(ok: bool, what: str):
+        if ok:
+            return
+        request.node.user_properties.append(("claim not met", what))
         if BENCH_ASSERT:
-            assert ok, what
-        elif not ok:
-            print(f"\n[benchmarks] NOT MET (not asserted): {what}")
+            pytest.fail(f"performance claim not met: {what}")
+        warnings.warn(f"performance claim not met: {what}", UserWarning, stacklevel=2)
     return check
 
 

@@ -7,7 +7,9 @@
 # Without a GPU (no nvidia-smi, no GPU listed, or torch.cuda.is_available() False) it prints
 # "no GPU detected: <why>" and exits 0. On a GPU it:
 #   1. records nvidia-smi and library versions,
-#   2. installs the project without network (pip install --no-build-isolation --no-deps -e .),
+#   2. builds the C++ extension in place without network (pip install --no-build-isolation
+#      --no-deps --no-index -e .) when scikit-build-core and pybind11 are there, else runs the
+#      source tree with the pure-Python batcher (said in the summary),
 #   3. measures the device ceilings once (device-to-device copy bandwidth; fp32, tf32 and bf16
 #      matmul rates) for the floor computation,
 #   4. compiles the kernels the benchmarks launch, on all cores at once (compile_check.py), and
@@ -29,9 +31,13 @@
 # Exit status: 0 when every step that ran passed (missing or skipped parts do not count), else 1.
 # GPU_CHECK_SIMULATE_CPU=1 runs the whole flow on the CPU (no install, small sizes, tests given by
 # GPU_CHECK_TEST_ARGS): a check of this script itself where no GPU is lent.
+# Real data (rsc15-sample, yoochoose1_64): $FASTGRU4REC_DATA, else shared/data in the checkout,
+# else ../shared/data. Only shared/ inside the checkout travels to a lent machine: before the
+# call, `mkdir -p shared && cp -r ../shared/data shared/ && echo shared/ >> .git/info/exclude`
+# (19 MB; never committed).
 set -uo pipefail
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY_RUN=0
 for arg in "$@"; do
@@ -81,7 +87,8 @@ elif ! timeout 60 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_avail
 fi
 if [ -n "$REASON" ]; then
   echo "no GPU detected: $REASON; the GPU check was not run (it needs an NVIDIA GPU and CUDA torch)."
-  echo "It would: record nvidia-smi and versions; pip install --no-build-isolation --no-deps -e .;"
+  echo "It would: record nvidia-smi and versions; build the C++ extension offline (pip install"
+  echo "--no-build-isolation --no-deps --no-index -e .) when scikit-build-core and pybind11 are there;"
   echo "measure copy bandwidth and matmul rates; run the tests on the GPU; run fastgru4rec bench"
   echo "train --device cuda at B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max; run the"
   echo "GPU benchmarks; write summary.md / summary.json under \$OUT (default ./gpu_out)."
@@ -107,6 +114,14 @@ FAILED=0
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
+# The real data: $FASTGRU4REC_DATA, else shared/data inside the checkout (what travels to a lent
+# machine: stage it there first, see benchmarks/README.md), else ../shared/data beside it. The
+# choice is exported, so the tests and benchmarks below read the same folder.
+if [ -z "${FASTGRU4REC_DATA:-}" ]; then
+  for d in "$ROOT/shared/data" "$ROOT/../shared/data"; do
+    if [ -d "$d" ]; then export FASTGRU4REC_DATA="$(cd "$d" && pwd)"; break; fi
+  done
+fi
 
 left() { echo $(( BUDGET - RESERVE - ($(date +%s) - T0) )); }
 say() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
@@ -142,17 +157,23 @@ STEPS_MAX=2000; STEPS_MAX_BIG=500; CEIL_N=28; CEIL_M=8192; PROFILE_STEPS=100
 if [ "$SIMULATE" = 1 ]; then STEPS_MAX=60; STEPS_MAX_BIG=10; CEIL_N=22; CEIL_M=512; PROFILE_STEPS=10; fi
 { [ "$SIMULATE" = 1 ] && echo "simulation: no nvidia-smi" || { nvidia-smi; echo; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv; }; } \
   > "$RAW/nvidia-smi.txt" 2>&1
+# The C++ extension is built in place when the machine has what the build needs (no network:
+# scikit-build-core, pybind11, CMake and a compiler already there); else the package runs from
+# the source tree (PYTHONPATH above) with the pure-Python batcher and sampler, which the
+# summary's environment line then says. The GPU parts (kernels, engine) do not need it.
+if [ "$SIMULATE" = 1 ]; then
+  printf 'install\tskipped\t0\tsimulation\n' >> "$STEPS"
+elif ! "$PY" -c "import scikit_build_core, pybind11" >/dev/null 2>&1; then
+  printf 'install\tskipped\t0\tno scikit-build-core/pybind11 here: the Python batcher runs\n' >> "$STEPS"
+  say "install: skipped (scikit-build-core or pybind11 missing; the pure-Python batcher runs)"
+else
+  step install 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+fi
 step env 60 "$PY" -c "
 import json, sys
 from fastgru4rec.bench import environment_info
 json.dump(environment_info(sys.argv[2]), open(sys.argv[1], 'w'), indent=1)
 " "$RAW/env.json" "$DEV"
-
-if [ "$SIMULATE" = 1 ]; then
-  printf 'install\tskipped\t0\tsimulation\n' >> "$STEPS"
-else
-  step install 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
-fi
 
 step ceilings 60 "$PY" - "$RAW/ceilings.json" "$DEV" "$CEIL_N" "$CEIL_M" <<'EOF'
 import json, statistics, sys
@@ -177,7 +198,7 @@ def time_ms(fn, reps):
         out.append(a.elapsed_time(b))
     return statistics.median(out)
 
-res = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
+res = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "matmul_n": m}
 # n fp32 = 1 GiB on the GPU, random (never zeros)
 src = torch.rand(n, device=dev); dst = torch.empty_like(src)
 ms = time_ms(lambda: dst.copy_(src), 20)
@@ -233,12 +254,19 @@ unset FASTGRU4REC_POISON
 # Benchmark files: GPU benchmarks only unless GPU_CHECK_ALL_BENCH=1. run_bench FILE MAX_SECONDS
 if [ "${GPU_CHECK_ALL_BENCH:-0}" = 1 ] || [ "$SIMULATE" = 1 ]; then export FASTGRU4REC_BENCH_GPU_ONLY=0; else export FASTGRU4REC_BENCH_GPU_ONLY=1; fi
 BENCH_DONE=" "
+HAVE_PYTEST_BENCHMARK=0
+"$PY" -c "import pytest_benchmark" >/dev/null 2>&1 && HAVE_PYTEST_BENCHMARK=1
 run_bench() {
   local f="$1" max="$2" name="${1%.py}"
   BENCH_DONE="$BENCH_DONE$f "
   if [ ! -f "benchmarks/$f" ]; then
     printf '%s\tmissing\t0\tbenchmarks/%s not present\n' "$name" "$f" >> "$STEPS"
     say "$name: missing (benchmarks/$f not present)"
+    return 0
+  fi
+  if [ "$HAVE_PYTEST_BENCHMARK" != 1 ]; then
+    printf '%s\tskipped\t0\tpytest-benchmark is not installed here\n' "$name" >> "$STEPS"
+    say "$name: skipped (pytest-benchmark is not installed here)"
     return 0
   fi
   # pytest's exit status 5 (nothing selected): the file has no GPU benchmark
@@ -251,12 +279,9 @@ run_bench bench_scoring.py 80
 
 # End-to-end training throughput at the engine issue's sizes.
 DATA_ARGS=()
-RSC="$("$PY" -c "
-import os; from pathlib import Path
-e = os.environ.get('FASTGRU4REC_DATA'); root = Path(e) if e else Path('$ROOT').parent / 'shared' / 'data'
-p = root / 'rsc15-sample'
-print(p if (p / 'train_full.tsv').is_file() and (p / 'test.tsv').is_file() else '')
-" 2>/dev/null)"
+RSC=""
+D="${FASTGRU4REC_DATA:-/nonexistent}/rsc15-sample"
+[ -f "$D/train_full.tsv" ] && [ -f "$D/test.tsv" ] && RSC="$D"
 if [ "$SIMULATE" = 1 ]; then DATA_ARGS=(--synthetic n_sessions=2000,n_items=500 --threads 1)
 elif [ -n "$RSC" ]; then DATA_ARGS=("$RSC/train_full.tsv" --test "$RSC/test.tsv"); fi
 COMPARE=()
@@ -273,16 +298,13 @@ step train_b128_h512_bprmax 75 "$PY" -m fastgru4rec bench train "${DATA_ARGS[@]}
 
 # A whole yoochoose1_64 epoch (the engine issue's epoch time), fast engine and reference loop in
 # the same run, each evaluated (Recall@20 / MRR@20 of the two should agree up to training noise).
-YC="$("$PY" -c "
-import os; from pathlib import Path
-e = os.environ.get('FASTGRU4REC_DATA'); root = Path(e) if e else Path('$ROOT').parent / 'shared' / 'data'
-p = root / 'yoochoose1_64'
-print(p if (p / 'train.tsv').is_file() and (p / 'test.tsv').is_file() else '')
-" 2>/dev/null)"
+YC=""
+D="${FASTGRU4REC_DATA:-/nonexistent}/yoochoose1_64"
+[ -f "$D/train.tsv" ] && [ -f "$D/test.tsv" ] && YC="$D"
 if [ "$SIMULATE" = 1 ]; then
   printf 'train_yoochoose1_64_epoch\tskipped\t0\tsimulation\n' >> "$STEPS"
 elif [ -z "$YC" ]; then
-  printf 'train_yoochoose1_64_epoch\tmissing\t0\tyoochoose1_64 data not found\n' >> "$STEPS"
+  printf 'train_yoochoose1_64_epoch\tmissing\t0\tyoochoose1_64 not under FASTGRU4REC_DATA=%s\n' "${FASTGRU4REC_DATA:-(none found)}" >> "$STEPS"
 else
   step train_yoochoose1_64_epoch 120 "$PY" -m fastgru4rec bench train "$YC/train.tsv" \
     --test "$YC/test.tsv" --device "$DEV" -q --preset yoochoose --epochs 1 "${COMPARE[@]}" \

@@ -4,9 +4,10 @@
     python benchmarks/report.py render FILE.json [...] [--md OUT.md] [--png OUT.png]
         a markdown table per kind of result (``fastgru4rec bench`` JSON, pytest-benchmark JSON,
         gpu_check ceilings), printed, and written with --md; a chart with --png (matplotlib).
-    python benchmarks/report.py performance [--results benchmarks/results]
-        regenerate benchmarks/results/PERFORMANCE.md (+ performance.png) from the committed
-        results in that folder: the README's "Performance" section is this file.
+    python benchmarks/report.py performance [--results DIR] [--out FILE.md]
+        regenerate benchmarks/results/PERFORMANCE.md (+ performance.png beside it) from the
+        committed results in that folder: the README's "Performance" section is this file.
+        Another --results folder or an --out file writes only that file and its chart.
     python benchmarks/report.py summary --raw DIR --out DIR
         used by gpu_check.sh: summary.md, summary.json (+ summary.png) and summary.txt (the short
         table the script prints last) from the raw outputs of one GPU check.
@@ -109,11 +110,12 @@ def env_line(env: Dict[str, Any]) -> str:
     parts.append(f"triton {env.get('triton')}")
     parts.append(f"numpy {env.get('numpy')}")
     parts.append(f"Python {env.get('python')}")
+    threads = env.get("torch_threads")
     parts.append(f"{env.get('cpu_count')} CPUs ({env.get('cpu')}), "
-                 f"{env.get('torch_threads')} torch threads")
+                 f"{threads} torch thread{'' if threads == 1 else 's'}")
     parts.append("native extension " + ("built" if env.get("native_extension") else "absent"))
     if env.get("loadavg"):
-        parts.append(f"load average at start {env['loadavg'][0]}")
+        parts.append(f"load average {env['loadavg'][0]} (1 min, when recorded)")
     return "; ".join(parts)
 
 
@@ -177,16 +179,25 @@ def _recall_mrr(ev: Optional[Dict[str, Any]], k: str = "20") -> str:
     return f"{ev['recall'][k]:.4f} / {ev['mrr'][k]:.4f}"
 
 
+def baseline_label(bench: Optional[Dict[str, Any]], name: str) -> str:
+    """What a speed-up is against: the baseline's own label (its extra_info["baseline"] when a
+    string), else its test name without the test_ prefix, parameters included (a bare parameter
+    such as "13133" would not say which implementation was the baseline)."""
+    label = ((bench or {}).get("extra_info") or {}).get("baseline")
+    return label if isinstance(label, str) else name.removeprefix("test_")
+
+
 def bench_rows(doc: Dict[str, Any]):
     """pytest-benchmark JSON -> rows (group, name, median, IQR, rounds, speed-up)."""
     benches = doc.get("benchmarks", [])
     ratios = doc.get("ratios")
     if ratios is None:
         ratios = benchmark_ratios(benches)
+    by_name = {b.get("name"): b for b in benches}
     speed: Dict[str, List[str]] = {}
     for r in ratios:
-        base = r["baseline"].split("[")[-1].rstrip("]") if "[" in r["baseline"] else r["baseline"]
-        speed.setdefault(r["name"], []).append(f"x{r['speedup']:.2f} vs {base}")
+        speed.setdefault(r["name"], []).append(
+            f"x{r['speedup']:.2f} vs {baseline_label(by_name.get(r['baseline']), r['baseline'])}")
     head = ["group", "benchmark", "median", "IQR", "rounds", "speed-up (same run)"]
     rows = []
     sizes: Dict[Any, int] = {}
@@ -205,7 +216,8 @@ def ceilings_table(c: Dict[str, Any]) -> str:
     rows = [["device-to-device copy", f"{c['copy_gb_s']:.0f} GB/s (read + write)"]]
     for k in ("fp32", "tf32", "bf16"):
         if c.get(f"matmul_{k}_tflop_s"):
-            rows.append([f"matmul {k} (8192³)", f"{c[f'matmul_{k}_tflop_s']:.1f} TFLOP/s"])
+            n = c.get("matmul_n", 8192)   # files before matmul_n: the GPU size, 8192
+            rows.append([f"matmul {k} ({n}³)", f"{c[f'matmul_{k}_tflop_s']:.1f} TFLOP/s"])
     return md_table(["ceiling (measured)", "value"], rows, "lr")
 
 
@@ -220,7 +232,10 @@ def render(paths: List[str]) -> Tuple[str, List[Tuple[str, Dict]], List[Tuple[st
     if trains:
         head, rows = train_rows(trains, ceilings)
         out += ["End-to-end training (`fastgru4rec bench train`):", "", md_table(head, rows, "lll"
-                + "l" + "l" + "r" * (len(head) - 5)), ""]
+                + "l" + "l" + "r" * (len(head) - 5)), "",
+                "(data: the file's rows (ev); events/s counts training pairs, an item and the "
+                "next one, so a file of E rows in S sessions trains E − S events an epoch; "
+                "speed-up: training mini-batches/s over the reference loop's, same run.)", ""]
     for name, d in pbs:
         head, rows = bench_rows(d)
         out += [f"Micro-benchmarks ({name}):", "", md_table(head, rows, "llrrrl"), ""]
@@ -277,18 +292,24 @@ def chart(trains: List[Tuple[str, Dict]], pbs: List[Tuple[str, Dict]], path) -> 
 
 
 # ------------------------------------------------------------------------ PERFORMANCE.md
-def performance(results: Path, out: Optional[Path] = None) -> Path:
-    """Regenerate results/PERFORMANCE.md (and performance.png) from the committed results."""
+def performance(results: Path, out: Optional[Path] = None,
+                readme: Optional[Path] = None) -> Path:
+    """Regenerate results/PERFORMANCE.md (and performance.png beside it) from the committed
+    results (or ``out`` from other results); ``readme``: also put the section into that
+    README (the command does for the committed results only)."""
     out = out or results / "PERFORMANCE.md"
     paths = sorted(p for p in glob.glob(str(results / "*.json")))
     md, trains, pbs = render(paths) if paths else ("", [], [])
     envs = {}
+    # one line per distinct setting (a 1-thread and a 2-thread run are two), none dropped
+    def env_key(e):
+        return e.get("device_name"), e.get("torch"), e.get("torch_threads")
     for name, d in trains:
-        envs[d["env"].get("device_name"), d["env"].get("torch")] = d["env"]
+        envs.setdefault(env_key(d["env"]), d["env"])
     for name, d in pbs:
         e = (d.get("machine_info") or {}).get("fastgru4rec_env")
         if e:
-            envs.setdefault((e.get("device_name"), e.get("torch")), e)
+            envs.setdefault(env_key(e), e)
     lines = ["## Performance", "",
              "<!-- generated by `python benchmarks/report.py performance` from "
              "benchmarks/results/*.json; do not edit by hand -->", ""]
@@ -305,17 +326,17 @@ def performance(results: Path, out: Optional[Path] = None) -> Path:
                       "(compare ratios measured in the same run, not absolute numbers across "
                       "runs). GPU results come from `benchmarks/gpu_check.sh` on a lent GPU.", ""]
         lines += [md]
-        png = chart(trains, pbs, results / "performance.png")
+        png = chart(trains, pbs, out.parent / "performance.png")
         if png:
             lines += [f"![performance](benchmarks/results/{png.name})", ""]
         lines += ["Reproduce: `fastgru4rec bench train --preset rsc15 TRAIN --test TEST "
+                  "--threads N --compare-reference --label NAME "
                   "--json benchmarks/results/NAME.json`, `python -m pytest benchmarks "
                   "--benchmark-json benchmarks/results/NAME.json`, then "
                   "`python benchmarks/report.py performance`.", ""]
     text = "\n".join(lines)
     _write_text_atomic(out, text)
-    readme = results.parents[1] / "README.md"
-    if readme.is_file():
+    if readme is not None:
         splice_readme(readme, text)
     return out
 
@@ -499,7 +520,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             chart(trains, pbs, args.png)
         return 0
     if args.cmd == "performance":
-        path = performance(Path(args.results), Path(args.out) if args.out else None)
+        results = Path(args.results)
+        # the README shows the committed results: other results (or another --out) leave it
+        committed = args.out is None and results.resolve() == RESULTS_DIR.resolve()
+        readme = RESULTS_DIR.parents[1] / "README.md" if committed else None
+        path = performance(results, Path(args.out) if args.out else None,
+                           readme if readme is not None and readme.is_file() else None)
         print(f"wrote {path}")
         return 0
     summary(Path(args.raw), Path(args.out))

@@ -87,9 +87,16 @@ def test_bench_without_target_is_train_and_prints_a_table(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert d["kind"] == "train" and d["epochs"] == 1
     assert [r["engine"] for r in d["runs"]] == ["fast", "reference"]
-    assert d["speedup_vs_reference"]["train"] > 0
+    # training only: both engines evaluate with the same code, a ratio of theirs is noise
+    assert set(d["speedup_vs_reference"]) == {"train"} and d["speedup_vs_reference"]["train"] > 0
     # same seed, same data: the CPU fast engine runs the reference step, so the same losses
     assert d["runs"][0]["final_loss"] == pytest.approx(d["runs"][1]["final_loss"], rel=1e-6)
+    # --engine reference with --compare-reference: one run, and the note says why
+    assert main(["bench", *TINY, "--json", str(out), "--compare-reference", "--engine",
+                 "reference", "-q"]) == 0
+    d = json.loads(out.read_text())
+    assert [r["engine"] for r in d["runs"]] == ["reference"]
+    assert any("the reference engine is the one timed" in n for n in d["notes"])
 
 
 def test_bench_preset_and_real_file(tmp_path, synthetic_tsv):
@@ -221,15 +228,26 @@ def test_report_performance_splices_the_readme_between_markers(bench_json, tmp_p
     shutil.copy(bench_json, results / "cpu-tiny.json")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nstale\n{report.README_END}\nafter\n")
-    report.performance(results)
+    report.performance(results)                      # no readme given: left alone
+    assert "stale" in readme.read_text()
+    report.performance(results, readme=readme)
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
     inside = text.split(report.README_BEGIN, 1)[1].split(report.README_END, 1)[0]
     assert "stale" not in inside and "### Performance" in inside and "| tiny |" in inside
     # a README without the markers is left alone
     readme.write_text("# no markers\n")
-    report.performance(results)
+    report.performance(results, readme=readme)
     assert readme.read_text() == "# no markers\n"
+    # the command splices the repository's README only for the committed results: other
+    # results, or another --out, write that file and its chart alone
+    real_readme = ROOT / "README.md"
+    before = real_readme.read_bytes()
+    assert report.main(["performance", "--results", str(results),
+                        "--out", str(tmp_path / "p.md")]) == 0
+    assert report.main(["performance", "--results", str(results)]) == 0
+    assert real_readme.read_bytes() == before
+    assert (tmp_path / "p.md").is_file() and (results / "PERFORMANCE.md").is_file()
 
 
 def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):
