@@ -19,7 +19,10 @@ How it measures:
   before it starts; ``wall_seconds`` includes it); CUDA work is synchronised before each clock
   read. An "event" here is a training pair (an input item and its next item: a session of n
   events gives n - 1), the unit a step's lanes process: events/s = mini-batches/s × the mean
-  number of active lanes; a file of E rows over S sessions trains E - S of them an epoch;
+  number of active lanes; a file of E rows over S sessions trains E - S of them an epoch. On
+  CUDA the fast engine warms up and captures its CUDA graph at the start of every epoch,
+  inside that clock, as in real training: a short ``--max-steps`` window understates its
+  steady-state rate (the throw-away warm-up model does not take that cost off the clock);
 - evaluation is full ranking over all training items (``evaluate_model``), timed separately,
   after an untimed evaluation of the first eval-batch-size test sessions (with warm-up steps
   on): otherwise the first engine's evaluation paid the first-use costs and two runs of the
