@@ -76,9 +76,11 @@ class GRULayer(nn.Module):
         super().__init__()
         if variant not in ("cell", "original"):
             raise ValueError(f"unknown GRU variant {variant!r} (original, cell)")
-        if not isinstance(bias, bool):
+        if not (isinstance(bias, bool) or (type(bias) is int and bias in (0, 1))):
+            # (nn.GRUCell takes 0 / 1 too; a string here is a variant given by position)
             raise TypeError(f"GRULayer: bias must be True or False, got {bias!r} "
                             "(the variant is the keyword argument variant=)")
+        bias = bool(bias)
         if int(hidden_size) <= 0 or (input_size is not None and int(input_size) <= 0):
             raise ValueError(f"GRULayer: sizes must be positive, got input_size={input_size}, "
                              f"hidden_size={hidden_size}")

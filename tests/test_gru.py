@@ -142,6 +142,12 @@ def test_layer_rejects_bad_shapes_and_arguments_with_one_line_errors():
         assert "\n" not in str(e.value)
     with pytest.raises(TypeError, match="variant="):
         GRULayer(6, 4, "original")
+    for bias in (2, 1.0, None):
+        with pytest.raises(TypeError, match="bias must be True or False"):
+            GRULayer(6, 4, bias)
+    # 0 / 1 as nn.GRUCell takes them
+    assert GRULayer(6, 4, 0).bias is False and GRULayer(6, 4, 0).bias_ih is None
+    assert GRULayer(6, 4, 1).bias is True and GRULayer(6, 4, 1).bias_hh is not None
     with pytest.raises(ValueError, match="hidden_size=0"):
         GRULayer(6, 0)
     with pytest.raises(RuntimeError, match="step"):
