@@ -534,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu")
     r.add_argument("--json", action="store_true")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (--sessions)")
+    _add_threads_arg(r)
     _add_data_args(r)
     r.set_defaults(func=cmd_recommend)
 

@@ -220,6 +220,9 @@ class GRU4Rec:
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise DataError(f"{path}: inconsistent training state "
                             f"({type(e).__name__}: {one_line(e, 300)})") from None
+        # the file's tensors were copied into the model and the trainer: let them go before the
+        # training (a second copy of the item table and its optimizer state on a large catalog)
+        del payload, training
         valid = _validation(validation, validation_kw, train, read_kw)
         est._train_epochs(trainer, train, progress, on_epoch, target, valid, start_epoch=done)
         return est
