@@ -22,8 +22,12 @@ supp_i is the number of training EVENTS of item i. Ties at a candidate-list boun
 top_n, Item-KNN's n_sims) are broken deterministically: the lower item index wins.
 
 Everything is vectorised: fitting uses numpy / scipy.sparse / torch over whole arrays, and
-evaluation scores a batch of session prefixes (one per evaluation lane) at once. The number of
-lanes is chosen so that lanes x n_items scores stay under ``MAX_SCORE_ELEMENTS`` (2^24).
+evaluation ranks a batch of session prefixes (one per evaluation lane) at once. BPR-MF scores
+every item (lanes capped so that lanes x n_items scores stay under ``MAX_SCORE_ELEMENTS``,
+2^24); POP, S-POP and Item-KNN rank each target without the dense scores (``rank_step``: their
+scores take few distinct values, counted by binary search or over the lane's own candidates),
+so a million-item catalog costs them little more than a small one; the dense scores
+(``score_step``) stay their reference, and tests hold the two to the same counts, step by step.
 
 BPR-MF deviation, documented: the authors' code runs one SGD update per event. Here the shuffled
 events are processed in mini-batches of ``batch_size`` events (default 128): the gradients of a
@@ -40,6 +44,7 @@ API
           seed=42, batch_size=128)
     .fit(train) -> self;  .evaluate(test, cutoffs, mode, batch_size) -> metrics dict;
     .reset_state() / .score_step(inputs, reset, keep) -> scores (b, N)   (session-parallel lanes)
+    .rank_step(inputs, targets, reset, keep) -> (n_greater, n_equal) (b,) of each lane's target
     .score_prefix(items) -> scores (N,) of one session prefix (dense item indices)
     BASELINES: {"pop": POP, "spop": SPOP, "itemknn": ItemKNN, "bprmf": BPRMF}
     run_baselines(train, test, names, cutoffs, mode, progress, params) -> {display name: result}
@@ -200,13 +205,25 @@ class _Baseline:
         self.reset_state()
         return scores[0].cpu().numpy().copy()
 
+    #: evaluation holds a (lanes, N) score block (rank_step is the dense default)
+    dense_ranks = True
+
+    def rank_step(self, inputs: torch.Tensor, targets: torch.Tensor, reset: torch.Tensor,
+                  keep: Optional[torch.Tensor] = None):
+        """score_step's step, then each lane's target ranked among the scores: (n_greater,
+        n_equal) int64 (b,). The reference for the baselines that rank without the dense
+        (b, N) scores (POP, S-POP, Item-KNN: their scores are a few distinct values, found in
+        O(b log N)); tests hold each fast form to it, step by step."""
+        return rank_counts_dense(self.score_step(inputs, reset, keep), targets)
+
     # ------------------------------------------------------------------ evaluation
     def eval_lanes(self, batch_size: Optional[int] = None) -> int:
-        """Evaluation lanes: batch_size (default 128) capped so that lanes x N <= 2^24."""
+        """Evaluation lanes: batch_size (default 128), capped so that lanes x N <= 2^24 when
+        the ranks come from dense scores."""
         self._require_fitted()
-        cap = max(1, MAX_SCORE_ELEMENTS // max(self.n_items, 1))
+        cap = max(1, MAX_SCORE_ELEMENTS // max(self.n_items, 1)) if self.dense_ranks else None
         want = DEFAULT_EVAL_LANES if batch_size is None else _check_int("batch_size", batch_size, 1)
-        return max(1, min(want, cap))
+        return max(1, want if cap is None else min(want, cap))
 
     @torch.no_grad()
     def evaluate(self, test, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, mode: str = "conservative",
@@ -222,12 +239,9 @@ class _Baseline:
             raise DataError(f"{test.source}: mapped with a catalog of {test.n_items} items but "
                             f"{self.name} was fitted on {self.n_items}")
 
-        def step_counts(inp, tgt, reset, keep):
-            return rank_counts_dense(self.score_step(inp, reset, keep), tgt)
-
         try:
             with _torch_threads(self.num_threads):
-                res = evaluate_session_steps(step_counts, test, cutoffs, mode,
+                res = evaluate_session_steps(self.rank_step, test, cutoffs, mode,
                                              self.eval_lanes(batch_size), progress,
                                              self.reset_state)
         finally:
@@ -259,11 +273,25 @@ class POP(_Baseline):
         super().__init__()
         self.top_n = _check_int("top_n", top_n, 1)
 
+    dense_ranks = False
+
     def _fit(self, train):
         self.pop = torch.from_numpy(_pop_scores(self.supports, self.top_n))   # (N,) float64
+        self._pop_sorted = torch.sort(self.pop).values
 
     def score_step(self, inputs, reset, keep=None):
         return self.pop.unsqueeze(0).expand(inputs.shape[0], -1)
+
+    def _pop_counts(self, values: torch.Tensor):
+        """(#items with pop > v, #items with pop == v) for each v of values (float64 (b,)):
+        two binary searches in the sorted scores."""
+        above_or_equal = torch.searchsorted(self._pop_sorted, values, side="left")
+        above = torch.searchsorted(self._pop_sorted, values, side="right")
+        return self.n_items - above, above - above_or_equal
+
+    def rank_step(self, inputs, targets, reset, keep=None):
+        """The same counts as the dense scores give (every lane scores pop): O(b log N)."""
+        return self._pop_counts(self.pop[targets])
 
 
 class SPOP(POP):
@@ -272,10 +300,49 @@ class SPOP(POP):
 
     def _fit(self, train):
         super()._fit(train)
+        self._pop_list = self.pop.tolist()      # per-item lookups in rank_step's lane loop
         self._counts: Optional[torch.Tensor] = None
+        self._seen: list = []
 
     def reset_state(self):
-        self._counts = None     # float64 (b, N): occurrences per lane
+        self._counts = None     # float64 (b, N): occurrences per lane (score_step)
+        self._seen = []         # per lane {item: occurrences} (rank_step)
+
+    def rank_step(self, inputs, targets, reset, keep=None):
+        """The dense scores' counts without them. A seen item scores its count (>= 1) + pop
+        (< 1), above every unseen item (pop alone): a seen target competes with the lane's
+        seen items only; an unseen one loses to all of them and to the items whose pop is
+        higher, less those among the seen (counted already). Python per lane over the
+        session's distinct items; binary searches for the catalog."""
+        # lane state as score_step keeps it: fresh lanes on the first step (keep and reset
+        # then have nothing to act on), else the kept lanes first, then the resets
+        if not self._seen:
+            seen = [{} for _ in range(inputs.shape[0])]
+        else:
+            seen = [self._seen[k] for k in keep.tolist()] if keep is not None else self._seen
+            for lane in torch.nonzero(reset).flatten().tolist():
+                seen[lane] = {}
+        for lane, item in enumerate(inputs.tolist()):
+            seen[lane][item] = seen[lane].get(item, 0) + 1
+        self._seen = seen
+        pop = self._pop_list
+        t_list = targets.tolist()
+        all_greater, all_equal = self._pop_counts(self.pop[targets])
+        n_greater, n_equal = [], []
+        for lane, t in enumerate(t_list):
+            counts = seen[lane]
+            c_t = counts.get(t, 0)
+            s_t = c_t + pop[t]                  # the dense path's float64 sum, in Python's
+            if c_t:
+                scores = [c + pop[i] for i, c in counts.items()]
+                n_greater.append(sum(s > s_t for s in scores))
+                n_equal.append(sum(s == s_t for s in scores))
+            else:
+                seen_pops = [pop[i] for i in counts]
+                n_greater.append(len(counts) + int(all_greater[lane])
+                                 - sum(p > s_t for p in seen_pops))
+                n_equal.append(int(all_equal[lane]) - sum(p == s_t for p in seen_pops))
+        return torch.tensor(n_greater, dtype=torch.int64), torch.tensor(n_equal, dtype=torch.int64)
 
     def score_step(self, inputs, reset, keep=None):
         b = inputs.shape[0]
@@ -354,23 +421,47 @@ class ItemKNN(_Baseline):
             sim = C.data.astype(np.float64) / den_row[C.row] / den_col[C.col]
         C.data = sim
         self.sims = top_k_per_row(C, self.n_sims)            # CSR (N, N) float64
-        # padded (N, K) lists for the batched dense scores. Row i is padded with (i, 0.0):
-        # item i scores 0 in its own row anyway (s(i, i) = 0), so writing 0 there is a no-op.
-        N, S = self.n_items, self.sims
-        lengths = np.diff(S.indptr)
-        K = max(1, int(lengths.max()) if N else 1)
-        pos = np.arange(S.nnz, dtype=np.int64) - np.repeat(S.indptr[:-1], lengths)
-        rows = np.repeat(np.arange(N, dtype=np.int64), lengths)
-        idx = np.repeat(np.arange(N, dtype=np.int64)[:, None], K, axis=1)
-        val = np.zeros((N, K), dtype=np.float64)
-        idx[rows, pos] = S.indices
-        val[rows, pos] = S.data
-        self._idx, self._val = torch.from_numpy(idx), torch.from_numpy(val)
+        # the CSR arrays as tensors: a step gathers its lanes' rows from them (a padded
+        # (N, K) copy of the lists was 12x the CSR's memory on a million-item catalog)
+        S = self.sims
+        self._indptr = torch.from_numpy(S.indptr.astype(np.int64))
+        self._indices = torch.from_numpy(S.indices.astype(np.int64))
+        self._data = torch.from_numpy(S.data.astype(np.float64))
+
+    dense_ranks = False
+
+    def _rows(self, inputs: torch.Tensor):
+        """The similarity rows of the lanes' items, padded to the longest one: (idx int64,
+        val float64, valid bool), each (b, K). Padding is (the row's own item, 0.0, False):
+        item i scores 0 in its own row anyway (s(i, i) = 0), so a scatter of it is a no-op."""
+        start = self._indptr[inputs]
+        length = self._indptr[inputs + 1] - start
+        K = max(1, int(length.max()) if inputs.numel() else 1)
+        col = torch.arange(K)
+        valid = col.unsqueeze(0) < length.unsqueeze(1)
+        pos = (start.unsqueeze(1) + col).masked_fill(~valid, 0)
+        if self._indices.numel() == 0:     # no co-occurrence at all: every row empty
+            return inputs.unsqueeze(1).expand(-1, K), torch.zeros(len(inputs), K,
+                                                                   dtype=torch.float64), valid
+        idx = torch.where(valid, self._indices[pos], inputs.unsqueeze(1))
+        val = torch.where(valid, self._data[pos], torch.zeros((), dtype=torch.float64))
+        return idx, val, valid
 
     def score_step(self, inputs, reset, keep=None):
         b = inputs.shape[0]
-        scores = torch.zeros(b, self.n_items, dtype=torch.float64)
-        return scores.scatter_(1, self._idx[inputs], self._val[inputs])
+        idx, val, _ = self._rows(inputs)
+        return torch.zeros(b, self.n_items, dtype=torch.float64).scatter_(1, idx, val)
+
+    def rank_step(self, inputs, targets, reset, keep=None):
+        """The dense scores' counts from the lane's row alone: its K entries plus N - (their
+        number) zeros (the items outside the row, the lane's own item included)."""
+        idx, val, valid = self._rows(inputs)
+        hit = valid & (idx == targets.unsqueeze(1))            # at most one per lane
+        s_t = (val * hit).sum(1, keepdim=True)                 # 0.0 when t is not in the row
+        n_zeros = self.n_items - valid.sum(1)
+        n_greater = (valid & (val > s_t)).sum(1) + torch.where(s_t.squeeze(1) < 0, n_zeros, 0)
+        n_equal = (valid & (val == s_t)).sum(1) + torch.where(s_t.squeeze(1) == 0, n_zeros, 0)
+        return n_greater, n_equal
 
 
 # ============================================================================================

@@ -410,3 +410,44 @@ def test_cli_bad_input(tmp_path):
         with pytest.raises(err) as e:
             run(_parser().parse_args(argv))
         assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ ranks without dense scores
+@pytest.mark.parametrize("make", [lambda: POP(top_n=7), lambda: SPOP(top_n=7),
+                                  lambda: SPOP(top_n=1000), lambda: ItemKNN(n_sims=5),
+                                  lambda: ItemKNN(n_sims=1000)],
+                         ids=["pop", "spop", "spop-all-popular", "itemknn", "itemknn-all-sims"])
+@pytest.mark.parametrize("lanes", [1, 3, 64])
+def test_fast_ranks_equal_the_dense_scores_counts_step_by_step(make, lanes):
+    """POP, S-POP and Item-KNN rank without the (b, N) scores (rank_step); the oracle is the
+    base class's rank_step (score_step's dense scores, then rank_counts_dense), run on the same
+    steps with its own state. A small catalog with many equal supports and short candidate
+    lists: ties at every score, zeros included; repeated items in sessions (S-POP counts)."""
+    from fastgru4rec.baselines import _Baseline
+    from fastgru4rec.evaluate import evaluate_session_steps
+    from fastgru4rec.synthetic import synthetic_split
+
+    train, test = synthetic_split(n_items=60, n_sessions=400, seed=3)
+    model = make().fit(train)
+    assert not model.dense_ranks
+    steps = []
+
+    def both(inp, tgt, reset, keep):
+        fast = model.rank_step(inp, tgt, reset, keep)
+        dense = _Baseline.rank_step(model, inp, tgt, reset, keep)
+        steps.append(len(inp))
+        for got, want in zip(fast, dense):
+            assert got.dtype == torch.int64 and torch.equal(got, want), (inp, tgt)
+        return fast
+
+    model.reset_state()
+    evaluate_session_steps(both, test, (1, 5, 20), "conservative", lanes, False,
+                           model.reset_state)
+    assert sum(steps) == test.n_events - test.n_sessions
+
+
+def test_sparse_rankers_take_all_lanes_on_a_large_catalog(train):
+    """The lane cap (lanes x N <= 2^24) is for the dense scores only."""
+    for model in (POP().fit(train), ItemKNN().fit(train), BPRMF(n_iterations=1).fit(train)):
+        model.n_items = 1 << 21                      # as if the catalog had 2M items
+        assert model.eval_lanes(128) == (8 if model.dense_ranks else 128)
