@@ -269,8 +269,10 @@ run_bench() {
     say "$name: skipped (pytest-benchmark is not installed here)"
     return 0
   fi
-  # pytest's exit status 5 (nothing selected): the file has no GPU benchmark
-  STEP_NONE_MEANS="no GPU benchmark in the file" step "$name" "$max" "$PY" -m pytest "benchmarks/$f" \
+  # pytest's exit status 5 (nothing selected): the file has no GPU benchmark. The GPU machine
+  # is the quiet one the claims are checked on: a claim not met fails its step (named in the
+  # log); not in the CPU simulation, whose shared cores are noisy
+  FASTGRU4REC_BENCH_ASSERT=$(( SIMULATE == 1 ? 0 : 1 )) STEP_NONE_MEANS="no GPU benchmark in the file" step "$name" "$max" "$PY" -m pytest "benchmarks/$f" \
     -q -p no:cacheprovider -rs --benchmark-json="$RAW/$name.json" --benchmark-max-time=0.5
 }
 # the kernel issues' benchmarks first: each has only this one chance at a GPU

@@ -328,7 +328,10 @@ def performance(results: Path, out: Optional[Path] = None,
         lines += [md]
         png = chart(trains, pbs, out.parent / "performance.png")
         if png:
-            lines += [f"![performance](benchmarks/results/{png.name})", ""]
+            # the README (repository root) links into benchmarks/results/; another --out file
+            # links the chart beside it
+            link = f"benchmarks/results/{png.name}" if readme is not None else png.name
+            lines += [f"![performance]({link})", ""]
         lines += ["Reproduce: `fastgru4rec bench train --preset rsc15 TRAIN --test TEST "
                   "--threads N --compare-reference --label NAME "
                   "--json benchmarks/results/NAME.json`, `python -m pytest benchmarks "

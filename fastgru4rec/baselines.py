@@ -75,8 +75,8 @@ from .ops.ranking import RANK_MODES, rank_counts_dense
 __all__ = ["POP", "SPOP", "ItemKNN", "BPRMF", "BASELINES", "DISPLAY_NAMES", "run_baselines",
            "register_cli", "run", "make_baseline", "bpr_sgd_step", "cooccurrence", "top_k_per_row", "resolve_names", "MAX_SCORE_ELEMENTS", "GRU4REC_PRESETS"]
 
-MAX_SCORE_ELEMENTS = 1 << 24     # lanes x n_items scores held at once during evaluation
-DEFAULT_EVAL_LANES = 128         # lanes per evaluation step (capped by MAX_SCORE_ELEMENTS)
+MAX_SCORE_ELEMENTS = 1 << 24     # lanes x n_items scores held at once by a dense evaluation
+DEFAULT_EVAL_LANES = 128         # lanes per evaluation step (BPR-MF: capped by the above)
 DEFAULT_THREADS = 1              # torch threads while fitting / evaluating (see _torch_threads)
 
 
@@ -319,7 +319,9 @@ class SPOP(POP):
         if not self._seen:
             seen = [{} for _ in range(inputs.shape[0])]
         else:
-            seen = [self._seen[k] for k in keep.tolist()] if keep is not None else self._seen
+            # copies, as score_step's index_select: a lane kept twice must not share its dict
+            seen = ([dict(self._seen[k]) for k in keep.tolist()] if keep is not None
+                    else self._seen)
             for lane in torch.nonzero(reset).flatten().tolist():
                 seen[lane] = {}
         for lane, item in enumerate(inputs.tolist()):
@@ -748,8 +750,8 @@ def register_cli(subparsers) -> None:
                         "§7) or a parameter string k=v,k=v (default preset: rsc15)")
     p.add_argument("--device", default="cpu", help="device for GRU4Rec (cpu, cuda, auto)")
     p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="evaluation lanes (default: the baselines 128, capped so lanes x "
-                        "items <= 2^24; GRU4Rec 512)")
+                   help="evaluation lanes (default: the baselines 128, for BPR-MF capped so "
+                        "lanes x items <= 2^24; GRU4Rec 512)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch threads for the whole command, the baselines and --gru4rec "
                         "(default 1; 0: leave torch's setting)")

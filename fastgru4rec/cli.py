@@ -101,10 +101,10 @@ def _read_kw(args) -> Dict:
     if len({args.session_key, args.item_key, args.time_key}) < 3:
         raise ConfigError(f"--session-key {args.session_key!r}, --item-key {args.item_key!r} and "
                           f"--time-key {args.time_key!r} must name three different columns")
-    if args.sep is not None and (len(args.sep) != 1 or args.sep in "\r\n\""
-                                 or not args.sep.isascii()):
-        raise ConfigError(f"--sep must be a single ASCII character other than a newline or "
-                          f"'\"' (got {args.sep!r})")
+    from .data import SEPARATOR_RULE, valid_separator   # (pyarrow: imported when needed)
+
+    if args.sep is not None and not valid_separator(args.sep):
+        raise ConfigError(f"--sep must be {SEPARATOR_RULE} (got {args.sep!r})")
     return dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,
                 sep=args.sep)
 

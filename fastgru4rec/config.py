@@ -322,6 +322,14 @@ def read_param_file(path) -> Dict[str, Any]:
     raise ConfigError(f"{path}: no 'gru4rec_params = ...' assignment found")
 
 
+def _dict_pairs(node: ast.Dict) -> list:
+    """A dict literal's (key, value) pairs as written, repeats kept (literal_eval would merge
+    them); ValueError for a ``**`` entry (its key is None)."""
+    if None in node.keys:
+        raise ValueError("a ** entry")
+    return [(ast.literal_eval(k), ast.literal_eval(v)) for k, v in zip(node.keys, node.values)]
+
+
 def _literal_params(node: ast.AST, path: Path) -> Dict[str, Any]:
     try:
         # OrderedDict([...]) / dict(...) / {...}: only the literal arguments are evaluated.
@@ -331,13 +339,13 @@ def _literal_params(node: ast.AST, path: Path) -> Dict[str, Any]:
                 raise ValueError
             pairs = []
             for arg in node.args:
-                value = ast.literal_eval(arg)
-                pairs.extend(value.items() if isinstance(value, dict) else
-                             [tuple(pair) for pair in value])
+                if isinstance(arg, ast.Dict):      # OrderedDict({...}): its keys as written
+                    pairs.extend(_dict_pairs(arg))
+                else:
+                    pairs.extend(tuple(pair) for pair in ast.literal_eval(arg))
             pairs.extend((kw.arg, ast.literal_eval(kw.value)) for kw in node.keywords)
-        elif isinstance(node, ast.Dict) and None not in node.keys:   # (None: a ** entry)
-            pairs = [(ast.literal_eval(k), ast.literal_eval(v))
-                     for k, v in zip(node.keys, node.values)]
+        elif isinstance(node, ast.Dict):
+            pairs = _dict_pairs(node)
         else:
             raise ValueError
         if any(len(pair) != 2 for pair in pairs):

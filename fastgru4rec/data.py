@@ -202,6 +202,15 @@ class _Keys:
         return {self.session: "session_key", self.item: "item_key", self.time: "time_key"}[column]
 
 
+SEPARATOR_RULE = "a single ASCII character other than a newline or '\"'"
+
+
+def valid_separator(sep) -> bool:
+    """A text file's field separator: one ASCII character (pyarrow splits on one byte; a
+    non-ASCII character is several in UTF-8), not a line break or the quote character."""
+    return isinstance(sep, str) and len(sep) == 1 and sep not in "\r\n\"" and sep.isascii()
+
+
 def read_events(source, session_key: str = "SessionId", item_key: str = "ItemId",
                 time_key: str = "Time", sep: Optional[str] = None) -> pa.Table:
     """Read events into a pyarrow Table with columns session (string), item (string),
@@ -216,11 +225,8 @@ def read_events(source, session_key: str = "SessionId", item_key: str = "ItemId"
         # one column cannot be two of them (pyarrow would fail with a KeyError deep inside)
         raise DataError(f"session_key={session_key!r}, item_key={item_key!r} and "
                         f"time_key={time_key!r} must name three different columns")
-    if sep is not None and (not isinstance(sep, str) or len(sep) != 1 or sep in "\r\n\""
-                            or not sep.isascii()):
-        # (pyarrow splits on one byte: a non-ASCII character is several in UTF-8)
-        raise DataError(f"separator sep={sep!r}: must be a single ASCII character other than "
-                        "a newline or '\"'")
+    if sep is not None and not valid_separator(sep):
+        raise DataError(f"separator sep={sep!r}: must be {SEPARATOR_RULE}")
     if isinstance(source, pa.Table):
         return _normalize(_select(source, "<Table>", keys), "<Table>", keys)
     if _is_dataframe(source):

@@ -204,7 +204,8 @@ class GRU4Rec:
                             "its items in another order)")
         # checkpoints before the fingerprint have only the checks above
         saved_print = training.get("data_fingerprint")
-        if saved_print is not None and saved_print != training_fingerprint(train):
+        fingerprint = training_fingerprint(train) if target is not None or saved_print else None
+        if saved_print is not None and saved_print != fingerprint:
             raise DataError(f"{train.source}: not the data {path} was trained on (the same "
                             f"{train.n_events:,} events over the same items, but other "
                             "sessions or other items in them)")
@@ -224,16 +225,19 @@ class GRU4Rec:
         # training (a second copy of the item table and its optimizer state on a large catalog)
         del payload, training
         valid = _validation(validation, validation_kw, train, read_kw)
-        est._train_epochs(trainer, train, progress, on_epoch, target, valid, start_epoch=done)
+        est._train_epochs(trainer, train, progress, on_epoch, target, valid, start_epoch=done,
+                          fingerprint=fingerprint)
         return est
 
     def _train_epochs(self, trainer: Trainer, train: SessionData, progress: bool, on_epoch,
-                      checkpoint, validation=None, start_epoch: int = 0) -> None:
+                      checkpoint, validation=None, start_epoch: int = 0,
+                      fingerprint: Optional[str] = None) -> None:
         """trainer.fit from start_epoch, appending to self.history; after each epoch the
         validation data (if any) is evaluated into stats.metrics, the checkpoint (if any) is
         written, then on_epoch(stats) is called."""
-        # what resume compares the data with, computed once
-        fingerprint = training_fingerprint(train) if checkpoint is not None else None
+        # what resume compares the data with, computed once (resume passes the one it checked)
+        if checkpoint is not None and fingerprint is None:
+            fingerprint = training_fingerprint(train)
 
         def after_epoch(stats: EpochStats) -> None:
             if validation is not None:

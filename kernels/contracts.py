@@ -14,14 +14,16 @@ from __future__ import annotations
 import torch
 
 
-def index_vector(name: str, ids: torch.Tensor, n: int) -> torch.Tensor:
+def index_vector(name: str, ids: torch.Tensor, n=None) -> torch.Tensor:
     """ids as a contiguous (n,) integer vector (int32 or int64; a kernel takes ids * stride in
-    int64). A float or bool vector would be read as other ids (no error), a narrower or
-    unsigned one overflows in the kernel, one of another length is read past its end. Values
-    are not range-checked (that would synchronise with the host every call): out-of-range ids
-    read or write outside the tables, as in a CUDA gather."""
-    if ids.dim() != 1 or ids.shape[0] != n or ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{name} must be an int32 or int64 vector of {n} ids (got {ids.dtype}, "
+    int64; n None: of any length). A float or bool vector would be read as other ids (no
+    error), a narrower or unsigned one overflows in the kernel, one of another length is read
+    past its end. Values are not range-checked (that would synchronise with the host every
+    call): out-of-range ids read or write outside the tables, as in a CUDA gather."""
+    if ids.dim() != 1 or (n is not None and ids.shape[0] != n) \
+            or ids.dtype not in (torch.int32, torch.int64):
+        of = "" if n is None else f" of {n} ids"
+        raise ValueError(f"{name} must be an int32 or int64 vector{of} (got {ids.dtype}, "
                          f"shape {tuple(ids.shape)})")
     return ids.contiguous()
 
@@ -66,9 +68,7 @@ def check_rows_update(what: str, table: torch.Tensor, rows: torch.Tensor, grad: 
                       acc: torch.Tensor, vel) -> None:
     """A row update (``what``: the op, for the messages) of table (N, ...): rows (u,) int ids,
     grad (u, ...) one gradient row per id, acc and vel (or None) shaped like the table."""
-    if rows.dim() != 1:
-        raise ValueError(f"{what}: the row ids must be a vector (got shape {tuple(rows.shape)})")
-    index_vector(f"{what}: the row ids", rows, rows.shape[0])
+    index_vector(f"{what}: the row ids", rows)
     want = (rows.shape[0], *table.shape[1:])
     if tuple(grad.shape) != want:
         raise ValueError(f"{what}: grad must have one row per row id, shape {want} (got "

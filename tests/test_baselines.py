@@ -446,6 +446,23 @@ def test_fast_ranks_equal_the_dense_scores_counts_step_by_step(make, lanes):
     assert sum(steps) == test.n_events - test.n_sessions
 
 
+def test_spop_lanes_kept_twice_do_not_share_their_counts(train):
+    """keep may name a lane twice (rank_step is public): each copy counts on its own, as
+    score_step's index_select copies."""
+    from fastgru4rec.baselines import _Baseline
+    fast, dense = SPOP().fit(train), SPOP().fit(train)
+
+    def step(inp, tgt, reset, keep=None):
+        args = (torch.tensor(inp), torch.tensor(tgt), torch.tensor(reset),
+                None if keep is None else torch.tensor(keep))
+        got = fast.rank_step(*args)
+        want = _Baseline.rank_step(dense, *args)
+        assert [g.tolist() for g in got] == [w.tolist() for w in want]
+    step([A], [B], [True])
+    step([C, C], [A, C], [False, False], keep=[0, 0])      # lane 0 carried on twice
+    step([A, B], [C, C], [False, False])                    # each copy saw only its own C
+
+
 def test_sparse_rankers_take_all_lanes_on_a_large_catalog(train):
     """The lane cap (lanes x N <= 2^24) is for the dense scores only."""
     for model in (POP().fit(train), ItemKNN().fit(train), BPRMF(n_iterations=1).fit(train)):

@@ -248,6 +248,8 @@ def test_report_performance_splices_the_readme_between_markers(bench_json, tmp_p
     assert report.main(["performance", "--results", str(results)]) == 0
     assert real_readme.read_bytes() == before
     assert (tmp_path / "p.md").is_file() and (results / "PERFORMANCE.md").is_file()
+    if (tmp_path / "performance.png").is_file():      # matplotlib present: linked beside it
+        assert "](performance.png)" in (tmp_path / "p.md").read_text()
 
 
 def test_parallel_pytest_runs_files_apart_and_the_report_sums_them(tmp_path):

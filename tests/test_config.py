@@ -240,7 +240,8 @@ def test_a_parameter_given_twice_overrides_in_a_string_and_is_an_error_in_a_file
     for name, text in (("a.json", '{"loss": "top1", "layers": [4], "loss": "bpr"}'),
                        ("b.py", "gru4rec_params = OrderedDict([('loss', 'top1'), ('loss', 'bpr')])"),
                        ("c.py", "gru4rec_params = {'loss': 'top1', 'loss': 'bpr'}"),
-                       ("d.py", "gru4rec_params = dict([('loss', 'top1')], loss='bpr')")):
+                       ("d.py", "gru4rec_params = dict([('loss', 'top1')], loss='bpr')"),
+                       ("f.py", "gru4rec_params = OrderedDict({'loss': 'top1', 'loss': 'bpr'})")):
         p = tmp_path / name
         p.write_text(text + "\n")
         with pytest.raises(ConfigError, match=f"{name}: parameter 'loss' given twice"):

@@ -117,6 +117,8 @@ def test_sampled_loss_refusals(backend):
     with pytest.raises(ValueError, match=r"logq_per_column must have shape \(5,\)"):
         S.fused_sampled_loss(h, W, bias, Y, "cross-entropy", logq=1.0,
                              logq_per_column=torch.zeros(3, device=d), backend=backend)
+    with pytest.raises(ValueError, match=r"Y must be an int32 or int64 vector \(got torch.float"):
+        S.fused_sampled_loss(h, W, bias, Y.float(), "top1", backend=backend)
     with pytest.raises(ValueError, match="bias_index must be an int32 or int64 vector of 5"):
         S.fused_sampled_loss(h, W, bias, Y, "bpr-max", bias_index=Y[:1], backend=backend)
     with pytest.raises(ValueError, match="scores have 2 columns for 3 lanes"):

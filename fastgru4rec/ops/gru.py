@@ -35,6 +35,11 @@ def gru_step_reference(gi: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tenso
     (the original form has a single bias per gate, folded into gi; bias_hh must be None.)
     """
     _contracts.check_step_shapes(gi, h, None, None, weight_hh, bias_hh, None, None)
+    return _gru_step_torch(gi, h, weight_hh, bias_hh, variant)
+
+
+def _gru_step_torch(gi, h, weight_hh, bias_hh, variant: str) -> torch.Tensor:
+    """gru_step_reference's arithmetic, its arguments already checked."""
     H = h.shape[1]
     if variant == "cell":
         gh = torch.nn.functional.linear(h, weight_hh, bias_hh)          # (b, 3H)
@@ -139,6 +144,13 @@ def gru_step_fused_reference(x: torch.Tensor, h: torch.Tensor, weight_ih: Option
     """Plain-torch reference of :func:`gru_step_fused` (same arguments, autograd by torch)."""
     _check_args(variant, bias_hh, dropout_in, dropout_out)
     _contracts.check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
+    return _gru_step_fused_torch(x, h, weight_ih, bias_ih, weight_hh, bias_hh, variant, idx,
+                                 reset, dropout_in, dropout_out, seed, stream)
+
+
+def _gru_step_fused_torch(x, h, weight_ih, bias_ih, weight_hh, bias_hh, variant, idx, reset,
+                          dropout_in, dropout_out, seed, stream) -> torch.Tensor:
+    """gru_step_fused_reference's arithmetic, its arguments already checked."""
     rows = x if idx is None else x.index_select(0, idx)
     if weight_ih is None:
         gi = rows if bias_ih is None else rows + bias_ih
@@ -147,7 +159,7 @@ def gru_step_fused_reference(x: torch.Tensor, h: torch.Tensor, weight_ih: Option
                                         weight_ih, bias_ih)
     if reset is not None:
         h = h.masked_fill(reset.to(torch.bool)[:, None], 0.0)
-    h_new = gru_step_reference(gi, h, weight_hh, bias_hh, variant)
+    h_new = _gru_step_torch(gi, h, weight_hh, bias_hh, variant)
     return _dropout_hash(h_new, dropout_out, seed, stream, 1)
 
 
@@ -282,9 +294,8 @@ def gru_step_fused(x: torch.Tensor, h: torch.Tensor, weight_ih: Optional[torch.T
     # before reset is converted below: the same arguments refused on both backends
     _contracts.check_step_shapes(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset)
     if _resolve_backend(backend, h) == "torch":
-        return gru_step_fused_reference(x, h, weight_ih, bias_ih, weight_hh, bias_hh, variant,
-                                        idx=idx, reset=reset, dropout_in=dropout_in,
-                                        dropout_out=dropout_out, seed=seed, stream=stream)
+        return _gru_step_fused_torch(x, h, weight_ih, bias_ih, weight_hh, bias_hh, variant, idx,
+                                     reset, dropout_in, dropout_out, seed, stream)
     if reset is not None and reset.dtype != torch.bool:
         reset = reset != 0
     out, _ = torch.ops.fastgru4rec.gru_step_fwd(

@@ -170,6 +170,7 @@ def fused_sampled_loss_and_grads(h, item_weight, item_bias, Y, loss, *, logq_per
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    Y = _contracts.index_vector("Y", Y)
     if resolve_backend(backend, h) == "torch":
         if log_support is not None and logq_per_column is None:
             logq_per_column = logq_columns(log_support, Y, h.shape[0], sample_alpha)
@@ -239,8 +240,9 @@ def fused_sampled_loss(h, item_weight, item_bias, Y, loss, *, logq_per_column=No
     shape."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
-    b_col = Y if bias_index is None else bias_index
-    _contracts.index_vector("bias_index", b_col, Y.shape[0])   # one bias id per column of Y
+    Y = _contracts.index_vector("Y", Y)
+    b_col = Y if bias_index is None else _contracts.index_vector(
+        "bias_index", bias_index, Y.shape[0])                  # one bias id per column of Y
     if resolve_backend(backend, h) == "torch":
         R = sampled_scores(h, item_weight.index_select(0, Y), item_bias.index_select(0, b_col))
         return sampled_loss_reference(R, loss, logq_per_column=logq_per_column, logq=logq,
