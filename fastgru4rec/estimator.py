@@ -26,8 +26,7 @@ import torch
 
 from .config import GRU4RecConfig, is_integer
 from .data import (SessionData, as_session_data, require_evaluable, require_trainable,
-                   training_fingerprint,
-                   same_item_map)
+                   same_item_map, training_fingerprint)
 from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
 from .evaluate import (DEFAULT_CUTOFFS, MetricAccumulator, check_eval_batch_size,

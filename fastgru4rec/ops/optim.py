@@ -104,7 +104,7 @@ def adagrad_momentum_rows(table: torch.Tensor, rows: torch.Tensor, grad_rows: to
         native.adagrad_momentum_rows(*_native_args(table, acc, vel, rows, grad_rows), lr,
                                      momentum, EPS)
         return
-    adagrad_momentum_rows_reference(table, rows, grad_rows, acc, vel, lr, momentum)
+    _update_rows(table, rows.long(), grad_rows, acc, vel, lr, momentum)   # checked above
 
 
 @torch.no_grad()
