@@ -561,6 +561,15 @@ def _is_out_of_memory(e: BaseException) -> bool:
         or "can't allocate memory" in str(e)
 
 
+def _warning_printer(command: str):
+    """warnings.showwarning for the command: one line ``fastgru4rec CMD: warning: ...`` on
+    stderr, like the errors (Python's default adds the file, line and source of the call)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = one_line(message).removeprefix("fastgru4rec: ")
+        print(f"fastgru4rec {command}: warning: {text}", file=file or sys.stderr)
+    return show
+
+
 def _silence_stdout():
     """After EPIPE: point stdout at /dev/null so the interpreter's final flush of it does not
     fail a second time ("Exception ignored ... BrokenPipeError"); the recipe of Python's
@@ -609,7 +618,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.threads > 0:
                 import torch
                 torch.set_num_threads(args.threads)
-        rc = int(args.func(args) or 0)
+        with warnings.catch_warnings():   # restores showwarning (main may run in a caller)
+            warnings.showwarning = _warning_printer(args.command)
+            rc = int(args.func(args) or 0)
         if sys.stdout is not None:   # None when started with stdout closed (`>&-`)
             sys.stdout.flush()       # a closed pipe must fail here, inside the handler below
         return rc

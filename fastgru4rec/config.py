@@ -15,7 +15,7 @@ import numbers
 import operator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from .errors import ConfigError
 
@@ -151,6 +151,20 @@ class GRU4RecConfig:
     def n_extra_samples(self) -> int:
         """Sampled extra negatives per step (0 with n_sample = "all")."""
         return 0 if self.full_catalog else int(self.n_sample)
+
+    def ineffective_parameters(self) -> List[str]:
+        """Parameters set to a value that this configuration ignores, each as a sentence (for
+        a warning): valid settings, but someone porting a setup would expect an effect."""
+        notes = []
+        if self.logq != 0 and self.loss != "cross-entropy":
+            notes.append(f"logq={self.logq:g} has no effect with loss={self.loss} (the logQ "
+                         "correction is for cross-entropy only)")
+        if self.dropout_p_embed != 0 and self.embedding_mode == "onehot":
+            notes.append(f"dropout_p_embed={self.dropout_p_embed:g} has no effect with one-hot "
+                         "input (constrained_embedding=False, embedding=0): there is no embedding "
+                         "to drop; the first layer's output gets dropout_p_hidden, as in the "
+                         "authors' Theano code (their PyTorch port applies dropout_p_embed there)")
+        return notes
 
     def layer_variant(self, layer: int) -> str:
         """GRU variant of a layer; 'auto' follows the authors' code: the one-hot first layer
@@ -314,12 +328,21 @@ def read_param_file(path) -> Dict[str, Any]:
     except (MemoryError, RecursionError):
         # CPython's parser gives up on deeply nested expressions (e.g. 100000 unary minuses)
         raise ConfigError(f"{path}: too deeply nested to parse as a parameter file") from None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "gru4rec_params" for t in node.targets
-        ):
-            return _literal_params(node.value, path)
-    raise ConfigError(f"{path}: no 'gru4rec_params = ...' assignment found")
+    assign = next((node for node in tree.body if isinstance(node, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == "gru4rec_params" for t in node.targets)), None)
+    if assign is None:
+        raise ConfigError(f"{path}: no 'gru4rec_params = ...' assignment found")
+    # The file is read, not run: a later statement that changes gru4rec_params (a second
+    # assignment, gru4rec_params['loss'] = ..., .update(...)) would be silently ignored where
+    # the authors' run.py, which executes the file, applies it. Any other use is refused.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "gru4rec_params" \
+                and not any(node is t for t in assign.targets):
+            raise ConfigError(
+                f"{path}: line {node.lineno}: a second use of gru4rec_params (its assignment is "
+                f"on line {assign.lineno}); this file is read, not run: put every parameter in "
+                "that one assignment")
+    return _literal_params(assign.value, path)
 
 
 def _dict_pairs(node: ast.Dict) -> list:

@@ -128,6 +128,8 @@ class GRU4Rec:
         _check_on_epoch(on_epoch)
         if checkpoint is not None:
             check_writable(checkpoint, _paths(data, validation))
+        for note in self.config.ineffective_parameters():
+            warnings.warn(note, UserWarning, stacklevel=3)   # past fit's decorators
         train = _read_training_data(data, read_kw, "fit")
         require_trainable(train, self.config.min_lanes)
         valid = _validation(validation, validation_kw, train, read_kw)

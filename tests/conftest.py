@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -232,9 +233,10 @@ def run_cli(capsys, *args):
 
 
 def cli_error_lines(err: str):
-    """stderr lines less Python warnings (a warning line and its source line after it: the
-    native-extension RuntimeWarning may be printed by a run that got as far as training; it is
-    not part of the error report)."""
+    """stderr lines less warnings: the CLI's one-line ``fastgru4rec CMD: warning: ...`` (e.g.
+    the native-extension warning of a run that got as far as training, or a parameter without
+    effect), and Python's two-line form (a warning line and its source line after it) for any
+    warning raised outside the command. They are not part of the error report."""
     keep, skip_next = [], False
     for line in err.splitlines():
         if skip_next:
@@ -242,6 +244,8 @@ def cli_error_lines(err: str):
             continue
         if "Warning:" in line and ".py:" in line:
             skip_next = True
+            continue
+        if re.match(r"fastgru4rec [\w-]+: warning: ", line):
             continue
         keep.append(line)
     return keep

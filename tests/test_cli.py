@@ -121,6 +121,14 @@ def test_train_in_process_json_and_tables(files, capsys, tmp_path):
     assert "epoch   1" in err and "epoch   2" in err
 
 
+def test_train_warns_in_one_line_of_a_parameter_without_effect(files, capsys):
+    rc, out, err = run_cli(capsys, "train", files["train"], "-ps",
+                           PS + ",n_epochs=1,loss=bpr-max,logq=1", "-q")
+    assert rc == 0, err
+    assert err.splitlines() == ["fastgru4rec train: warning: logq=1 has no effect with "
+                                "loss=bpr-max (the logQ correction is for cross-entropy only)"]
+
+
 def test_evaluate_and_recommend_from_saved_model(files, capsys):
     rc, out, err = run_cli(capsys, "evaluate", files["model"], files["test"], "--json", "-m", "1", "20",
                         "-e", "standard")

@@ -52,6 +52,22 @@ def test_embedding_mode_and_variant(kw, mode, variant0):
     assert c.layer_variant(1) == (kw.get("gru_variant") or "cell")
 
 
+@pytest.mark.parametrize("kw, fragments", [
+    (dict(), []),
+    (dict(loss="cross-entropy", logq=1.0, dropout_p_embed=0.2), []),   # both take effect
+    (dict(constrained_embedding=False, embedding=8, dropout_p_embed=0.2), []),
+    (dict(loss="bpr-max", logq=1.0), ["logq=1 has no effect with loss=bpr-max"]),
+    (dict(loss="top1", logq=0.5), ["logq=0.5 has no effect with loss=top1"]),
+    (dict(constrained_embedding=False, embedding=0, dropout_p_embed=0.25),
+     ["dropout_p_embed=0.25 has no effect with one-hot input"]),
+])
+def test_ineffective_parameters(kw, fragments):
+    notes = GRU4RecConfig(**kw).ineffective_parameters()
+    assert len(notes) == len(fragments)
+    for note, fragment in zip(notes, fragments):
+        assert note.startswith(fragment), note
+
+
 def test_layers_forms():
     assert GRU4RecConfig(layers=64).layers == (64,)
     assert GRU4RecConfig(layers="100/50").layers == (100, 50)
@@ -249,6 +265,24 @@ def test_a_parameter_given_twice_overrides_in_a_string_and_is_an_error_in_a_file
     p = tmp_path / "e.py"          # pairs of three are not parameters
     p.write_text("gru4rec_params = OrderedDict([('loss', 'top1', 3)])\n")
     with pytest.raises(ConfigError, match="must be a dict or OrderedDict of literal values"):
+        read_param_file(p)
+
+
+@pytest.mark.parametrize("later, line", [
+    ("gru4rec_params['loss'] = 'bpr-max'", 3),            # an item set after the assignment
+    ("gru4rec_params.update(loss='bpr-max')", 3),          # a method call
+    ("# tuned later:\ngru4rec_params = {'loss': 'bpr-max'}", 4),   # assigned twice
+    ("del gru4rec_params['n_sample']", 3),
+])
+def test_python_param_file_changed_after_its_assignment_is_refused(tmp_path, later, line):
+    # the authors' run.py executes the file, so a later change wins there; this reader does
+    # not run it and must not train with the first assignment's values silently
+    p = tmp_path / "tuned.py"
+    p.write_text("from collections import OrderedDict\n"
+                 "gru4rec_params = OrderedDict([('loss', 'cross-entropy'), ('n_sample', 8)])\n"
+                 f"{later}\n")
+    with pytest.raises(ConfigError, match=rf"tuned.py: line {line}: a second use of "
+                                          r"gru4rec_params \(its assignment is on line 2\)"):
         read_param_file(p)
 
 

@@ -2,6 +2,7 @@
 
 Kept fast: tiny synthetic data, 1-2 epochs, small layers, few extra samples."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -79,6 +80,22 @@ def test_fit_learns_and_beats_random(medium):
     assert res["recall"][5] > 3 * 5 / n
     assert res["mrr"][20] > 3 * sum(1.0 / r for r in range(1, 21)) / n
     assert 0 <= res["mrr"][5] <= res["recall"][5] <= res["recall"][20] <= 1
+
+
+@pytest.mark.parametrize("base, ignored", [
+    (dict(loss="bpr-max"), dict(logq=1.0)),
+    (dict(constrained_embedding=False, embedding=0, dropout_p_hidden=0.3),
+     dict(dropout_p_embed=0.5)),
+])
+def test_fit_warns_of_a_parameter_without_effect_and_it_has_none(small, base, ignored):
+    # the warning's claim, checked: the same seed trains the same parameters without it
+    train, _ = small
+    with pytest.warns(UserWarning, match=f"{next(iter(ignored))}=.* has no effect"):
+        with_it = GRU4Rec(**FAST, **base, **ignored).fit(train, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")    # the same setup without it: no warning
+        without = GRU4Rec(**FAST, **base).fit(train, progress=False)
+    assert _states_equal(_state(with_it), _state(without))
 
 
 def test_fit_from_path_and_dataframe_equal(small, tmp_path):
