@@ -65,6 +65,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from .cli import add_data_options, data_options
 from .config import is_integer
 from .data import (SessionData, as_session_data, read_sessions, require_evaluable,
                    require_trainable)
@@ -757,10 +758,7 @@ def register_cli(subparsers) -> None:
                         "(default 1; 0: leave torch's setting)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--session-key", default="SessionId")
-    p.add_argument("--item-key", default="ItemId")
-    p.add_argument("--time-key", default="Time")
-    p.add_argument("--sep", default=None, help="field separator (default: by file extension)")
+    add_data_options(p)
     p.set_defaults(func=run)
 
 
@@ -794,8 +792,7 @@ def run(args) -> int:
     for m in models.values():
         m.num_threads = threads or None
     g_params = _gru4rec_params(args.gru4rec) if args.gru4rec is not None else None
-    read_kw = dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,
-                   sep=args.sep)
+    read_kw = data_options(args)
 
     g = None
     if g_params is not None:

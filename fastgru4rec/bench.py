@@ -50,6 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cli import add_data_options, data_options
 from .fileio import atomic_write, check_writable
 
 SCHEMA = "fastgru4rec-bench/1"
@@ -595,9 +596,10 @@ def cmd_bench(args) -> int:
         test.source = "synthetic (test split)"
     else:
         from .data import read_sessions, require_evaluable, require_trainable
-        train = read_sessions(data_path)
+        read_kw = data_options(args)
+        train = read_sessions(data_path, **read_kw)
         require_trainable(train, config.min_lanes)
-        test = read_sessions(args.test, item_map=train) if args.test else None
+        test = read_sessions(args.test, item_map=train, **read_kw) if args.test else None
         if test is not None:
             require_evaluable(test)
     log(f"bench: train {train.n_events:,} events / {train.n_sessions:,} sessions / "
@@ -667,6 +669,7 @@ def register_cli(subparsers) -> None:
     b.add_argument("--compare-reference", action="store_true",
                    help="also time the reference loop in the same run and report the speed-up")
     b.add_argument("--eval-batch-size", type=int, default=512)
+    add_data_options(b)
     b.add_argument("--synthetic", metavar="k=v,...",
                    help="synthetic data size, e.g. n_sessions=2000,n_items=300 (no DATA only)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")

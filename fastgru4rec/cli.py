@@ -82,11 +82,18 @@ def _add_threads_arg(p: argparse.ArgumentParser):
                    help="CPU threads for torch (default or 0: leave torch's setting)")
 
 
-def _add_data_args(p: argparse.ArgumentParser):
-    p.add_argument("--session-key", default="SessionId")
-    p.add_argument("--item-key", default="ItemId")
-    p.add_argument("--time-key", default="Time")
-    p.add_argument("--sep", default=None, help="field separator (default: by file extension)")
+def add_data_options(p: argparse.ArgumentParser, sep: bool = True):
+    """The options of reading event files (read_events' keywords), for every command that reads
+    them; data_options(args) gives the keywords. sep=False: a command whose format fixes it."""
+    p.add_argument("--session-key", default="SessionId", metavar="COLUMN",
+                   help="column of the session ids (default SessionId)")
+    p.add_argument("--item-key", default="ItemId", metavar="COLUMN",
+                   help="column of the item ids (default ItemId)")
+    p.add_argument("--time-key", default="Time", metavar="COLUMN",
+                   help="column of the times in seconds (default Time)")
+    if sep:
+        p.add_argument("--sep", default=None,
+                       help="field separator of text files (default: by file extension)")
 
 
 def _check_eval_args(args):
@@ -96,17 +103,18 @@ def _check_eval_args(args):
     check_eval_batch_size(args.eval_batch_size)
 
 
-def _read_kw(args) -> Dict:
-    # Checked here as well as in read_events, to name the options rather than the API's names.
+def data_options(args) -> Dict:
+    """read_events' keywords from add_data_options' options. Checked here as well as in
+    read_events, to name the options rather than the API's names."""
     if len({args.session_key, args.item_key, args.time_key}) < 3:
         raise ConfigError(f"--session-key {args.session_key!r}, --item-key {args.item_key!r} and "
                           f"--time-key {args.time_key!r} must name three different columns")
     from .data import SEPARATOR_RULE, valid_separator   # (pyarrow: imported when needed)
 
-    if args.sep is not None and not valid_separator(args.sep):
+    if getattr(args, "sep", None) is not None and not valid_separator(args.sep):
         raise ConfigError(f"--sep must be {SEPARATOR_RULE} (got {args.sep!r})")
     return dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,
-                sep=args.sep)
+                **({"sep": args.sep} if "sep" in args else {}))
 
 
 def _check_save_path(path: Optional[str], inputs=()):
@@ -162,10 +170,10 @@ def cmd_train(args) -> int:
     if args.eval_every_epoch and not args.test:
         raise ConfigError("--eval-every-epoch evaluates the first -t/--test file: give one")
     t0 = time.perf_counter()
-    train = read_sessions(args.train, **_read_kw(args))
+    train = read_sessions(args.train, **data_options(args))
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
                f"{train.n_items:,} items ({time.perf_counter() - t0:.1f} s)")
-    tests = [read_sessions(t, item_map=train, **_read_kw(args)) for t in args.test or []]
+    tests = [read_sessions(t, item_map=train, **data_options(args)) for t in args.test or []]
     for test in tests:
         require_evaluable(test)
 
@@ -215,7 +223,7 @@ def cmd_evaluate(args) -> int:
     from .estimator import GRU4Rec
 
     _check_eval_args(args)
-    read_kw = _read_kw(args)
+    read_kw = data_options(args)
     model = GRU4Rec.load(args.model, device=args.device)
     item_map = SessionData.item_map_only(model.item_ids, model.supports, "<model item map>")
     # Every test file is read and checked before any is evaluated: a bad last file fails fast.
@@ -294,7 +302,7 @@ def _recommend_sessions(args) -> int:
     res = model.recommend_sessions(args.sessions, k=args.k, exclude_seen=args.exclude_seen,
                                    batch_size=batch_size,
                                    progress=not (args.quiet or args.json),
-                                   **_read_kw(args))
+                                   **data_options(args))
     if res["n_unknown_events"]:
         print(f"fastgru4rec recommend: warning: {res['n_unknown_events']:,} event(s) of items "
               f"unknown to the model skipped", file=sys.stderr)
@@ -504,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "graphs) or reference (the eager loop); auto = fast")
     t.add_argument("-q", "--quiet", action="store_true")
     _add_eval_args(t)
-    _add_data_args(t)
+    add_data_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on test files")
@@ -513,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_eval_args(e)
-    _add_data_args(e)
+    add_data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("recommend", help="top-k items for a session prefix")
@@ -535,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (--sessions)")
     _add_threads_arg(r)
-    _add_data_args(r)
+    add_data_options(r)
     r.set_defaults(func=cmd_recommend)
 
     i = sub.add_parser("info", help="versions, the C++ extension, GPUs and which "

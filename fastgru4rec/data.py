@@ -280,9 +280,17 @@ def _missing_columns_error(name: str, keys: _Keys, found: list, sep: Optional[st
     shown = _show_columns(found) if found else "(none)"
     msg = f"{head} (columns found: {shown}); set " + ", ".join(
         f"{keys.hint(c)}= (--{keys.hint(c).replace('_', '-')})" for c in missing)
-    if sep is not None and len(missing) == len(wanted):
-        msg += " (text files need a header row)"
+    if sep is not None and len(missing) == len(wanted) and any(_is_number(c) for c in found):
+        msg += " (text files need a header row)"   # the first line looks like data
     return DataError(msg)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _show_columns(names: list, limit: int = 10) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from .batching import build_schedule
 from .config import MAX_BATCH_SIZE, is_integer
-from .data import SessionData
+from .data import SessionData, require_evaluable
 from .errors import ConfigError, DataError
 from .ops.ranking import RANK_MODES, rank_counts, ranks_from_counts
 
@@ -74,6 +74,7 @@ def evaluate_session_steps(step_counts: Callable, test: SessionData, cutoffs: Se
 
     check_eval_batch_size(int(batch_size), "evaluation batch_size")
     acc = MetricAccumulator(cutoffs, mode)
+    require_evaluable(test)   # every caller: no evaluation point would give metrics of 0
     sched = build_schedule(test.offsets, test.items, batch_size, min_lanes=1)
     inputs = torch.from_numpy(sched.inputs.astype(np.int64))
     targets = torch.from_numpy(sched.targets.astype(np.int64))
@@ -112,8 +113,10 @@ def evaluate_model(model, test: SessionData, cutoffs: Sequence[int] = DEFAULT_CU
         if keep is not None:
             hidden = [h.index_select(0, keep.to(device)) for h in hidden]
         if bool(reset.any()):
-            m = (~reset).to(device=device, dtype=hidden[0].dtype).unsqueeze(1)
-            hidden = [h * m for h in hidden]
+            # set, not multiplied by 0: a new session starts from zeros even after a state
+            # that overflowed to inf/NaN (NaN * 0 is NaN)
+            m = reset.to(device).unsqueeze(1)                   # (b, 1) bool
+            hidden = [h.masked_fill(m, 0.0) for h in hidden]
         h_last, hidden = model(inp.to(device), hidden)
         state["hidden"] = hidden
         # streaming rank over item tiles: plain torch on CPU, the Triton kernel on CUDA

@@ -32,14 +32,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from .cli import add_data_options, data_options
 from .config import is_integer
-from .data import _dictionary_codes, _Keys, _normalize, _read_header, read_events
+from .data import (_PARQUET_EXTENSIONS, _dictionary_codes, _Keys, _normalize, _read_header,
+                   read_events)
 from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write, check_writable
 
 __all__ = ["preprocess_rsc15", "register_cli", "run", "format_stats"]
 
 DAY = 86400.0
+#: the largest |Time| taken as Unix seconds (1e11 s is the year 5138): larger values are
+#: milliseconds or nanoseconds, for which the split's days of 86,400 would be minutes or less
+MAX_SECONDS = 1e11
 OUTPUTS = ("train_full", "test", "train_tr", "train_valid")
 # yoochoose-clicks.dat: no header, comma-separated.
 _CLICKS_COLUMNS = ["SessionId", "Timestamp", "ItemId", "Category"]
@@ -54,18 +59,22 @@ def _log(progress: bool, t0: float, msg: str) -> None:
 # Reading
 # --------------------------------------------------------------------------------------------
 
-def _read_clicks(path: Path, name: str) -> pa.Table:
-    """Read either yoochoose-clicks.dat (no header, comma-separated, ISO-8601 timestamps) or a
-    tab-separated file with a SessionId/ItemId/Time header. Returns the table of read_events:
-    session (string), item (string), time (float64 unix seconds), in file order."""
+def _read_clicks(path: Path, name: str, keys: Optional[dict] = None) -> pa.Table:
+    """Read either yoochoose-clicks.dat (no header, comma-separated, ISO-8601 timestamps), a
+    tab-separated file with a header, or a Parquet file; keys: read_events' column names for
+    the last two (default SessionId/ItemId/Time). Returns the table of read_events: session
+    (string), item (string), time (float64 unix seconds), in file order."""
+    keys = keys or {}
     if not path.exists():
         raise DataError(f"{name}: file not found")
+    if _is_parquet(path):
+        return read_events(path, **keys)
     header = _read_header(path, name, "\t")
     if header is None:
         raise DataError(f"{name}: no events (empty file)")
     if len(header) > 1:
         # A tab in the first line: the GRU4Rec format with a header (read_events checks it).
-        return read_events(path, sep="\t")
+        return read_events(path, sep="\t", **keys)
 
     # The RSC15 clicks format. Timestamps like 2014-04-07T10:51:09.277Z are parsed by the CSV
     # reader itself into timestamp[ms, UTC] (vectorised, multi-threaded).
@@ -94,6 +103,18 @@ def _read_clicks(path: Path, name: str) -> pa.Table:
                        "Timestamp": seconds})
     # Same empty-id checks (and column names in messages) as any other source.
     return _normalize(events, name, _Keys("SessionId", "ItemId", "Timestamp"))
+
+
+def _is_parquet(path: Path) -> bool:
+    """By the extension read_events goes by, or by Parquet's magic bytes (a clicks file
+    exported without one)."""
+    if path.suffix.lower() in _PARQUET_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
 
 
 def _first_bad_clicks_line(path: Path) -> Optional[str]:
@@ -155,6 +176,26 @@ class _Events:
         return train, test
 
 
+def _check_ids(ev: _Events, name: str) -> None:
+    """Ids with a tab or a line break (possible in the comma-separated clicks file) cannot be
+    written to the tab-separated outputs, which never quote: refused before any work."""
+    for what, ids in (("session", ev.s_dict), ("item", ev.i_dict)):
+        bad = pc.match_substring_regex(ids, r"[\t\r\n]")
+        if pc.any(bad).as_py():
+            first = ids.filter(bad)[0].as_py()
+            raise DataError(f"{name}: {what} id {first!r} holds a tab or a line break, which the "
+                            "tab-separated outputs cannot hold")
+
+
+def _check_seconds(times: np.ndarray, name: str) -> None:
+    """The split works in days of 86,400: times must be seconds (REFERENCE: Time in seconds)."""
+    largest = float(np.abs(times).max()) if len(times) else 0.0
+    if largest > MAX_SECONDS:
+        raise DataError(f"{name}: |Time| reaches {largest:.4g}, beyond Unix seconds (1e11 s is the "
+                        "year 5138): milliseconds or nanoseconds? The split works in days of "
+                        "86,400 s: give the times in seconds")
+
+
 def _filter(ev: _Events, min_item_support: int) -> np.ndarray:
     """The customary RSC15 filtering; returns the (n,) mask of kept events."""
     keep = ev.session_lengths(slice(None))[ev.s_codes] > 1
@@ -172,7 +213,8 @@ def _format_times(times: np.ndarray) -> pa.Array:
     """float64 seconds -> strings with exactly 3 decimals ("1396867869.277"), vectorised.
 
     Works on integer milliseconds so that no float formatting (and its rounding surprises) is
-    involved: -1.5 s -> "-1.500"."""
+    involved: -1.5 s -> "-1.500". |times| <= MAX_SECONDS (checked on reading), so the
+    milliseconds fit int64."""
     ms = np.round(times * 1000.0).astype(np.int64)
     neg = ms < 0
     ms = np.abs(ms)
@@ -182,28 +224,43 @@ def _format_times(times: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(sign, whole, pa.scalar("."), frac, "")
 
 
+#: rows joined into text per write: bounded memory, and a chunk's text stays far below the
+#: 2 GiB a string array can hold
+_WRITE_ROWS = 1 << 20
+
+
 def _write_tsv(ev: _Events, mask: np.ndarray, path: Path) -> None:
+    """The masked events as `SessionId<TAB>ItemId<TAB>Time` lines, ids written as they are
+    (the format never quotes: an id with a '"' is read back as the same id; tabs and line
+    breaks were refused on reading, _check_ids)."""
     idx = np.flatnonzero(mask)
-    table = pa.table({
-        "SessionId": ev.s_dict.take(pa.array(ev.s_codes[idx])),
-        "ItemId": ev.i_dict.take(pa.array(ev.i_codes[idx])),
-        "Time": _format_times(ev.times[idx]),
-    })
     with atomic_write(path) as f:
-        # pyarrow always quotes the header it writes: write our own, then the rows.
         f.write(b"SessionId\tItemId\tTime\n")
-        if table.num_rows:
-            pa_csv.write_csv(table, f, pa_csv.WriteOptions(
-                include_header=False, delimiter="\t", quoting_style="none"))
+        for start in range(0, len(idx), _WRITE_ROWS):
+            rows = idx[start:start + _WRITE_ROWS]
+            time_eol = pc.binary_join_element_wise(_format_times(ev.times[rows]),
+                                                   pa.scalar("\n"), "")
+            lines = pc.binary_join_element_wise(ev.s_dict.take(pa.array(ev.s_codes[rows])),
+                                                ev.i_dict.take(pa.array(ev.i_codes[rows])),
+                                                time_eol, "\t")
+            # the lines are contiguous in the string array's data buffer: write it as one
+            # (large_string: int64 offsets whatever the ids' string type)
+            lines = lines.cast(pa.large_string())
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64,
+                                    count=len(lines) + 1, offset=8 * lines.offset)
+            f.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
 
 
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progress: bool = True) -> dict:
-    """Preprocess yoochoose-clicks.dat (or a SessionId/ItemId/Time tsv) into
-    out_dir/{train_full,test,train_tr,train_valid}.tsv.
+def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progress: bool = True,
+                     session_key: str = "SessionId", item_key: str = "ItemId",
+                     time_key: str = "Time") -> dict:
+    """Preprocess yoochoose-clicks.dat (or events in a tab-separated file with a header or in
+    a Parquet file, their columns named by session_key / item_key / time_key, Time in
+    seconds) into out_dir/{train_full,test,train_tr,train_valid}.tsv.
 
     Returns {"input": counts, "filtered": counts, "train_full": counts, "test": counts,
     "train_tr": counts, "train_valid": counts} with counts = {"events", "sessions", "items"}.
@@ -223,7 +280,10 @@ def preprocess_rsc15(clicks_path, out_dir, *, min_item_support: int = 5, progres
     for key in OUTPUTS:   # every output, before reading, not after; none may be the input
         check_writable(out / f"{key}.tsv", [path])
 
-    ev = _Events(_read_clicks(path, name))
+    ev = _Events(_read_clicks(path, name, dict(session_key=session_key, item_key=item_key,
+                                               time_key=time_key)))
+    _check_ids(ev, name)
+    _check_seconds(ev.times, name)
     everything = np.ones(len(ev.s_codes), dtype=bool)
     stats = {"input": ev.counts(everything)}
     _log(progress, t0, f"read {stats['input']['events']:,} events from {name}")
@@ -270,7 +330,7 @@ def run(args) -> int:
         raise ConfigError(f"--min-item-support must be an integer >= 1 (got "
                           f"{args.min_item_support})")
     stats = preprocess_rsc15(args.clicks, args.outdir, min_item_support=args.min_item_support,
-                             progress=not args.quiet)
+                             progress=not args.quiet, **data_options(args))
     print(format_stats(stats))
     # The main pair (train_full, test) is usable; say plainly when the validation pair is not
     # (not silenced by --quiet, which is about progress).
@@ -295,10 +355,12 @@ def register_cli(subparsers):
                     "{train_full,test,train_tr,train_valid}.tsv (test: sessions ending in the "
                     "last day; train_valid: the last day of train_full).")
     rsc15.add_argument("clicks", metavar="CLICKS",
-                       help="yoochoose-clicks.dat (or a tsv with a SessionId/ItemId/Time header)")
+                       help="yoochoose-clicks.dat, or events in a .tsv with a header or a "
+                            ".parquet (columns: see the key options)")
     rsc15.add_argument("outdir", metavar="OUTDIR", help="output folder (created if needed)")
     rsc15.add_argument("--min-item-support", type=int, default=5, metavar="N",
                        help="drop items with fewer than N events (default 5)")
     rsc15.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    add_data_options(rsc15, sep=False)
     rsc15.set_defaults(func=run)
     return parser

@@ -24,7 +24,7 @@ from fastgru4rec.data import SessionData, read_events, read_sessions
 from fastgru4rec.errors import ConfigError, DataError
 from fastgru4rec.fileio import WriteError, atomic_write, check_writable
 
-from conftest import (assert_cli_error, cli_error_lines, one_torch_thread, run_cli,
+from conftest import (assert_cli_error, data_to_rows, one_torch_thread, run_cli,
                       subprocess_env, write_tsv)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +216,31 @@ def test_bench_prints_the_table_before_writing_json(capsys, monkeypatch, tmp_pat
     assert_cli_error((rc, out, err), "bench", f"cannot write {out_json}", "No space left",
                  out_empty=False)
     assert "events/s" in out and "mb/s" in out   # the numbers measured are not lost
+
+
+def test_bench_and_preprocess_take_the_column_options_their_errors_name(capsys, tmp_path):
+    # other column names: the error names --session-key & co, and the commands take them
+    from fastgru4rec.synthetic import synthetic_split
+
+    train, _ = synthetic_split(n_items=40, n_sessions=120, seed=3)
+    path = tmp_path / "events.txt"
+    rows = [f"{s};{i};{t}" for s, i, t in data_to_rows(train)]
+    path.write_text("sid;iid;ts\n" + "\n".join(rows) + "\n")
+    assert_cli_error(run_cli(capsys, "bench", "train", path, "--sep", ";", "--max-steps", "2",
+                             "-q"), "bench", "missing columns", "(--session-key)")
+    rc, out, err = run_cli(capsys, "bench", "train", path, "--sep", ";", "--session-key", "sid",
+                           "--item-key", "iid", "--time-key", "ts", "--max-steps", "2",
+                           "--warmup-steps", "0", "-ps", PS, "-q")
+    assert rc == 0, err
+    assert f"{train.n_events:,} events" in out
+    tsv = tmp_path / "events.tsv"
+    tsv.write_text(path.read_text().replace(";", "\t"))
+    line = assert_cli_error(run_cli(capsys, "preprocess", "rsc15", tsv, tmp_path / "out",
+                                    "--quiet"), "preprocess", "missing columns", "(--time-key)")
+    assert "need a header row" not in line   # it has one
+    tsv.write_text("\n".join(tsv.read_text().splitlines()[1:]) + "\n")   # it has none
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", tsv, tmp_path / "out", "--quiet"),
+                     "preprocess", "missing columns", "(text files need a header row)")
 
 
 def test_bench_plot_is_written_atomically(tmp_path):
@@ -483,7 +508,7 @@ def test_preprocess_empty_validation_split_warns(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "preprocess", "rsc15", clicks, out, "--min-item-support", "1",
                           "--quiet")
     assert rc == 0, err
-    lines = cli_error_lines(err)
+    lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastgru4rec preprocess: warning: "), err
     assert "train_valid.tsv" in lines[0] and "test.tsv are complete" in lines[0]
     assert (out / "train_valid.tsv").read_text() == "SessionId\tItemId\tTime\n"

@@ -76,6 +76,16 @@ def _check(model, test, ranks_by_mode):
                 assert res["mrr"][k] == pytest.approx(want_mrr[k], abs=1e-12), (mode, lanes, k)
 
 
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_test_data_without_an_evaluation_point_is_refused(train, name):
+    # a 1-event session, and one left with 1 event once its unknown item is dropped: no point
+    # to evaluate, so no metric (0.0 would read as a result), as GRU4Rec.evaluate refuses it
+    nothing = _data([("T1", "a"), ("T2", "bz")], item_map=train, t0=100)
+    model = BASELINES[name]().fit(train)
+    with pytest.raises(DataError, match="no evaluation points"):
+        model.evaluate(nothing)
+
+
 # ------------------------------------------------------------------------------------- POP
 def test_pop_scores(train):
     # supp/(1+supp): a 3/4, b 3/4, c 2/3, d 1/2, e 1/2

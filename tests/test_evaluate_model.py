@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastgru4rec.data import SessionData
+from fastgru4rec.errors import DataError
 from fastgru4rec.evaluate import evaluate_model
 from fastgru4rec.nn import GRU4RecModel
 
@@ -98,3 +99,34 @@ def test_the_history_matters_on_this_data():
             scores = W @ h_last[0].numpy() + bias
             stateless.append(int((scores > scores[events[t + 1]]).sum()) + 1)
     assert np.mean(np.array(stateless) != stateful) > 0.3
+
+
+def test_a_new_session_starts_from_zeros_after_a_state_that_became_nan():
+    # A lane's state that overflowed (inf/NaN) must not reach the next session run in that
+    # lane: every session starts from zeros, so the metrics cannot depend on how sessions
+    # share lanes (batch 1: all in one lane; 512: each in its own). NaN * 0 is NaN: a reset
+    # by multiplication failed this.
+    data, _ = _test_data(np.random.default_rng(11))
+    model = _model("shared")
+    poison = int(data.items[data.offsets[1]])      # session s1's input item (s1 has 2 events)
+    forward = model.forward
+
+    def forward_with_nan(items, hidden=None):
+        h_last, hidden = forward(items, hidden)
+        bad = (items == poison).unsqueeze(1)
+        hidden = [h.masked_fill(bad, float("nan")) for h in hidden]
+        return hidden[-1], hidden
+
+    model.forward = forward_with_nan
+    results = [evaluate_model(model, data, CUTOFFS, "conservative", batch_size=b)
+               for b in (1, 3, 512)]
+    assert results[0] == results[1] == results[2]
+
+
+def test_test_data_without_an_evaluation_point_is_refused():
+    # length-1 sessions only: no metric is defined (0.0 would read as a result)
+    item_map = SessionData.item_map_only([str(i) for i in range(N_ITEMS)], np.ones(N_ITEMS))
+    data = SessionData.from_arrays(np.array(["a", "b"]), np.array(["1", "2"]),
+                                   np.array([0.0, 1.0]), item_map=item_map)
+    with pytest.raises(DataError, match="no evaluation points"):
+        evaluate_model(_model("shared"), data, CUTOFFS)

@@ -23,6 +23,7 @@ S11 then loses G (not in train_tr) and is left with 1 event -> dropped. train_tr
 C keeps 1 event in train_full (S3 gone): items are not re-filtered after step 3.
 """
 import argparse
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -154,3 +155,74 @@ def test_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.strip() == format_stats(EXPECTED_COUNTS).strip()
     assert "train_valid" in printed and (tmp_path / "out" / "train_tr.tsv").exists()
+
+
+def test_parquet_input_and_column_names(tmp_path):
+    # the same events as a Parquet file with other column names: the same outputs, byte for byte
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sid": [str(s) for s, _, _ in CLICKS],
+                             "iid": [ITEM[i] for _, i, _ in CLICKS],
+                             "ts": [float(T0 + t) for _, _, t in CLICKS]}),
+                   tmp_path / "clicks.parquet")
+    stats = preprocess_rsc15(tmp_path / "clicks.parquet", tmp_path / "out", min_item_support=2,
+                             progress=False, session_key="sid", item_key="iid", time_key="ts")
+    assert stats == EXPECTED_COUNTS
+    for name in EXPECTED:
+        assert (tmp_path / "out" / f"{name}.tsv").read_text().splitlines() == expected_lines(name)
+
+
+def test_ids_are_written_as_they_are(tmp_path):
+    # ids are opaque strings: a '"', spaces, a leading zero or non-ASCII text come back as read;
+    # the output never quotes (the TSV reader reads quotes literally)
+    from fastgru4rec.data import read_sessions
+
+    odd = {"A": 'x"1', "B": "0 7", "C": "élan", "D": '"q"', "E": "e", "F": "f", "G": "g",
+           "R": "r"}
+    src = tmp_path / "odd.tsv"
+    src.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"s{s}\t{odd[i]}\t{T0 + t:.3f}\n" for s, i, t in CLICKS), encoding="utf-8")
+    preprocess_rsc15(src, tmp_path / "out", min_item_support=2, progress=False)
+    lines = (tmp_path / "out" / "train_full.tsv").read_text(encoding="utf-8").splitlines()
+    want = [line.split("\t") for line in expected_lines("train_full")[1:]]
+    back = {v: k for k, v in ITEM.items()}
+    assert [line.split("\t") for line in lines[1:]] == [
+        [f"s{s}", odd[back[i]], t] for s, i, t in want]
+    train = read_sessions(tmp_path / "out" / "train_full.tsv")
+    assert set(train.item_ids) == {odd[k] for k in "BCDEG"}
+
+
+def test_ids_that_the_output_cannot_hold_are_refused_before_writing(tmp_path):
+    src = tmp_path / "clicks.dat"
+    lines = [f"{s},{iso(t)},{ITEM[i]},0" for s, i, t in CLICKS]
+    lines[4] = lines[4].replace(ITEM["B"], "21\t4")        # a tab inside an item id
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"clicks.dat: item id '21\\t4' holds a tab or a line "
+                                        r"break"):
+        preprocess_rsc15(src, tmp_path / "out", min_item_support=2, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("scale, shown", [(1000, "1.397e+12"), (10 ** 9, "1.397e+18")])
+def test_times_not_in_seconds_are_refused(tmp_path, scale, shown):
+    # milliseconds or nanoseconds: the last-day split (86,400 s) would be minutes or less
+    src = tmp_path / "clicks.tsv"
+    src.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"{s}\t{ITEM[i]}\t{int((T0 + t) * scale)}\n" for s, i, t in CLICKS))
+    with pytest.raises(DataError, match=rf"clicks.tsv: \|Time\| reaches {re.escape(shown)}, beyond Unix "
+                                        r"seconds .* give the times in seconds"):
+        preprocess_rsc15(src, tmp_path / "out", min_item_support=2, progress=False)
+
+
+def test_cli_column_options(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="fastgru4rec")
+    register_cli(parser.add_subparsers(dest="command"))
+    src = tmp_path / "clicks.tsv"
+    src.write_text(write_tsv(tmp_path / "x.tsv").read_text().replace(
+        "SessionId\tItemId\tTime", "session\titem\tts", 1))
+    args = parser.parse_args(["preprocess", "rsc15", str(src), str(tmp_path / "out"),
+                              "--min-item-support", "2", "--quiet", "--session-key", "session",
+                              "--item-key", "item", "--time-key", "ts"])
+    assert args.func(args) == 0
+    assert (tmp_path / "out" / "test.tsv").read_text().splitlines() == expected_lines("test")
