@@ -51,7 +51,31 @@ def _jsonable(res: Dict) -> Dict:
             for k, v in res.items()}
 
 
+#: options of the authors' run.py that do something else here: (flags, what to do instead)
+AUTHORS_OTHER_OPTIONS = (
+    (("-l", "--load_model"), "loads a model instead of training: use `fastgru4rec evaluate "
+                             "MODEL TEST ...`"),
+    (("-g", "--gru4rec_model"), "picks the authors' implementation module: this command is "
+                                "fastgru4rec's"),
+    (("-pm", "--primary_metric"), "names the metric to log: every metric is printed (-m, -e; "
+                                  "--json for scripts)"),
+    (("-lpm", "--log_primary_metric"), "logs the primary metric: every metric is printed (-m, "
+                                       "-e; --json for scripts)"),
+)
+
+
+def _authors_dest(flags) -> str:
+    return "authors_" + flags[1][2:]
+
+
+def _refuse_authors_options(args) -> None:
+    for flags, instead in AUTHORS_OTHER_OPTIONS:
+        if getattr(args, _authors_dest(flags), None) is not None:
+            raise ConfigError(f"{'/'.join(flags)}: the authors' run.py option {instead}")
+
+
 def _params_from_args(args) -> Dict:
+    _refuse_authors_options(args)
     if args.params and args.param_file:
         raise ConfigError("give either -ps/--parameter-string or -pf/--parameter-file, not both")
     if args.param_file:
@@ -62,13 +86,19 @@ def _params_from_args(args) -> Dict:
         GRU4RecConfig.from_dict(params, where="parameter string")
     else:
         params = {}
+    if getattr(args, "sample_store_size", None) is not None:   # run.py's -ss
+        if "sample_store_size" in params:
+            raise ConfigError("-ss/--sample-store-size and the parameters both set "
+                              "sample_store_size: give it once")
+        params["sample_store_size"] = args.sample_store_size
+        GRU4RecConfig.from_dict(params, where="-ss/--sample-store-size")
     return params
 
 
 def _add_eval_args(p: argparse.ArgumentParser):
     p.add_argument("-m", "--measure", dest="cutoffs", type=int, nargs="+", default=[1, 5, 10, 20],
                    metavar="K", help="cut-offs for Recall@K and MRR@K (default: 1 5 10 20)")
-    p.add_argument("-e", "--eval-type", dest="mode", default="conservative",
+    p.add_argument("-e", "--eval-type", "--eval_type", dest="mode", default="conservative",
                    choices=["standard", "conservative", "median"],
                    help="how ties are ranked (default: conservative, as in the papers)")
     p.add_argument("--eval-batch-size", type=int, default=512, help="lanes during evaluation")
@@ -85,11 +115,12 @@ def _add_threads_arg(p: argparse.ArgumentParser):
 def add_data_options(p: argparse.ArgumentParser, sep: bool = True):
     """The options of reading event files (read_events' keywords), for every command that reads
     them; data_options(args) gives the keywords. sep=False: a command whose format fixes it."""
-    p.add_argument("--session-key", default="SessionId", metavar="COLUMN",
-                   help="column of the session ids (default SessionId)")
-    p.add_argument("--item-key", default="ItemId", metavar="COLUMN",
+    # -sk/-ik/-tk and the underscore forms: the authors' run.py spellings
+    p.add_argument("--session-key", "-sk", "--session_key", default="SessionId",
+                   metavar="COLUMN", help="column of the session ids (default SessionId)")
+    p.add_argument("--item-key", "-ik", "--item_key", default="ItemId", metavar="COLUMN",
                    help="column of the item ids (default ItemId)")
-    p.add_argument("--time-key", default="Time", metavar="COLUMN",
+    p.add_argument("--time-key", "-tk", "--time_key", default="Time", metavar="COLUMN",
                    help="column of the times in seconds (default Time)")
     if sep:
         p.add_argument("--sep", default=None,
@@ -486,13 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train GRU4Rec on a session file")
     t.add_argument("train", help="training events (.tsv/.csv/.parquet)")
     t.add_argument("-t", "--test", nargs="+", help="test files evaluated after training")
-    t.add_argument("-ps", "--parameter-string", dest="params",
+    # the authors' run.py spellings are accepted too (--parameter_string, --save_model, -ss, -d,
+    # -sk/-ik/-tk): a run.py command line works with `python run.py` replaced by `fastgru4rec
+    # train`; its options for something else (-l, -g, -pm, -lpm) are refused with a hint
+    t.add_argument("-ps", "--parameter-string", "--parameter_string", dest="params",
                    help="parameters as k=v,k=v (lists as 100/100, booleans True/False; a "
                         "key given again overrides the earlier value)")
-    t.add_argument("-pf", "--parameter-file", dest="param_file",
+    t.add_argument("-pf", "--parameter-file", "--parameter_file", dest="param_file",
                    help="parameter file: JSON (.json, or text starting with '{'), or Python "
                         "assigning gru4rec_params = OrderedDict(...)")
-    t.add_argument("-s", "--save-model", help="write the trained model to this file")
+    t.add_argument("-s", "--save-model", "--save_model",
+                   help="write the trained model to this file")
+    t.add_argument("-ss", "--sample-store-size", "--sample_store_size", type=int, default=None,
+                   metavar="N", help="the parameter sample_store_size (as in the authors' run.py)")
     t.add_argument("--checkpoint", metavar="PATH",
                    help="write a checkpoint here after every epoch (a model file that also "
                         "holds the training state; --resume continues it)")
@@ -504,7 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every-epoch", action="store_true",
                    help="evaluate the first -t file after every epoch (shown with the epoch's "
                         "line, in --json's epochs, and kept in checkpoints)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    t.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    for flags, _ in AUTHORS_OTHER_OPTIONS:
+        t.add_argument(*flags, dest=_authors_dest(flags), nargs="?", const=True, default=None,
+                       help=argparse.SUPPRESS)
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
                    help="training loop: fast (with the shared embedding and sampled negatives "
                         "the fused step with its explicit backward, otherwise the autograd "

@@ -129,6 +129,30 @@ def test_train_warns_in_one_line_of_a_parameter_without_effect(files, capsys):
                                 "loss=bpr-max (the logQ correction is for cross-entropy only)"]
 
 
+def test_train_takes_the_authors_run_py_command_line(files, capsys, tmp_path):
+    # `python run.py PATH ...` of the authors, with `fastgru4rec train` in its place
+    model = tmp_path / "m.pt"
+    ps = PS.replace(",sample_store_size=4096", "")
+    assert ps != PS
+    rc, out, err = run_cli(capsys, "train", files["train"], "--parameter_string", ps,
+                           "-t", files["test"], "-m", "20", "--eval_type", "standard",
+                           "-ss", "1000", "-sk", "SessionId", "--item_key", "ItemId", "-tk",
+                           "Time", "-d", "cpu", "--save_model", model, "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["config"]["sample_store_size"] == 1000
+    assert list(res["results"][str(files["test"])]["recall"]) == ["20"]
+    assert res["results"][str(files["test"])]["mode"] == "standard" and model.is_file()
+    # run.py's options for what other commands do here: refused with the way to do it
+    for option, hint in (("-l", "fastgru4rec evaluate MODEL TEST"),
+                         ("--primary_metric=recall", "every metric is printed"),
+                         ("-g", "this command is fastgru4rec's")):
+        assert_cli_error(run_cli(capsys, "train", files["train"], option, "-ps", PS), "train",
+                         "the authors' run.py option", hint)
+    assert_cli_error(run_cli(capsys, "train", files["train"], "-ss", "5", "-ps", PS), "train",
+                     "give it once")
+
+
 def test_evaluate_and_recommend_from_saved_model(files, capsys):
     rc, out, err = run_cli(capsys, "evaluate", files["model"], files["test"], "--json", "-m", "1", "20",
                         "-e", "standard")
