@@ -15,6 +15,7 @@ Bad input ends with a one-line error on stderr and exit status 2, never a traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -198,6 +199,13 @@ def cmd_train(args) -> int:
                                 == os.path.realpath(args.checkpoint)):
             raise ConfigError("-s/--save-model and --checkpoint name the same file (the final "
                               "model would replace the checkpoint's training state)")
+        resumed_here = args.resume is not None and os.path.exists(args.checkpoint) \
+            and os.path.samefile(args.resume, args.checkpoint)
+        if os.path.exists(args.checkpoint) and not resumed_here:
+            # a rerun of the command would replace it at its first epoch: the run it holds lost
+            raise ConfigError(f"--checkpoint {args.checkpoint}: exists (continue its training "
+                              "with --resume and this path, or remove it or give another "
+                              "path for a new run)")
     if args.eval_every_epoch and not args.test:
         raise ConfigError("--eval-every-epoch evaluates the first -t/--test file: give one")
     t0 = time.perf_counter()
@@ -609,6 +617,28 @@ def _is_out_of_memory(e: BaseException) -> bool:
         or "can't allocate memory" in str(e)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, `timeout`, job schedulers and `docker stop` send), raised where
+    the program is, so that it ends as after Ctrl-C: temporary files removed, the resume hint
+    printed; exit status 143 (128 + 15) as for a process killed by it."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except (ValueError, AttributeError):   # not the main thread (main() called from one)
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _warning_printer(command: str):
     """warnings.showwarning for the command: one line ``fastgru4rec CMD: warning: ...`` on
     stderr, like the errors (Python's default adds the file, line and source of the call)."""
@@ -656,6 +686,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("fastgru4rec: interrupted", file=sys.stderr)
         return 130
+    with _sigterm_as_interrupt():
+        return _run_command(args, started)
+
+
+def _run_command(args, started: float) -> int:
+    """The parsed command, its failures as one line on stderr and an exit status."""
     try:
         # 0: leave torch's setting (as `baselines --threads` documents); the subcommand may
         # still apply its own (baselines does, per fit)
@@ -692,7 +728,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # a diverged loss is a consequence of the parameters or data given: bad input;
         # any other RuntimeError is this program's failure
         return EXIT_BAD_INPUT if isinstance(e, TrainingDiverged) else 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # the checkpoint this run wrote, else (none yet) the one it resumed; never a file
         # that only happens to be there (from another run)
         written = getattr(args, "checkpoint", None)
@@ -701,8 +737,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         resumed = getattr(args, "resume", None)
         ck = written or (resumed if resumed and os.path.isfile(resumed) else None)
         hint = f" (continue from the last checkpoint with --resume {ck})" if ck else ""
-        print(f"fastgru4rec {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(stop, Terminated)
+        print(f"fastgru4rec {args.command}: {'terminated' if terminated else 'interrupted'}"
+              f"{hint}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
 
 
 if __name__ == "__main__":

@@ -240,17 +240,26 @@ class GRU4Rec:
         if checkpoint is not None and fingerprint is None:
             fingerprint = training_fingerprint(train)
 
-        def after_epoch(stats: EpochStats) -> None:
-            if validation is not None:
-                data, options = validation
-                stats.metrics = self.evaluate(data, **options)
-            self.history.append(stats)
+        def write_checkpoint(stats: EpochStats) -> None:
             if checkpoint is not None:
                 self._write(checkpoint, training={
                     "epochs_done": stats.epoch, "n_events": train.n_events,
                     "data_fingerprint": fingerprint,
                     "history": [dataclasses.asdict(h) for h in self.history],
                     "trainer": trainer.state_dict()})
+
+        def after_epoch(stats: EpochStats) -> None:
+            if validation is not None:
+                data, options = validation
+                try:
+                    stats.metrics = self.evaluate(data, **options)
+                except KeyboardInterrupt:
+                    # the epoch is trained: kept (without its metrics) before stopping
+                    self.history.append(stats)
+                    write_checkpoint(stats)
+                    raise
+            self.history.append(stats)
+            write_checkpoint(stats)
             if on_epoch is not None:
                 on_epoch(stats)
 

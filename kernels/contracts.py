@@ -112,3 +112,17 @@ def check_catalog_grad_buffers(d_weight_out, d_bias_out) -> None:
     buffer alone would leave the other gradient where the caller does not look for it."""
     if (d_weight_out is None) != (d_bias_out is None):
         raise ValueError("d_weight_out and d_bias_out go together: give both or neither")
+
+
+def check_score_inputs(h, weight, bias, bias_per_item: bool = True) -> None:
+    """Scores h (b, H) · weight (·, H)ᵀ + bias: the two must agree on H, and bias is a vector
+    with one entry per weight row when bias_per_item (the catalog ops; the sampled losses'
+    bias may be its own table, indexed by column). A short bias would broadcast on plain
+    torch into wrong scores, and the kernels would read past it."""
+    if h.dim() != 2 or weight.dim() != 2 or weight.shape[1] != h.shape[1]:
+        raise ValueError(f"h (b, H) and item_weight (N, H) must agree on H (got shapes "
+                         f"{tuple(h.shape)} and {tuple(weight.shape)})")
+    if bias.dim() != 1 or (bias_per_item and bias.shape[0] != weight.shape[0]):
+        raise ValueError("item_bias must be a vector" +
+                         (f" of shape ({weight.shape[0]},)" if bias_per_item else "") +
+                         f" (got shape {tuple(bias.shape)})")

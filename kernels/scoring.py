@@ -66,13 +66,7 @@ def catalog_inputs(h, weight, bias, bias_per_item: bool = True):
     as if laid out by rows (wrong scores, no error). A strided weight or bias is copied (a full
     copy of the table per call: pass contiguous tables). Metadata checks only, no device sync;
     any float dtype is read and computed in fp32."""
-    if h.dim() != 2 or weight.dim() != 2 or weight.shape[1] != h.shape[1]:
-        raise ValueError(f"h (b, H) and item_weight (N, H) must agree on H (got shapes "
-                         f"{tuple(h.shape)} and {tuple(weight.shape)})")
-    if bias.dim() != 1 or (bias_per_item and bias.shape[0] != weight.shape[0]):
-        raise ValueError("item_bias must be a vector" +
-                         (f" of shape ({weight.shape[0]},)" if bias_per_item else "") +
-                         f" (got shape {tuple(bias.shape)})")
+    contracts.check_score_inputs(h, weight, bias, bias_per_item)
     h = h if h.stride(1) == 1 else h.contiguous()
     weight = weight if weight.stride(1) == 1 else weight.contiguous()
     return h, weight, bias.contiguous()

@@ -281,6 +281,13 @@ def test_cli_checkpoint_and_resume(data, tmp_path, capsys):
 
     assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", ck, "-ps", "loss=bpr-max"),
                      "train", "only n_epochs may be given", "loss")
+    # a new run onto an existing checkpoint would replace it at its first epoch: refused
+    before = ck.read_bytes()
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", ps1, "--checkpoint", ck),
+                     "train", f"--checkpoint {ck}: exists", "with --resume and this path")
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", ck, "--checkpoint", full,
+                             "-q"), "train", f"--checkpoint {full}: exists")
+    assert ck.read_bytes() == before
     assert_cli_error(run_cli(capsys, "train", test_tsv, "--resume", ck, "-q"),
                      "train", "not the data", "was trained on")
     assert_cli_error(run_cli(capsys, "train", train_tsv, "--resume", full, "-q"),
@@ -301,9 +308,12 @@ def test_cli_checkpoint_and_resume(data, tmp_path, capsys):
                      "is an input of this command")
 
 
-def test_cli_interrupt_names_the_checkpoint(data, tmp_path):
-    """Ctrl-C (SIGINT) during training with --checkpoint: exit 130 and a one-line hint to
-    resume; the checkpoint on disk is a whole file of the last finished epoch."""
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_cli_interrupt_names_the_checkpoint(data, tmp_path, signum, status, word):
+    """Ctrl-C (SIGINT), or SIGTERM (kill, a job scheduler), during training with --checkpoint:
+    exit 130 / 143 and a one-line hint to resume; the checkpoint on disk is a whole file of
+    the last finished epoch, and no temporary file is left beside it."""
     train, _ = data
     train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
     ck = tmp_path / "ck.pt"
@@ -317,14 +327,15 @@ def test_cli_interrupt_names_the_checkpoint(data, tmp_path):
         while not ck.exists() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ck.exists(), "no checkpoint written"
-        p.send_signal(signal.SIGINT)
+        p.send_signal(signum)
         out, err = p.communicate(timeout=60)
     finally:
         p.kill()
-    assert p.returncode == 130, err
+    assert p.returncode == status, err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (f"fastgru4rec train: interrupted (continue from "
+    assert err.strip().splitlines()[-1] == (f"fastgru4rec train: {word} (continue from "
                                             f"the last checkpoint with --resume {ck})")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["ck.pt", "train.tsv"]
     done = torch.load(ck, weights_only=True)["training"]["epochs_done"]
     resumed = GRU4Rec.resume(ck, train, n_epochs=done + 1, progress=False,
                              save_checkpoint=False)
@@ -332,6 +343,29 @@ def test_cli_interrupt_names_the_checkpoint(data, tmp_path):
 
 
 # ---------------------------------------------------------------------------- validation per epoch
+def test_an_interrupt_during_validation_keeps_the_trained_epoch(data, tmp_path, monkeypatch):
+    # Ctrl-C while epoch 2 is being validated: epoch 2 is trained, so the checkpoint holds it
+    # (without its metrics); resuming then gives the uninterrupted run's parameters
+    train, test = data
+    params = {**BASE, **CASES["fast-shared-xe"][1]}
+    whole = GRU4Rec(**params).fit(train, progress=False)
+    est, ck = GRU4Rec(**params), tmp_path / "ck.pt"
+    evaluate = est.evaluate
+
+    def evaluate_until_epoch_2(*args, **kw):
+        if len(est.history) == 1:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(est, "evaluate", evaluate_until_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(train, progress=False, checkpoint=ck, validation=test)
+    training = torch.load(ck, weights_only=True)["training"]
+    assert training["epochs_done"] == 2
+    assert [h["metrics"] is not None for h in training["history"]] == [True, False]
+    _params_equal(GRU4Rec.resume(ck, train, progress=False, save_checkpoint=False), whole)
+
+
 def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path, capsys):
     """fit(validation=...) puts evaluate()'s result after each epoch into stats.metrics without
     changing the training; a checkpoint keeps them and resume adds the new epochs'; the CLI's
@@ -431,10 +465,14 @@ def test_refusals_found_by_the_second_review(data, small_ck, tmp_path, capsys, m
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(GRU4Rec, "fit", interrupted)
-    rc, _, err = run_cli(capsys, "train", train_tsv, "-ps", "layers=8", "--checkpoint", stale)
+    # (a new run onto an existing file is refused since: it would replace it)
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", "layers=8", "--checkpoint",
+                             stale), "train", f"--checkpoint {stale}: exists")
+    fresh = tmp_path / "fresh.pt"   # interrupted before its first checkpoint: no hint
+    rc, _, err = run_cli(capsys, "train", train_tsv, "-ps", "layers=8", "--checkpoint", fresh)
     assert rc == 130 and err.strip().splitlines()[-1] == "fastgru4rec train: interrupted"
     monkeypatch.setattr(GRU4Rec, "resume", interrupted)
-    rc, _, err = run_cli(capsys, "train", train_tsv, "--resume", ck, "--checkpoint", stale)
+    rc, _, err = run_cli(capsys, "train", train_tsv, "--resume", ck, "--checkpoint", fresh)
     assert rc == 130 and err.strip().splitlines()[-1] == (
         f"fastgru4rec train: interrupted (continue from the last checkpoint with --resume {ck})")
 

@@ -155,6 +155,38 @@ def test_full_catalog_cross_entropy_targets_and_output_buffers(backend):
     torch.testing.assert_close(db.double(), ref_db + 2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["rank_counts", "topk_scores", "full_ce", "full_ce_and_grads",
+                                "sampled_loss", "sampled_loss_and_grads"])
+def test_score_ops_refuse_a_bias_or_table_of_another_shape(backend, op):
+    # a short bias broadcast on plain torch into wrong scores (full cross-entropy 14.19 for
+    # 17.06); an h of another width failed deep in a matmul, naming no argument
+    d = _device()
+    h, W, bias = _scoring_case(4)
+    t, Y = torch.tensor([0, 4, 8], device=d), torch.tensor([0, 4, 8, 2], device=d)
+    call = {
+        "rank_counts": lambda h, W, b: R.rank_counts(h, W, b, t, backend=backend),
+        "topk_scores": lambda h, W, b: R.topk_scores(h, W, b, 3, backend=backend),
+        "full_ce": lambda h, W, b: S.full_catalog_cross_entropy(h, W, b, t, backend=backend),
+        "full_ce_and_grads": lambda h, W, b: S.full_catalog_cross_entropy_and_grads(
+            h, W, b, t, backend=backend),
+        "sampled_loss": lambda h, W, b: S.fused_sampled_loss(h, W, b, Y, "top1",
+                                                             backend=backend),
+        "sampled_loss_and_grads": lambda h, W, b: S.fused_sampled_loss_and_grads(
+            h, W, b, Y, "top1", backend=backend),
+    }[op]
+    with pytest.raises(ValueError, match=r"h \(b, H\) and item_weight \(N, H\) must agree on H"):
+        call(h[:, :3], W, bias)
+    with pytest.raises(ValueError, match=r"item_bias must be a vector"):
+        call(h, W, bias.view(9, 1))
+    if op.startswith("sampled"):   # its bias is indexed by column: any vector covering Y
+        return
+    for bad in (bias[:1], torch.cat([bias, bias[:1]])):
+        with pytest.raises(ValueError, match=rf"item_bias must be a vector of shape \(9,\) "
+                                             rf"\(got shape \({bad.shape[0]},\)\)"):
+            call(h, W, bad)
+
+
 @pytest.mark.parametrize("backend", ["torch", "native"])
 def test_row_updates_refuse_a_gradient_of_other_rows_and_take_int32_ids(backend):
     if backend == "native":

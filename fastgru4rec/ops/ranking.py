@@ -145,6 +145,7 @@ def rank_counts(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Ten
     tile); triton: streams item tiles with O(b) extra memory, the target's score taken from
     the same tile arithmetic as the others (the Triton path computes in fp32)."""
     if resolve_backend(backend, h, "rank") == "torch":
+        _contracts.check_score_inputs(h, item_weight, item_bias)
         return rank_counts_from_hidden(h, item_weight, item_bias, targets, max_elements)
     return _kernels_ranking().rank_counts_fused(h, item_weight, item_bias, targets,
                                                 precision=precision)
@@ -205,5 +206,6 @@ def topk_scores(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Ten
     if not 0 < k <= N:
         raise ValueError(f"k must be in 1..{N} (got {k})")
     if resolve_backend(backend, h, "rank") == "torch":
+        _contracts.check_score_inputs(h, item_weight, item_bias)
         return topk_scores_dense(h, item_weight, item_bias, k)
     return _kernels_ranking().topk_fused(h, item_weight, item_bias, k, precision=precision)

@@ -172,6 +172,7 @@ def fused_sampled_loss_and_grads(h, item_weight, item_bias, Y, loss, *, logq_per
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
     Y = _contracts.index_vector("Y", Y)
     if resolve_backend(backend, h) == "torch":
+        _contracts.check_score_inputs(h, item_weight, item_bias, bias_per_item=False)
         if log_support is not None and logq_per_column is None:
             logq_per_column = logq_columns(log_support, Y, h.shape[0], sample_alpha)
         if per_column:
@@ -244,6 +245,7 @@ def fused_sampled_loss(h, item_weight, item_bias, Y, loss, *, logq_per_column=No
     b_col = Y if bias_index is None else _contracts.index_vector(
         "bias_index", bias_index, Y.shape[0])                  # one bias id per column of Y
     if resolve_backend(backend, h) == "torch":
+        _contracts.check_score_inputs(h, item_weight, item_bias, bias_per_item=False)
         R = sampled_scores(h, item_weight.index_select(0, Y), item_bias.index_select(0, b_col))
         return sampled_loss_reference(R, loss, logq_per_column=logq_per_column, logq=logq,
                                       bpreg=bpreg, elu_param=elu_param)
@@ -257,6 +259,7 @@ def fused_sampled_loss(h, item_weight, item_bias, Y, loss, *, logq_per_column=No
 def full_catalog_cross_entropy_reference(h, item_weight, item_bias, targets) -> torch.Tensor:
     """Σ_i -log(softmax(h_i · Wᵀ + bias)[t_i] + 1e-24): cross-entropy over the whole catalog
     (§4's cross-entropy with Y = all items, no logq). Materialises (b, N)."""
+    _contracts.check_score_inputs(h, item_weight, item_bias)
     targets = _contracts.index_vector("targets", targets, h.shape[0]).long()
     R = torch.addmm(item_bias, h, item_weight.t())
     p = torch.softmax(R, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
