@@ -132,6 +132,11 @@ class GRU4Rec:
             warnings.warn(note, UserWarning, stacklevel=3)   # past fit's decorators
         train = _read_training_data(data, read_kw, "fit")
         require_trainable(train, self.config.min_lanes)
+        if self.config.batch_size > train.n_sessions:
+            warnings.warn(f"batch_size={self.config.batch_size:,} is more than the "
+                          f"{train.n_sessions:,} training sessions: that many lanes run, and "
+                          "each step's loss is still divided by batch_size (smaller steps)",
+                          UserWarning, stacklevel=3)
         valid = _validation(validation, validation_kw, train, read_kw)
         # everything checked and built before the estimator changes: a refused call leaves an
         # earlier fit as it was
@@ -429,6 +434,9 @@ class GRU4Rec:
             if est.item_ids.ndim != 1 or est.supports.shape != est.item_ids.shape:
                 raise ValueError("item map and supports disagree")
             est.model = est.build_model(len(est.item_ids), initialize=False)
+            # in the dtype it was saved in (load_state_dict copies into the model's own dtype:
+            # a bf16 model came back as float32)
+            est.model.to(payload["state_dict"]["item_weight"].dtype)
             est.model.load_state_dict(payload["state_dict"])   # strict: every tensor filled
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file

@@ -13,8 +13,10 @@ Training with sparse row updates (the trainer) feeds gathered rows through ``ste
 from __future__ import annotations
 
 import math
+import numbers
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,6 +50,14 @@ def _glorot_blocks_via_cpu(weight: torch.Tensor, n_blocks: int,
                                            n_blocks, generator))
 
 
+def _size(owner: str, name: str, value) -> int:
+    """A size given as an integer (a Python or numpy int; not a bool or a float, which int()
+    would truncate: 4.5 units are a mistake, not 4)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
+    return int(value)
+
+
 class GRULayer(nn.Module):
     """One GRU layer, a drop-in for torch.nn.GRUCell in the "cell" variant: the same
     constructor (input_size, hidden_size, bias=True, device=None, dtype=None), the same
@@ -76,12 +86,15 @@ class GRULayer(nn.Module):
         super().__init__()
         if variant not in ("cell", "original"):
             raise ValueError(f"unknown GRU variant {variant!r} (original, cell)")
-        if not (isinstance(bias, bool) or (type(bias) is int and bias in (0, 1))):
+        if not (isinstance(bias, (bool, np.bool_)) or (type(bias) is int and bias in (0, 1))):
             # (nn.GRUCell takes 0 / 1 too; a string here is a variant given by position)
             raise TypeError(f"GRULayer: bias must be True or False, got {bias!r} "
                             "(the variant is the keyword argument variant=)")
         bias = bool(bias)
-        if int(hidden_size) <= 0 or (input_size is not None and int(input_size) <= 0):
+        hidden_size = _size("GRULayer", "hidden_size", hidden_size)
+        if input_size is not None:
+            input_size = _size("GRULayer", "input_size", input_size)
+        if hidden_size <= 0 or (input_size is not None and input_size <= 0):
             raise ValueError(f"GRULayer: sizes must be positive, got input_size={input_size}, "
                              f"hidden_size={hidden_size}")
         self.input_size, self.hidden_size, self.variant = input_size, int(hidden_size), variant
@@ -157,7 +170,9 @@ class GRU4RecModel(nn.Module):
     (``input_table`` (N, 3·H_0) rows are the first layer's input projection).
     variants: GRU variant per layer ("cell"/"original"). Dropout is applied by the caller
     through ``dropout`` arguments so the model itself is deterministic. initialize=False: the
-    item-indexed tables are left uninitialised (for load_state_dict to fill).
+    item-indexed tables are left uninitialised (for load_state_dict to fill). seed: the
+    initialisation's own generator (torch.manual_seed does not change it: the same seed gives
+    the same model wherever it is built). embedding_dim: the separate mode's E only.
     """
 
     def __init__(self, n_items: int, layers: Sequence[int] = (100,), embedding_mode: str = "shared",
@@ -166,9 +181,14 @@ class GRU4RecModel(nn.Module):
         super().__init__()
         if embedding_mode not in EMBEDDING_MODES:
             raise ValueError(f"unknown embedding mode {embedding_mode!r} ({', '.join(EMBEDDING_MODES)})")
+        embedding_dim = _size("GRU4RecModel", "embedding_dim", embedding_dim)
         if embedding_mode == "separate" and embedding_dim <= 0:
             raise ValueError("the separate embedding mode needs embedding_dim > 0")
-        layers = tuple(int(h) for h in layers)
+        if embedding_mode != "separate" and embedding_dim != 0:
+            # shared: the input is the item table's row (width layers[-1]); onehot: none
+            raise ValueError(f"GRU4RecModel: embedding_dim={embedding_dim} is for the separate "
+                             f"embedding mode (this model's is {embedding_mode!r})")
+        layers = tuple(_size("GRU4RecModel", "layers", h) for h in layers)
         if not layers:
             raise ValueError("GRU4RecModel: layers must hold at least one hidden size")
         if variants is None:

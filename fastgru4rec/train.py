@@ -11,6 +11,7 @@ Per step (b active lanes, C = b + n_sample columns):
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -249,8 +250,11 @@ class Trainer:
         """Epochs start_epoch .. n_epochs - 1 (default: the configuration's n_epochs); a
         trainer restored by load_state_dict continues with start_epoch = the epochs it had
         done. on_epoch(stats) is called after each epoch. Returns the new epochs' stats."""
+        last = self.cfg.n_epochs if n_epochs is None else n_epochs   # (0 trains none: not None)
+        if isinstance(last, bool) or not isinstance(last, numbers.Integral) or last < 0:
+            raise ValueError(f"n_epochs must be a non-negative integer (got {n_epochs!r})")
         history = []
-        for epoch in range(start_epoch, n_epochs or self.cfg.n_epochs):
+        for epoch in range(start_epoch, int(last)):
             stats = self.train_epoch(data, epoch, progress)
             history.append(stats)
             if on_epoch is not None:

@@ -98,6 +98,13 @@ def test_fit_warns_of_a_parameter_without_effect_and_it_has_none(small, base, ig
     assert _states_equal(_state(with_it), _state(without))
 
 
+def test_fit_warns_of_a_batch_wider_than_the_sessions(small):
+    train, _ = small
+    with pytest.warns(UserWarning, match=f"batch_size=1,000 is more than the "
+                                         f"{train.n_sessions} training sessions"):
+        GRU4Rec(**{**FAST, "batch_size": 1000}).fit(train, progress=False)
+
+
 def test_fit_from_path_and_dataframe_equal(small, tmp_path):
     import pandas as pd
 
@@ -187,6 +194,18 @@ def test_save_load_each_embedding_mode(small, tmp_path, kw, mode, table):
     loaded = _check_round_trip(model, test, tmp_path / "m.pt")
     assert loaded.model.embedding_mode == mode
     assert loaded.model.layers == (16, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_model_loads_in_the_dtype_it_was_saved_in(small, tmp_path, dtype):
+    train, _ = small
+    model = GRU4Rec(**FAST).fit(train, progress=False)
+    model.model.to(dtype)
+    model.save(tmp_path / "m.pt")
+    loaded = GRU4Rec.load(tmp_path / "m.pt")
+    assert {p.dtype for p in loaded.model.parameters()} == {dtype}
+    assert all(torch.equal(a, b) for a, b in zip(model.model.state_dict().values(),
+                                                  loaded.model.state_dict().values()))
 
 
 def test_saved_file_is_weights_only(fitted, tmp_path):

@@ -148,6 +148,12 @@ def test_layer_rejects_bad_shapes_and_arguments_with_one_line_errors():
     # 0 / 1 as nn.GRUCell takes them
     assert GRULayer(6, 4, 0).bias is False and GRULayer(6, 4, 0).bias_ih is None
     assert GRULayer(6, 4, 1).bias is True and GRULayer(6, 4, 1).bias_hh is not None
+    # numpy's bool as well (nn.GRUCell takes it); a float size is not truncated
+    import numpy as np
+    assert GRULayer(6, 4, np.bool_(False)).bias_ih is None
+    for sizes, name in (((6, 4.5), "hidden_size"), ((6.0, 4), "input_size")):
+        with pytest.raises(TypeError, match=f"GRULayer: {name} must be an integer"):
+            GRULayer(*sizes)
     with pytest.raises(ValueError, match="hidden_size=0"):
         GRULayer(6, 0)
     with pytest.raises(RuntimeError, match="step"):

@@ -109,3 +109,20 @@ def test_epoch_resets_and_shrinks_hidden_state_as_scheduled():
     for inp, state in trainer.seen:
         assert state.tolist() == positions[inp.numpy()].astype(float).tolist()
     assert len(trainer.seen[-1][0]) < 5   # the batch shrank at the end
+
+
+@pytest.mark.parametrize("trainer_cls", [Trainer, FastTrainer])
+def test_fit_trains_the_epochs_asked_for(trainer_cls):
+    # n_epochs=0 trains none (it trained the configuration's n_epochs); None: the configuration's
+    data = SessionData.from_arrays(np.repeat(np.arange(30), 3), np.arange(90) % 11,
+                                   np.arange(90, dtype=float))
+    cfg = GRU4RecConfig(layers=(4,), batch_size=4, n_sample=3, n_epochs=2)
+    model = GRU4RecModel(data.n_items, (4,), "shared")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = trainer_cls(model, cfg, data.supports, torch.device("cpu"))
+    assert trainer.fit(data, n_epochs=0, progress=False) == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [s.epoch for s in trainer.fit(data, progress=False)] == [1, 2]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="n_epochs must be a non-negative integer"):
+            trainer.fit(data, n_epochs=bad, progress=False)
