@@ -135,6 +135,10 @@ def _check_eval_args(args):
     check_eval_batch_size(args.eval_batch_size)
 
 
+#: what a shell passes for --sep '\t' (two characters) and the separator meant
+_SEPARATOR_ESCAPES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
+
+
 def data_options(args) -> Dict:
     """read_events' keywords from add_data_options' options. Checked here as well as in
     read_events, to name the options rather than the API's names."""
@@ -143,6 +147,8 @@ def data_options(args) -> Dict:
                           f"--time-key {args.time_key!r} must name three different columns")
     from .data import SEPARATOR_RULE, valid_separator   # (pyarrow: imported when needed)
 
+    if getattr(args, "sep", None) in _SEPARATOR_ESCAPES:   # --sep '\t' typed as two characters
+        args.sep = _SEPARATOR_ESCAPES[args.sep]
     if getattr(args, "sep", None) is not None and not valid_separator(args.sep):
         raise ConfigError(f"--sep must be {SEPARATOR_RULE} (got {args.sep!r})")
     return dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key,

@@ -253,7 +253,8 @@ def read_events(source, session_key: str = "SessionId", item_key: str = "ItemId"
             raise DataError(
                 f"{name}: cannot tell the format from the extension {ext or '(none)'!r}; "
                 "accepted: .tsv/.txt/.dat (tab-separated), .csv (comma-separated), "
-                ".parquet/.pq (optionally .gz/.bz2 for text), or pass sep=")
+                ".parquet/.pq (optionally .gz/.bz2 for text), or give the separator (sep=, "
+                "or --sep on the command line)")
         sep = _TEXT_SEPARATORS[ext]
     return _read_text(path, name, keys, sep)
 
@@ -508,6 +509,8 @@ def _csv_error(name: str, header: list, e: Exception) -> str:
     (0-based column, 1-based line) in this library's form "NAME: row 2, column 'ItemId': ..."
     (1-based data row, header not counted)."""
     text = one_line(e)
+    if "Empty CSV file" in text:    # a header line without its line break, and nothing more
+        return f"{name}: no events (empty file: only a header line)"
     m = re.match(r"In CSV column #(\d+):(?: Row #(\d+):)? (?:CSV conversion error to \w+: )?(.*)",
                  text)
     if not m or int(m.group(1)) >= len(header):

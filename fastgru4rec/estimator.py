@@ -134,7 +134,8 @@ class GRU4Rec:
         require_trainable(train, self.config.min_lanes)
         if self.config.batch_size > train.n_sessions:
             warnings.warn(f"batch_size={self.config.batch_size:,} is more than the "
-                          f"{train.n_sessions:,} training sessions: that many lanes run, and "
+                          f"{train.n_sessions:,} training sessions: only {train.n_sessions:,} lanes "
+                          "run, and "
                           "each step's loss is still divided by batch_size (smaller steps)",
                           UserWarning, stacklevel=3)
         valid = _validation(validation, validation_kw, train, read_kw)

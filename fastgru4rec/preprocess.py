@@ -129,9 +129,12 @@ def _first_bad_clicks_line(path: Path) -> Optional[str]:
             if len(fields) != 4:
                 return f"line {lineno}: {len(fields)} comma-separated fields, expected 4"
             try:
-                _dt.datetime.fromisoformat(fields[1].replace("Z", "+00:00"))
+                stamp = _dt.datetime.fromisoformat(fields[1].replace("Z", "+00:00"))
             except ValueError:
                 return f"line {lineno}: timestamp {fields[1][:40]!r} is not ISO 8601"
+            if stamp.tzinfo is None:   # the reader needs a zone, as the original file has (Z)
+                return (f"line {lineno}: timestamp {fields[1][:40]!r} has no time zone (the "
+                        "clicks file's are UTC, written with a Z)")
     return None
 
 

@@ -243,6 +243,27 @@ def test_bench_and_preprocess_take_the_column_options_their_errors_name(capsys, 
                      "preprocess", "missing columns", "(text files need a header row)")
 
 
+def test_data_review_messages(capsys, tmp_path):
+    # a header without its line break: no events, not pyarrow's "Empty CSV file or block"
+    header_only = tmp_path / "h.tsv"
+    header_only.write_text("SessionId\tItemId\tTime")
+    assert_cli_error(run_cli(capsys, "train", header_only), "train",
+                     "h.tsv: no events (empty file: only a header line)")
+    # --sep '\t' as a shell passes it (two characters) is the tab it means
+    events = tmp_path / "e.events"   # an extension that tells no format
+    events.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"s{i // 3}\t{i % 5}\t{i}\n" for i in range(60)))
+    rc, out, err = run_cli(capsys, "train", events, "--sep", "\\t", "-ps", PS, "-q")
+    assert rc == 0, err
+    assert_cli_error(run_cli(capsys, "train", events, "-ps", PS), "train",
+                     "cannot tell the format", "--sep on the command line")
+    # clicks without a time zone: the line, and what is missing
+    clicks = tmp_path / "clicks.dat"
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214,0\n1,2014-04-07T10:52:09.277,215,0\n")
+    assert_cli_error(run_cli(capsys, "preprocess", "rsc15", clicks, tmp_path / "o", "--quiet"),
+                     "preprocess", "line 2: timestamp '2014-04-07T10:52:09.277' has no time zone")
+
+
 def test_bench_plot_is_written_atomically(tmp_path):
     pytest.importorskip("matplotlib")
     from fastgru4rec import bench
