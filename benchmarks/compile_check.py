@@ -274,6 +274,43 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                                 backend="triton")
         yield f"top-k N{big_n} b1 h100 k{k}", topk
 
+    # H 1024, the widest hidden size the library is meant for (b 512): a tile sized by the
+    # padded H outgrows shared memory there (the full-catalog dh kernel did, at 256 KB)
+    if not quick:
+        def wide_full_ce(prec):
+            b, H, n = 512, 1024, 20_000
+            scoring.full_catalog_cross_entropy_and_grads(
+                randn(b, H), torch.empty(n, H), torch.empty(n), ids(b, n), backend="triton",
+                precision=prec)
+        for prec in ("tf32", "ieee"):
+            yield f"full-catalog CE N20000 b512 h1024 {prec}", lambda prec=prec: wide_full_ce(prec)
+
+        def wide_sampled():
+            b, H, n = 512, 1024, 20_000
+            scoring.fused_sampled_loss_and_grads(
+                randn(b, H), randn(n, H), randn(n), ids(b + 2048, n), "cross-entropy", logq=1.0,
+                logq_per_column=randn(b + 2048), scale=1 / b, backend="triton", precision="tf32")
+        yield "sampled cross-entropy b512 h1024 s2048 tf32", wide_sampled
+        for variant in variants:
+            def wide_gru(variant=variant):
+                b, H, n = 512, 1024, 5000
+                layer = GRULayer(H, H, variant=variant)
+                out = gru.gru_step_fused(randn(n, H).requires_grad_(), randn(b, H),
+                                         layer.weight_ih, layer.bias_ih, layer.weight_hh,
+                                         layer.bias_hh, variant, idx=ids(b, n),
+                                         reset=torch.rand(b, generator=g) < 0.3, dropout_in=0.2,
+                                         dropout_out=0.3, seed=7, backend="triton")
+                out.sum().backward()
+            yield f"gru {variant} idx b512 h1024 ieee", wide_gru
+
+        def wide_rank():
+            b, H, n = 512, 1024, 20_000
+            ranking.rank_counts(randn(b, H), torch.empty(n, H), torch.empty(n), ids(b, n),
+                                backend="triton", precision="ieee")
+            ranking.topk_scores(randn(4, H), torch.empty(n, H), torch.empty(n), 20,
+                                backend="triton")
+        yield "rank and top-k N20000 b512 h1024", wide_rank
+
     def topk_huge(n=5_000_000):   # more than 65,535 item tiles (a launch's y/z limit)
         ranking.topk_scores(randn(1, 100), torch.empty(n, 100), torch.empty(n), 100,
                             backend="triton")

@@ -733,7 +733,7 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "baselines", help="evaluate POP, S-POP, Item-KNN and BPR-MF (optionally beside GRU4Rec)",
         description="Fit the paper's baselines on TRAIN and evaluate them on each TEST file with "
-                    "GRU4Rec's full-ranking protocol (REFERENCE §5, §6).")
+                    "GRU4Rec's full-ranking protocol (Hidasi et al., ICLR 2016).")
     p.add_argument("train", help="training events (.tsv/.csv/.parquet)")
     p.add_argument("test", nargs="+", help="test events, mapped with the training item map")
     p.add_argument("-m", "--measure", dest="cutoffs", type=int, nargs="+", default=[1, 5, 10, 20],
@@ -747,8 +747,9 @@ def register_cli(subparsers) -> None:
                    help="baseline parameter, e.g. itemknn.n_sims=200 or bprmf.n_factors=50 "
                         "(repeatable; comma-separated lists allowed)")
     p.add_argument("--gru4rec", nargs="?", const="rsc15", default=None, metavar="PARAMS",
-                   help="also train and evaluate GRU4Rec: a preset (rsc15, yoochoose: REFERENCE "
-                        "§7) or a parameter string k=v,k=v (default preset: rsc15)")
+                   help="also train and evaluate GRU4Rec: a preset (rsc15, yoochoose: the "
+                        "authors' best parameters) or a parameter string k=v,k=v (default "
+                        "preset: rsc15)")
     p.add_argument("--device", default="cpu", help="device for GRU4Rec (cpu, cuda, auto)")
     p.add_argument("--eval-batch-size", type=int, default=None,
                    help="evaluation lanes (default: the baselines 128, for BPR-MF capped so "

@@ -172,7 +172,8 @@ class GRU4RecModel(nn.Module):
     through ``dropout`` arguments so the model itself is deterministic. initialize=False: the
     item-indexed tables are left uninitialised (for load_state_dict to fill). seed: the
     initialisation's own generator (torch.manual_seed does not change it: the same seed gives
-    the same model wherever it is built). embedding_dim: the separate mode's E only.
+    the same model wherever it is built). embedding_dim: the separate mode's E (the other modes
+    ignore it: shared rows are layers[-1] wide, one-hot has no embedding).
     """
 
     def __init__(self, n_items: int, layers: Sequence[int] = (100,), embedding_mode: str = "shared",
@@ -184,10 +185,6 @@ class GRU4RecModel(nn.Module):
         embedding_dim = _size("GRU4RecModel", "embedding_dim", embedding_dim)
         if embedding_mode == "separate" and embedding_dim <= 0:
             raise ValueError("the separate embedding mode needs embedding_dim > 0")
-        if embedding_mode != "separate" and embedding_dim != 0:
-            # shared: the input is the item table's row (width layers[-1]); onehot: none
-            raise ValueError(f"GRU4RecModel: embedding_dim={embedding_dim} is for the separate "
-                             f"embedding mode (this model's is {embedding_mode!r})")
         layers = tuple(_size("GRU4RecModel", "layers", h) for h in layers)
         if not layers:
             raise ValueError("GRU4RecModel: layers must hold at least one hidden size")

@@ -123,7 +123,7 @@ def _sampled_scores_kernel(p_h, p_w, p_bias, p_wcol, p_bcol, p_r, b, C, H, strid
         acc = tl.dot(b_h, b_wt, acc, input_precision=PREC)
     bids = tl.load(p_bcol + o_n, mask=m_n, other=0)
     acc += tl.load(p_bias + bids, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(p_r + o_m[:, None] * C + o_n[None, :], acc, mask=m_m[:, None] & m_n[None, :])
+    tl.store(p_r + o_m.to(tl.int64)[:, None] * C + o_n[None, :], acc, mask=m_m[:, None] & m_n[None, :])
 
 
 @triton.jit
@@ -152,7 +152,7 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
     pid = tl.program_id(0)
     o_m = pid * BM + tl.arange(0, BM)
     m_m = o_m < b
-    r_pos = tl.load(p_r + o_m * C + o_m, mask=m_m, other=0.0)
+    r_pos = tl.load(p_r + o_m.to(tl.int64) * C + o_m, mask=m_m, other=0.0)
     if HAS_LQ:
         r_pos = r_pos - logq * _col_logq(p_lq, p_ycol, o_m, m_m, b, sample_alpha, LQ_GATHER)
     u_pos = r_pos
@@ -168,7 +168,7 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
         m_n = o_n < C
         msk = m_m[:, None] & m_n[None, :]
         neg = msk & (o_n[None, :] != o_m[:, None])
-        x = tl.load(p_r + o_m[:, None] * C + o_n[None, :], mask=msk, other=0.0)
+        x = tl.load(p_r + o_m.to(tl.int64)[:, None] * C + o_n[None, :], mask=msk, other=0.0)
         if LOSS == 0:   # cross-entropy, softmax over all columns
             if HAS_LQ:
                 x = x - logq * _col_logq(p_lq, p_ycol, o_n, m_n, b, sample_alpha,
@@ -246,7 +246,7 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
             m_n = o_n < C
             msk = m_m[:, None] & m_n[None, :]
             is_pos = o_n[None, :] == o_m[:, None]
-            x = tl.load(p_r + o_m[:, None] * C + o_n[None, :], mask=msk, other=0.0)
+            x = tl.load(p_r + o_m.to(tl.int64)[:, None] * C + o_n[None, :], mask=msk, other=0.0)
             if LOSS == 0:
                 if HAS_LQ:
                     x = x - logq * _col_logq(p_lq, p_ycol, o_n, m_n, b, sample_alpha,
@@ -277,7 +277,7 @@ def _sampled_loss_kernel(p_r, p_dr, p_lq, p_ycol, p_loss, b, C, logq, sample_alp
             else:
                 g = _sigmoid(x - r_pos[:, None]) / Cf
                 g = tl.where(is_pos, g_pos[:, None], g)
-            tl.store(p_dr + o_m[:, None] * C + o_n[None, :], g * scale, mask=msk)
+            tl.store(p_dr + o_m.to(tl.int64)[:, None] * C + o_n[None, :], g * scale, mask=msk)
 
 
 @triton.jit
@@ -293,7 +293,7 @@ def _rows_matmul_kernel(p_dr, p_w, p_wcol, p_dh, b, C, H, stride_w,
         o_c = c0 + tl.arange(0, BK)
         m_c = o_c < C
         ids = tl.load(p_wcol + o_c, mask=m_c, other=0)
-        b_dr = tl.load(p_dr + o_m[:, None] * C + o_c[None, :], mask=m_m[:, None] & m_c[None, :], other=0.0)
+        b_dr = tl.load(p_dr + o_m.to(tl.int64)[:, None] * C + o_c[None, :], mask=m_m[:, None] & m_c[None, :], other=0.0)
         b_w = tl.load(p_w + ids.to(tl.int64)[:, None] * stride_w + o_h[None, :],
                       mask=m_c[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(b_dr, b_w, acc, input_precision=PREC)
@@ -317,7 +317,7 @@ def _cols_scatter_kernel(p_dr, p_h, p_winv, p_binv, p_drows, p_dbias, b, C, H, s
     for r0 in range(0, b, BK):
         o_r = r0 + tl.arange(0, BK)
         m_r = o_r < b
-        b_drt = tl.load(p_dr + o_r[None, :] * C + o_n[:, None], mask=m_n[:, None] & m_r[None, :], other=0.0)
+        b_drt = tl.load(p_dr + o_r.to(tl.int64)[None, :] * C + o_n[:, None], mask=m_n[:, None] & m_r[None, :], other=0.0)
         b_h = tl.load(p_h + o_r[:, None] * stride_h + o_h[None, :],
                       mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(b_drt, b_h, acc, input_precision=PREC)
@@ -602,7 +602,9 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     if big_blocks:
         dBM, dBN = min(32, _pow2(b)), 128
     else:
-        dBM, dBN = (32 if HP <= 256 else 16), 64
+        # the (dBN, HP) fp32 item tile of the dot sits in shared memory: 64 x 1024 x 4 B is
+        # 256 KB at 512 < H <= 1024, past sm_90's 227 KB (found compiling at H 1024)
+        dBM, dBN = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32)
     per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, dev)
     _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
         h, weight, bias, targets, m, inv_z, coef, dh, b, N, H, h.stride(0), weight.stride(0),

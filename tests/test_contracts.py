@@ -221,13 +221,11 @@ def test_model_checks_its_arguments():
         GRU4RecModel(10, layers=())
     with pytest.raises(ValueError, match="1 variants for 2 layers"):
         GRU4RecModel(10, layers=(4, 4), variants=["cell"])
-    # sizes are integers (int() truncated 4.7 units to 4); embedding_dim is the separate mode's
+    # sizes are integers (int() truncated 4.7 units to 4)
     for bad in (4.7, "4", True):
         with pytest.raises(TypeError, match=f"GRU4RecModel: layers must be an integer, got "
                                             f"{bad!r}"):
             GRU4RecModel(10, layers=(bad,))
-    with pytest.raises(ValueError, match="embedding_dim=8 is for the separate embedding mode"):
-        GRU4RecModel(10, layers=(6,), embedding_dim=8)
     assert GRU4RecModel(10, layers=(np.int64(6),), embedding_mode="separate",
                         embedding_dim=np.int32(3)).embedding.shape == (10, 3)
     net = GRU4RecModel(10, layers=(6,))
