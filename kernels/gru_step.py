@@ -17,7 +17,7 @@ phases separated by a CTA barrier; the cell variant tiles rows × columns.
 
 Gate order in every 3H block: [r, z, n]. Saved gates: cell [r, z, n, h·W_hnᵀ + b_hn];
 original [r, z, c, r ⊙ h]. Gate gradients dg: cell [dr̂, dẑ, dn̂, d(h·W_hn+b_hn)] (pre-activation);
-original [dr̂, dẑ, dĉ, unused].
+original [dr̂, dẑ, dĉ, dh's fp32 partial sums (the backward's scratch)].
 
 Dropout keep mask of element (row, col) of an (rows, ncols) tensor:
     key  = mix32(mix32(seed & 0x7fffffff) ^ salt)
@@ -418,7 +418,10 @@ def _gru_bwd_original_kernel(
         p_g = dg_ptr + o_m[:, None] * (4 * H) + o_n[None, :]
         tl.store(p_g + H, d * (c - b_h) * z * (1.0 - z), mask=m_mn)
         tl.store(p_g + 2 * H, d * z * (1.0 - c * c), mask=m_mn)
-        tl.store(dh_ptr + o_m[:, None] * H + o_n[None, :], d * (1.0 - z), mask=m_mn)
+        # dh is summed over the three phases in dg's 4th block (fp32; this variant's weight
+        # gradients do not read it) and stored in h's dtype once, in phase 3: a bf16 dh
+        # buffer rounded the partial sums twice more
+        tl.store(p_g + 3 * H, d * (1.0 - z), mask=m_mn)
     tl.debug_barrier()
     for n0 in range(0, H, BN):
         o_n = n0 + tl.arange(0, BN)
@@ -429,8 +432,8 @@ def _gru_bwd_original_kernel(
         b_h = _load_h(h_ptr, reset_ptr, o_m, m_m, o_n, m_n, H, HAS_RESET)
         tl.store(dg_ptr + o_m[:, None] * (4 * H) + o_n[None, :], drh * b_h * r * (1.0 - r),
                  mask=m_mn)
-        p_dh = dh_ptr + o_m[:, None] * H + o_n[None, :]
-        dh = tl.load(p_dh, mask=m_mn, other=0.0, cache_modifier=".cg").to(tl.float32)
+        p_dh = dg_ptr + o_m[:, None] * (4 * H) + 3 * H + o_n[None, :]
+        dh = tl.load(p_dh, mask=m_mn, other=0.0, cache_modifier=".cg")
         tl.store(p_dh, dh + drh * r, mask=m_mn)
     tl.debug_barrier()
     if HAS_RESET:
@@ -439,13 +442,13 @@ def _gru_bwd_original_kernel(
         o_n = n0 + tl.arange(0, BN)
         m_n = o_n < H
         m_mn = m_m[:, None] & m_n[None, :]
-        p_dh = dh_ptr + o_m[:, None] * H + o_n[None, :]
-        dh = tl.load(p_dh, mask=m_mn, other=0.0, cache_modifier=".cg").to(tl.float32)
+        dh = tl.load(dg_ptr + o_m[:, None] * (4 * H) + 3 * H + o_n[None, :], mask=m_mn,
+                     other=0.0, cache_modifier=".cg")
         dh += _dg_w(dg_ptr, 0, whh_ptr, 0, o_m, m_m, o_n, m_n, H, H, BM, BN, BK, PREC)
         dh += _dg_w(dg_ptr, H, whh_ptr, H, o_m, m_m, o_n, m_n, H, H, BM, BN, BK, PREC)
         if HAS_RESET:
             dh = tl.where((rst == 0)[:, None], dh, 0.0)
-        tl.store(p_dh, dh, mask=m_mn)
+        tl.store(dh_ptr + o_m[:, None] * H + o_n[None, :], dh, mask=m_mn)
         if not PROJ:
             p_g = dg_ptr + o_m[:, None] * (4 * H) + o_n[None, :]
             p_x = dx_ptr + o_m[:, None] * (3 * H) + o_n[None, :]
