@@ -56,7 +56,10 @@ class AdagradMomentum:
 @dataclass
 class EpochStats:
     epoch: int
-    loss: float          # mean per-event loss (sum over lanes of the step losses / events)
+    # mean per-event loss: the lanes' losses summed over the epoch / its events (the authors'
+    # log weights each step's loss, already divided by batch_size, by its lane count, which
+    # differs on the shrinking tail: 0.15% on rsc15-sample's first epoch)
+    loss: float
     n_events: int
     n_steps: int
     seconds: float

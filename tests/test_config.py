@@ -386,3 +386,18 @@ def test_direct_construction_with_a_string_number_is_a_config_error():
         GRU4RecConfig(dropout_p_hidden="0.5")
     assert GRU4RecConfig.from_dict({"dropout_p_hidden": "0.5"}).dropout_p_hidden == 0.5
     assert GRU4RecConfig(batch_size=np.int64(3)).batch_size == 3
+
+
+def test_the_parameter_files_are_the_bench_presets():
+    # benchmarks/params holds the authors' best settings as parameter files; bench --preset
+    # holds the same settings: one must not drift from the other
+    from pathlib import Path
+
+    from fastgru4rec.bench import PRESETS
+
+    files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "params").glob("*.py"))
+    assert {f.name.split("_")[0] for f in files} == set(PRESETS)
+    for f in files:
+        preset = PRESETS[f.name.split("_")[0]]
+        from_file = GRU4RecConfig.from_dict(read_param_file(f))
+        assert from_file == GRU4RecConfig.from_dict({**preset, "n_epochs": from_file.n_epochs}), f

@@ -1,5 +1,6 @@
-# The authors' best published RSC15 setting (REFERENCE.md §7), in the parameter-file format
-# their users have. fastgru4rec reads it with a literal parser; it is never executed.
+# The authors' best published RSC15 setting (the papers' best parameters for it), in the
+# parameter-file format their users have. fastgru4rec reads it with a literal parser; it is
+# never executed.
 from collections import OrderedDict
 
 gru4rec_params = OrderedDict([

@@ -1,4 +1,6 @@
-# The authors' best published Yoochoose setting (REFERENCE.md §7). Parsed, never executed.
+# The authors' best published YooChoose setting (the papers' best parameters for it), in the
+# parameter-file format their users have. fastgru4rec reads it with a literal parser; it is
+# never executed.
 from collections import OrderedDict
 
 gru4rec_params = OrderedDict([
