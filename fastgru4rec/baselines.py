@@ -65,6 +65,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from .bench import PRESETS
 from .cli import add_data_options, data_options
 from .config import is_integer
 from .data import (SessionData, as_session_data, read_sessions, require_evaluable,
@@ -576,17 +577,9 @@ DISPLAY_NAMES = {"pop": "POP", "spop": "S-POP", "itemknn": "Item-KNN", "bprmf": 
 _ALIASES = {"s-pop": "spop", "item-knn": "itemknn", "knn": "itemknn", "bpr-mf": "bprmf",
             "bpr": "bprmf", "bprmf": "bprmf"}
 
-# GRU4Rec rows for the comparison table: REFERENCE §7's published best parameters
-GRU4REC_PRESETS = {
-    "rsc15": dict(loss="cross-entropy", layers=[100], batch_size=32, dropout_p_embed=0.0,
-                  dropout_p_hidden=0.4, learning_rate=0.2, momentum=0.2, sample_alpha=0.5,
-                  n_sample=2048, elu_param=0.0, logq=1.0, constrained_embedding=True,
-                  n_epochs=10),
-    "yoochoose": dict(loss="cross-entropy", layers=[480], batch_size=48, dropout_p_embed=0.0,
-                      dropout_p_hidden=0.2, learning_rate=0.07, momentum=0.0, sample_alpha=0.2,
-                      n_sample=2048, elu_param=0.0, logq=1.0, constrained_embedding=True,
-                      n_epochs=10),
-}
+# GRU4Rec rows for the comparison table: the authors' published best parameters, bench's
+# presets (one copy of them) with the papers' 10 epochs
+GRU4REC_PRESETS = {name: {**preset, "n_epochs": 10} for name, preset in PRESETS.items()}
 
 
 def resolve_names(names) -> list:
@@ -747,8 +740,8 @@ def register_cli(subparsers) -> None:
                    help="baseline parameter, e.g. itemknn.n_sims=200 or bprmf.n_factors=50 "
                         "(repeatable; comma-separated lists allowed)")
     p.add_argument("--gru4rec", nargs="?", const="rsc15", default=None, metavar="PARAMS",
-                   help="also train and evaluate GRU4Rec: a preset (rsc15, yoochoose: the "
-                        "authors' best parameters) or a parameter string k=v,k=v (default "
+                   help="also train and evaluate GRU4Rec: a preset (rsc15, yoochoose, "
+                        "retailrocket, diginetica: the authors' best parameters) or a parameter string k=v,k=v (default "
                         "preset: rsc15)")
     p.add_argument("--device", default="cpu", help="device for GRU4Rec (cpu, cuda, auto)")
     p.add_argument("--eval-batch-size", type=int, default=None,
