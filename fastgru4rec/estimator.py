@@ -129,7 +129,7 @@ class GRU4Rec:
         if checkpoint is not None:
             check_writable(checkpoint, _paths(data, validation))
         for note in self.config.ineffective_parameters():
-            warnings.warn(note, UserWarning, stacklevel=3)   # past fit's decorators
+            warnings.warn(note, UserWarning, stacklevel=4)   # past fit's two decorators
         train = _read_training_data(data, read_kw, "fit")
         require_trainable(train, self.config.min_lanes)
         if self.config.batch_size > train.n_sessions:
@@ -137,7 +137,7 @@ class GRU4Rec:
                           f"{train.n_sessions:,} training sessions: only {train.n_sessions:,} lanes "
                           "run, and "
                           "each step's loss is still divided by batch_size (smaller steps)",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=4)
         valid = _validation(validation, validation_kw, train, read_kw)
         # everything checked and built before the estimator changes: a refused call leaves an
         # earlier fit as it was
