@@ -51,7 +51,7 @@ API
 CLI
     fastgru4rec baselines TRAIN TEST [TEST ...] [-m 1 5 10 20] [-e conservative] [--json]
                           [--only pop,spop,itemknn,bprmf] [-p itemknn.n_sims=200 ...]
-                          [--gru4rec [rsc15|yoochoose|k=v,...]]
+                          [--gru4rec [rsc15|yoochoose|retailrocket|diginetica|k=v,...]]
 """
 from __future__ import annotations
 

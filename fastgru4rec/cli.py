@@ -71,7 +71,7 @@ def _authors_dest(flags) -> str:
 
 def _refuse_authors_options(args) -> None:
     for flags, instead in AUTHORS_OTHER_OPTIONS:
-        if getattr(args, _authors_dest(flags), None) is not None:
+        if getattr(args, _authors_dest(flags), None) not in (None, False):
             raise ConfigError(f"{'/'.join(flags)}: the authors' run.py option {instead}")
 
 
@@ -99,7 +99,7 @@ def _params_from_args(args) -> Dict:
 def _add_eval_args(p: argparse.ArgumentParser):
     p.add_argument("-m", "--measure", dest="cutoffs", type=int, nargs="+", default=[1, 5, 10, 20],
                    metavar="K", help="cut-offs for Recall@K and MRR@K (default: 1 5 10 20)")
-    p.add_argument("-e", "--eval-type", "--eval_type", dest="mode", default="conservative",
+    p.add_argument("-e", "--eval-type", dest="mode", default="conservative",
                    choices=["standard", "conservative", "median"],
                    help="how ties are ranked (default: conservative, as in the papers)")
     p.add_argument("--eval-batch-size", type=int, default=512, help="lanes during evaluation")
@@ -116,16 +116,17 @@ def _add_threads_arg(p: argparse.ArgumentParser):
 def add_data_options(p: argparse.ArgumentParser, sep: bool = True):
     """The options of reading event files (read_events' keywords), for every command that reads
     them; data_options(args) gives the keywords. sep=False: a command whose format fixes it."""
-    # -sk/-ik/-tk and the underscore forms: the authors' run.py spellings
-    p.add_argument("--session-key", "-sk", "--session_key", default="SessionId",
-                   metavar="COLUMN", help="column of the session ids (default SessionId)")
-    p.add_argument("--item-key", "-ik", "--item_key", default="ItemId", metavar="COLUMN",
+    # -sk/-ik/-tk: the authors' run.py spellings (its --session_key & co: AUTHORS_LONG_OPTIONS)
+    p.add_argument("--session-key", "-sk", default="SessionId", metavar="COLUMN",
+                   help="column of the session ids (default SessionId)")
+    p.add_argument("--item-key", "-ik", default="ItemId", metavar="COLUMN",
                    help="column of the item ids (default ItemId)")
-    p.add_argument("--time-key", "-tk", "--time_key", default="Time", metavar="COLUMN",
+    p.add_argument("--time-key", "-tk", default="Time", metavar="COLUMN",
                    help="column of the times in seconds (default Time)")
     if sep:
         p.add_argument("--sep", default=None,
-                       help="field separator of text files (default: by file extension)")
+                       help="field separator of text files, one character; '\\t' or 'tab' for a "
+                            "tab (default: by file extension)")
 
 
 def _check_eval_args(args):
@@ -534,15 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
     # the authors' run.py spellings are accepted too (--parameter_string, --save_model, -ss, -d,
     # -sk/-ik/-tk): a run.py command line works with `python run.py` replaced by `fastgru4rec
     # train`; its options for something else (-l, -g, -pm, -lpm) are refused with a hint
-    t.add_argument("-ps", "--parameter-string", "--parameter_string", dest="params",
+    t.add_argument("-ps", "--parameter-string", dest="params",
                    help="parameters as k=v,k=v (lists as 100/100, booleans True/False; a "
                         "key given again overrides the earlier value)")
-    t.add_argument("-pf", "--parameter-file", "--parameter_file", dest="param_file",
+    t.add_argument("-pf", "--parameter-file", dest="param_file",
                    help="parameter file: JSON (.json, or text starting with '{'), or Python "
                         "assigning gru4rec_params = OrderedDict(...)")
-    t.add_argument("-s", "--save-model", "--save_model",
-                   help="write the trained model to this file")
-    t.add_argument("-ss", "--sample-store-size", "--sample_store_size", type=int, default=None,
+    t.add_argument("-s", "--save-model", help="write the trained model to this file")
+    t.add_argument("-ss", "--sample-store-size", type=int, default=None,
                    metavar="N", help="the parameter sample_store_size (as in the authors' run.py)")
     t.add_argument("--checkpoint", metavar="PATH",
                    help="write a checkpoint here after every epoch (a model file that also "
@@ -557,8 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "line, in --json's epochs, and kept in checkpoints)")
     t.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     for flags, _ in AUTHORS_OTHER_OPTIONS:
-        t.add_argument(*flags, dest=_authors_dest(flags), nargs="?", const=True, default=None,
-                       help=argparse.SUPPRESS)
+        # as run.py has them: -l and -lpm are switches, -g and -pm take a value
+        kind = dict(action="store_true") if flags[0] in ("-l", "-lpm") \
+            else dict(nargs="?", const=True)
+        t.add_argument(*flags, dest=_authors_dest(flags), default=None, help=argparse.SUPPRESS,
+                       **kind)
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
                    help="training loop: fast (with the shared embedding and sampled negatives "
                         "the fused step with its explicit backward, otherwise the autograd "
@@ -635,14 +638,16 @@ def _sigterm_as_interrupt():
         raise Terminated()
 
     try:
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, terminate)
+        installed = True
     except (ValueError, AttributeError):   # not the main thread (main() called from one)
-        previous = None
+        installed = False
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:   # (None: a handler set from C, not restorable from Python: the default)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _warning_printer(command: str):
@@ -673,8 +678,30 @@ MAX_THREADS = 1 << 16
 _NEGATIVE_NUMBER = re.compile(r"-\d+$|-\d*\.\d+$")
 
 
+#: the authors' run.py long options spelled with underscores -> this command line's (given as
+#: aliases to argparse they would make abbreviations such as --save ambiguous)
+AUTHORS_LONG_OPTIONS = {
+    "--parameter_string": "--parameter-string", "--parameter_file": "--parameter-file",
+    "--save_model": "--save-model", "--eval_type": "--eval-type",
+    "--sample_store_size": "--sample-store-size", "--session_key": "--session-key",
+    "--item_key": "--item-key", "--time_key": "--time-key",
+}
+
+
+def _authors_spellings(argv: List[str]) -> List[str]:
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--":          # the rest are values (recommend's item ids)
+            return out + argv[i:]
+        name, eq, value = a.partition("=")
+        out.append(AUTHORS_LONG_OPTIONS.get(name, name) + eq + value
+                   if name in AUTHORS_LONG_OPTIONS else a)
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     started = time.time()
+    argv = _authors_spellings(list(sys.argv[1:] if argv is None else argv))
     try:
         # importing the subcommands takes a moment: a Ctrl-C then is an interruption too
         parser = build_parser()

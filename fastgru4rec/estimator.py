@@ -435,10 +435,13 @@ class GRU4Rec:
             if est.item_ids.ndim != 1 or est.supports.shape != est.item_ids.shape:
                 raise ValueError("item map and supports disagree")
             est.model = est.build_model(len(est.item_ids), initialize=False)
-            # in the dtype it was saved in (load_state_dict copies into the model's own dtype:
-            # a bf16 model came back as float32)
-            est.model.to(payload["state_dict"]["item_weight"].dtype)
-            est.model.load_state_dict(payload["state_dict"])   # strict: every tensor filled
+            # each parameter in the dtype it was saved in (load_state_dict copies into the
+            # model's own dtypes: a bf16 model came back as float32)
+            saved = payload["state_dict"]
+            for pname, param in est.model.named_parameters():
+                if pname in saved and saved[pname].is_floating_point():
+                    param.data = param.data.to(saved[pname].dtype)
+            est.model.load_state_dict(saved)   # strict: every tensor filled
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "

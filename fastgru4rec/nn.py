@@ -182,7 +182,9 @@ class GRU4RecModel(nn.Module):
         super().__init__()
         if embedding_mode not in EMBEDDING_MODES:
             raise ValueError(f"unknown embedding mode {embedding_mode!r} ({', '.join(EMBEDDING_MODES)})")
-        embedding_dim = _size("GRU4RecModel", "embedding_dim", embedding_dim)
+        n_items = _size("GRU4RecModel", "n_items", n_items)
+        embedding_dim = _size("GRU4RecModel", "embedding_dim",
+                              0 if embedding_dim is None else embedding_dim)
         if embedding_mode == "separate" and embedding_dim <= 0:
             raise ValueError("the separate embedding mode needs embedding_dim > 0")
         layers = tuple(_size("GRU4RecModel", "layers", h) for h in layers)

@@ -67,7 +67,7 @@ def _read_clicks(path: Path, name: str, keys: Optional[dict] = None) -> pa.Table
     keys = keys or {}
     if not path.exists():
         raise DataError(f"{name}: file not found")
-    if _is_parquet(path):
+    if path.suffix.lower() in _PARQUET_EXTENSIONS:   # (without one: "name it .parquet")
         return read_events(path, **keys)
     header = _read_header(path, name, "\t")
     if header is None:
@@ -103,18 +103,6 @@ def _read_clicks(path: Path, name: str, keys: Optional[dict] = None) -> pa.Table
                        "Timestamp": seconds})
     # Same empty-id checks (and column names in messages) as any other source.
     return _normalize(events, name, _Keys("SessionId", "ItemId", "Timestamp"))
-
-
-def _is_parquet(path: Path) -> bool:
-    """By the extension read_events goes by, or by Parquet's magic bytes (a clicks file
-    exported without one)."""
-    if path.suffix.lower() in _PARQUET_EXTENSIONS:
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"PAR1"
-    except OSError:
-        return False
 
 
 def _first_bad_clicks_line(path: Path) -> Optional[str]:
@@ -237,18 +225,19 @@ def _write_tsv(ev: _Events, mask: np.ndarray, path: Path) -> None:
     (the format never quotes: an id with a '"' is read back as the same id; tabs and line
     breaks were refused on reading, _check_ids)."""
     idx = np.flatnonzero(mask)
+    # large_string throughout (int64 offsets): a chunk's text may pass 2 GiB with long ids
+    text = lambda a: a.cast(pa.large_string())          # noqa: E731
+    large = lambda t: pa.scalar(t, pa.large_string())   # noqa: E731
     with atomic_write(path) as f:
         f.write(b"SessionId\tItemId\tTime\n")
         for start in range(0, len(idx), _WRITE_ROWS):
             rows = idx[start:start + _WRITE_ROWS]
-            time_eol = pc.binary_join_element_wise(_format_times(ev.times[rows]),
-                                                   pa.scalar("\n"), "")
-            lines = pc.binary_join_element_wise(ev.s_dict.take(pa.array(ev.s_codes[rows])),
-                                                ev.i_dict.take(pa.array(ev.i_codes[rows])),
-                                                time_eol, "\t")
+            time_eol = pc.binary_join_element_wise(text(_format_times(ev.times[rows])),
+                                                   large("\n"), large(""))
+            lines = pc.binary_join_element_wise(
+                text(ev.s_dict.take(pa.array(ev.s_codes[rows]))),
+                text(ev.i_dict.take(pa.array(ev.i_codes[rows]))), time_eol, large("\t"))
             # the lines are contiguous in the string array's data buffer: write it as one
-            # (large_string: int64 offsets whatever the ids' string type)
-            lines = lines.cast(pa.large_string())
             offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64,
                                     count=len(lines) + 1, offset=8 * lines.offset)
             f.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])

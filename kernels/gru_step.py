@@ -555,7 +555,7 @@ def _blocks(B: int, H: int, E: int, variant: str):
     latency bound). BK 16 and BN 32: with BK 32 / BN 64 ptxas gave the cell backward at H 100
     with ieee dots (the training default) 32 registers and ~9 KB of spills per thread, and
     most step kernels 255 registers plus spills; at 16 / 32 none of the sizes the GPU check
-    runs spills more than 32 bytes (benchmarks/compile_check.py, sm_90, Triton 3.6 and 3.9).
+    runs spills more than 56 bytes (benchmarks/compile_check.py, sm_90, Triton 3.6 and 3.9).
     Not yet timed on a GPU."""
     if launch.interpreter_blocks():
         return _np2(B, 16, 512), _np2(H, 16, 512), _np2(max(H, E), 16, 128), 4

@@ -576,6 +576,11 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     launch.require_cuda("the triton full-catalog cross-entropy", h, weight)
     big_blocks = launch.interpreter_blocks()
     HP = _pow2(H)
+    if HP > 1024:
+        # the dh / dW kernels hold (rows, HP) fp32 tiles in shared memory: 32 x 2048 x 4 B is
+        # past sm_90's 227 KB (compile_check.py checks H 1024, b 512)
+        raise ValueError(f"the full-catalog cross-entropy kernels take hidden sizes up to 1024 "
+                         f"(got {H}); use sampled negatives (n_sample > 0) or backend='torch'")
     if big_blocks:
         BM, BN, BK = min(32, _pow2(b)), 128, min(64, HP)
     else:

@@ -136,7 +136,7 @@ def test_train_takes_the_authors_run_py_command_line(files, capsys, tmp_path):
     assert ps != PS
     rc, out, err = run_cli(capsys, "train", files["train"], "--parameter_string", ps,
                            "-t", files["test"], "-m", "20", "--eval_type", "standard",
-                           "-ss", "1000", "-sk", "SessionId", "--item_key", "ItemId", "-tk",
+                           "-ss", "1000", "-sk", "SessionId", "--item_key=ItemId", "-tk",
                            "Time", "-d", "cpu", "--save_model", model, "--json")
     assert rc == 0, err
     res = json.loads(out)
@@ -151,6 +151,13 @@ def test_train_takes_the_authors_run_py_command_line(files, capsys, tmp_path):
                          "the authors' run.py option", hint)
     assert_cli_error(run_cli(capsys, "train", files["train"], "-ss", "5", "-ps", PS), "train",
                      "give it once")
+    # run.py's -l is a switch: `-l MODEL -t TEST` is its whole command line
+    assert_cli_error(run_cli(capsys, "train", "-l", model, "-t", files["test"]), "train",
+                     "fastgru4rec evaluate MODEL TEST")
+    # the underscore spellings are not argparse aliases: abbreviations stay unambiguous
+    rc, _, err = run_cli(capsys, "train", files["train"], "-ps", PS + ",n_epochs=1", "--save",
+                         tmp_path / "abbrev.pt", "-q")
+    assert rc == 0 and (tmp_path / "abbrev.pt").is_file(), err
 
 
 def test_evaluate_and_recommend_from_saved_model(files, capsys):

@@ -188,6 +188,19 @@ def test_score_ops_refuse_a_bias_or_table_of_another_shape(backend, op):
             call(h, W, bad)
 
 
+@pytest.mark.skipif(_triton_problem() is not None, reason=str(_triton_problem()))
+def test_full_catalog_kernels_refuse_hidden_sizes_past_1024():
+    # their (rows, H padded) tiles outgrow a GPU's shared memory past 1024 (the launch would
+    # fail on the device); the torch path takes any H
+    d = _device()
+    h, W, t = torch.randn(2, 1025, device=d), torch.randn(5, 1025, device=d), torch.tensor([0, 3])
+    with pytest.raises(ValueError, match="hidden sizes up to 1024 .got 1025."):
+        S.full_catalog_cross_entropy_and_grads(h, W, torch.zeros(5, device=d), t.to(d),
+                                               backend="triton")
+    S.full_catalog_cross_entropy_and_grads(h, W, torch.zeros(5, device=d), t.to(d),
+                                           backend="torch")
+
+
 @pytest.mark.parametrize("backend", ["torch", "native"])
 def test_row_updates_refuse_a_gradient_of_other_rows_and_take_int32_ids(backend):
     if backend == "native":

@@ -113,6 +113,17 @@ def test_hand_made_split(tmp_path, fmt):
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.tsv" for n in EXPECTED)  # no temp files left
 
 
+def test_output_written_in_chunks_is_the_same(tmp_path, monkeypatch):
+    # the writer joins at most _WRITE_ROWS rows at a time: chunks of 3 rows, the same bytes
+    import fastgru4rec.preprocess as P
+
+    monkeypatch.setattr(P, "_WRITE_ROWS", 3)
+    out = tmp_path / "out"
+    preprocess_rsc15(write_tsv(tmp_path / "clicks.tsv"), out, min_item_support=2, progress=False)
+    for name in EXPECTED:
+        assert (out / f"{name}.tsv").read_text().splitlines() == expected_lines(name), name
+
+
 def test_outputs_readable_and_timestamps(tmp_path):
     from fastgru4rec.data import read_sessions
     out = tmp_path / "out"
