@@ -40,8 +40,9 @@ CASES = {
                                                   bpreg=0.5)),
     "fast-separate-top1max": ("fast", dict(constrained_embedding=False, embedding=12,
                                            loss="top1-max")),
+    # (one-hot: no embedding dropout, dropout_p_embed would only warn that it has no effect)
     "reference-onehot-insession": ("reference", dict(constrained_embedding=False, n_sample=0,
-                                                     loss="cross-entropy")),
+                                                     loss="cross-entropy", dropout_p_embed=0.0)),
 }
 
 

@@ -523,6 +523,7 @@ def test_load_names_a_bad_device_not_the_file(fitted, tmp_path):
         GRU4Rec.load(path, device="foo")
 
 
+@pytest.mark.filterwarnings("ignore:batch_size=64 is more than the 7 training sessions")
 @pytest.mark.parametrize("engine", ["reference", "fast"])
 def test_fit_with_batch_larger_than_the_sessions(engine):
     # 7 sessions, batch 64: the schedule runs 7 lanes; both engines must start with 7 rows
