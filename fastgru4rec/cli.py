@@ -281,7 +281,10 @@ def cmd_evaluate(args) -> int:
     progress = not (args.json or args.quiet)
     results = {path: model.evaluate(test, args.cutoffs, args.mode, args.eval_batch_size,
                                     progress=progress) for path, test in tests.items()}
-    _print_results(args, {"results": {k: _jsonable(v) for k, v in results.items()}}, results)
+    # --json names what was measured: the model, its catalog, the cut-offs and tie mode
+    _print_results(args, {"model": str(args.model), "n_items": len(model.item_ids),
+                          "cutoffs": list(args.cutoffs), "mode": args.mode,
+                          "results": {k: _jsonable(v) for k, v in results.items()}}, results)
     return 0
 
 

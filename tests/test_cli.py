@@ -164,8 +164,11 @@ def test_evaluate_and_recommend_from_saved_model(files, capsys):
     rc, out, err = run_cli(capsys, "evaluate", files["model"], files["test"], "--json", "-m", "1", "20",
                         "-e", "standard")
     assert rc == 0, err
-    r = json.loads(out)["results"][str(files["test"])]
+    res = json.loads(out)
+    r = res["results"][str(files["test"])]
     assert set(r["recall"]) == {"1", "20"} and r["mode"] == "standard"
+    assert (res["model"], res["n_items"], res["cutoffs"], res["mode"]) == (
+        str(files["model"]), len(files["item_ids"]), [1, 20], "standard")
 
     from fastgru4rec import GRU4Rec
 
