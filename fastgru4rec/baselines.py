@@ -741,8 +741,8 @@ def register_cli(subparsers) -> None:
                         "(repeatable; comma-separated lists allowed)")
     p.add_argument("--gru4rec", nargs="?", const="rsc15", default=None, metavar="PARAMS",
                    help="also train and evaluate GRU4Rec: a preset (rsc15, yoochoose, "
-                        "retailrocket, diginetica: the authors' best parameters) or a parameter string k=v,k=v (default "
-                        "preset: rsc15)")
+                        "retailrocket, diginetica: the authors' best parameters) or a "
+                        "parameter string k=v,k=v (default preset: rsc15)")
     p.add_argument("--device", default="cpu", help="device for GRU4Rec (cpu, cuda, auto)")
     p.add_argument("--eval-batch-size", type=int, default=None,
                    help="evaluation lanes (default: the baselines 128, for BPR-MF capped so "

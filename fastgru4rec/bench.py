@@ -656,7 +656,8 @@ def register_cli(subparsers) -> None:
                         "(default: built-in synthetic data)")
     b.add_argument("--test", help="test events evaluated after training (real data)")
     b.add_argument("--preset", choices=sorted(PRESETS),
-                   help="the authors' best hyperparameters for a dataset (their published settings)")
+                   help="the authors' best hyperparameters for a dataset (their published "
+                        "settings)")
     b.add_argument("-ps", "--parameter-string", dest="params",
                    help="parameters as k=v,k=v (override the preset)")
     b.add_argument("--epochs", type=int, default=None,

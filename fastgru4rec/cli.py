@@ -52,16 +52,17 @@ def _jsonable(res: Dict) -> Dict:
             for k, v in res.items()}
 
 
-#: options of the authors' run.py that do something else here: (flags, what to do instead)
+#: options of the authors' run.py that do something else here: (flags, whether it takes a
+#: value there, what to do instead)
 AUTHORS_OTHER_OPTIONS = (
-    (("-l", "--load_model"), "loads a model instead of training: use `fastgru4rec evaluate "
-                             "MODEL TEST ...`"),
-    (("-g", "--gru4rec_model"), "picks the authors' implementation module: this command is "
-                                "fastgru4rec's"),
-    (("-pm", "--primary_metric"), "names the metric to log: every metric is printed (-m, -e; "
-                                  "--json for scripts)"),
-    (("-lpm", "--log_primary_metric"), "logs the primary metric: every metric is printed (-m, "
-                                       "-e; --json for scripts)"),
+    (("-l", "--load_model"), False, "loads a model instead of training: use `fastgru4rec "
+                                    "evaluate MODEL TEST ...`"),
+    (("-g", "--gru4rec_model"), True, "picks the authors' implementation module: this command "
+                                      "is fastgru4rec's"),
+    (("-pm", "--primary_metric"), True, "names the metric to log: every metric is printed (-m, "
+                                        "-e; --json for scripts)"),
+    (("-lpm", "--log_primary_metric"), False, "logs the primary metric: every metric is "
+                                              "printed (-m, -e; --json for scripts)"),
 )
 
 
@@ -70,7 +71,7 @@ def _authors_dest(flags) -> str:
 
 
 def _refuse_authors_options(args) -> None:
-    for flags, instead in AUTHORS_OTHER_OPTIONS:
+    for flags, _, instead in AUTHORS_OTHER_OPTIONS:
         if getattr(args, _authors_dest(flags), None) not in (None, False):
             raise ConfigError(f"{'/'.join(flags)}: the authors' run.py option {instead}")
 
@@ -216,10 +217,11 @@ def cmd_train(args) -> int:
     if args.eval_every_epoch and not args.test:
         raise ConfigError("--eval-every-epoch evaluates the first -t/--test file: give one")
     t0 = time.perf_counter()
-    train = read_sessions(args.train, **data_options(args))
+    read_kw = data_options(args)
+    train = read_sessions(args.train, **read_kw)
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
                f"{train.n_items:,} items ({time.perf_counter() - t0:.1f} s)")
-    tests = [read_sessions(t, item_map=train, **data_options(args)) for t in args.test or []]
+    tests = [read_sessions(t, item_map=train, **read_kw) for t in args.test or []]
     for test in tests:
         require_evaluable(test)
 
@@ -559,10 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the first -t file after every epoch (shown with the epoch's "
                         "line, in --json's epochs, and kept in checkpoints)")
     t.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    for flags, _ in AUTHORS_OTHER_OPTIONS:
-        # as run.py has them: -l and -lpm are switches, -g and -pm take a value
-        kind = dict(action="store_true") if flags[0] in ("-l", "-lpm") \
-            else dict(nargs="?", const=True)
+    for flags, takes_value, _ in AUTHORS_OTHER_OPTIONS:   # as run.py has them
+        kind = dict(nargs="?", const=True) if takes_value else dict(action="store_true")
         t.add_argument(*flags, dest=_authors_dest(flags), default=None, help=argparse.SUPPRESS,
                        **kind)
     t.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],

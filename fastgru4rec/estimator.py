@@ -133,11 +133,11 @@ class GRU4Rec:
         train = _read_training_data(data, read_kw, "fit")
         require_trainable(train, self.config.min_lanes)
         if self.config.batch_size > train.n_sessions:
-            warnings.warn(f"batch_size={self.config.batch_size:,} is more than the "
-                          f"{train.n_sessions:,} training sessions: only {train.n_sessions:,} lanes "
-                          "run, and "
-                          "each step's loss is still divided by batch_size (smaller steps)",
-                          UserWarning, stacklevel=4)
+            n = train.n_sessions
+            warnings.warn(f"batch_size={self.config.batch_size:,} is more than the {n:,} "
+                          f"training sessions: only {n:,} lanes run, and each step's loss is "
+                          "still divided by batch_size (smaller steps)", UserWarning,
+                          stacklevel=4)
         valid = _validation(validation, validation_kw, train, read_kw)
         # everything checked and built before the estimator changes: a refused call leaves an
         # earlier fit as it was
@@ -282,7 +282,7 @@ class GRU4Rec:
         meaningless 0)."""
         self._require_fitted()
         test = as_session_data(test, item_map=self._item_map(), **{**self._read_kw, **read_kw})
-        require_evaluable(test)
+        # evaluate_model refuses data without an evaluation point (require_evaluable)
         res = evaluate_model(self.model, test, cutoffs, mode, batch_size, self.device, progress)
         res["n_unknown_events"] = test.n_unknown_events
         return res

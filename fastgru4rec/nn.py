@@ -13,13 +13,13 @@ Training with sparse row updates (the trainer) feeds gathered rows through ``ste
 from __future__ import annotations
 
 import math
-import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from .config import is_integer
 from .ops.gru import check_dropout_probability, gru_step
 from .ops.scoring import sampled_scores
 
@@ -53,7 +53,7 @@ def _glorot_blocks_via_cpu(weight: torch.Tensor, n_blocks: int,
 def _size(owner: str, name: str, value) -> int:
     """A size given as an integer (a Python or numpy int; not a bool or a float, which int()
     would truncate: 4.5 units are a mistake, not 4)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
     return int(value)
 
@@ -97,7 +97,7 @@ class GRULayer(nn.Module):
         if hidden_size <= 0 or (input_size is not None and input_size <= 0):
             raise ValueError(f"GRULayer: sizes must be positive, got input_size={input_size}, "
                              f"hidden_size={hidden_size}")
-        self.input_size, self.hidden_size, self.variant = input_size, int(hidden_size), variant
+        self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.bias = bias
         H, like = self.hidden_size, dict(device=device, dtype=dtype)
         if input_size is not None:
@@ -196,7 +196,7 @@ class GRU4RecModel(nn.Module):
         elif len(variants) != len(layers):
             raise ValueError(f"GRU4RecModel: {len(variants)} variants for {len(layers)} layers "
                              f"(one per layer)")
-        self.n_items, self.layers, self.embedding_mode = int(n_items), layers, embedding_mode
+        self.n_items, self.layers, self.embedding_mode = n_items, layers, embedding_mode
         self.embedding_dim = embedding_dim if embedding_mode == "separate" else 0
         g = torch.Generator().manual_seed(int(seed))
         N, H_last = self.n_items, layers[-1]

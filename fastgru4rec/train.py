@@ -11,7 +11,6 @@ Per step (b active lanes, C = b + n_sample columns):
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from .batching import EpochSchedule, build_schedule
-from .config import GRU4RecConfig
+from .config import GRU4RecConfig, is_integer
 from .data import SessionData
 from .errors import ConfigError
 from .nn import GRU4RecModel
@@ -254,7 +253,7 @@ class Trainer:
         trainer restored by load_state_dict continues with start_epoch = the epochs it had
         done. on_epoch(stats) is called after each epoch. Returns the new epochs' stats."""
         last = self.cfg.n_epochs if n_epochs is None else n_epochs   # (0 trains none: not None)
-        if isinstance(last, bool) or not isinstance(last, numbers.Integral) or last < 0:
+        if not is_integer(last) or last < 0:
             raise ValueError(f"n_epochs must be a non-negative integer (got {n_epochs!r})")
         history = []
         for epoch in range(start_epoch, int(last)):
