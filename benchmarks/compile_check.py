@@ -249,6 +249,18 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                                              "top1", backend="triton")
     yield "sampled top1 b1 h16 s4300000", sampled_huge
 
+    def full_ce_update(b, H, n, prec):
+        """the training step's form: loss + dh, then the item table's Adagrad-momentum update
+        inside the dW kernel (with and without momentum, with the shared input rows)"""
+        W, bias = torch.zeros(n, H), torch.zeros(n)
+        for vel in (True, False):
+            fwd = scoring.full_catalog_forward(randn(b, H), W, bias, ids(b, n), backend="triton",
+                                               precision=prec)
+            states = [(torch.zeros_like(x), torch.zeros_like(x) if vel else None)
+                      for x in (W, bias)]
+            scoring.full_catalog_adagrad_update(fwd, W, bias, *states, 0.1, 0.2 if vel else 0.0,
+                                                extra_ids=ids(b, n), extra_rows=randn(b, H))
+
     # full catalog: cross-entropy (training with n_sample="all"), rank and top-k (evaluation,
     # recommend); N = 1,000,000, b 512, H 256 as the issue's must-show (quick: N 100,000)
     big_n = 100_000 if quick else 1_000_000
@@ -261,6 +273,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
             scoring.full_catalog_cross_entropy_and_grads(
                 randn(b, H), W, bias, ids(b, big_n), backend="triton", precision=prec,
                 d_weight_out=torch.empty(big_n, H), d_bias_out=torch.empty(big_n))
+            full_ce_update(b, H, big_n, prec)
         yield f"full-catalog CE N{big_n} b512 h256 {prec}", full_ce
     for prec in (("ieee",) if quick else ("ieee", "tf32x3", "tf32")):
         def rank(prec=prec):
@@ -282,6 +295,7 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
             scoring.full_catalog_cross_entropy_and_grads(
                 randn(b, H), torch.empty(n, H), torch.empty(n), ids(b, n), backend="triton",
                 precision=prec)
+            full_ce_update(b, H, n, prec)
         for prec in ("tf32", "ieee"):
             yield f"full-catalog CE N20000 b512 h1024 {prec}", lambda prec=prec: wide_full_ce(prec)
 

@@ -24,7 +24,8 @@ from .data import SessionData
 from .errors import ConfigError
 from .nn import GRU4RecModel
 from .ops.optim import adagrad_momentum_dense, adagrad_momentum_rows, adagrad_momentum_scatter
-from .ops.scoring import full_catalog_cross_entropy, fused_sampled_loss, logq_columns
+from .ops.scoring import (full_catalog_adagrad_update, full_catalog_forward, fused_sampled_loss,
+                          logq_columns)
 from .sampling import SampleStore
 
 
@@ -168,6 +169,9 @@ class Trainer:
         self.precision = precision
         #: backend of the sparse row updates that take repeated ids (ops.optim)
         self.optimizer_backend = "auto"
+        #: backend of n_sample="all"'s cross-entropy and item-table update (ops.scoring
+        #: full_catalog_forward: "auto" = triton on CUDA)
+        self.catalog_backend = "auto"
         self.opt = AdagradMomentum(model, config.learning_rate, config.momentum)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self._supports = supports
@@ -319,33 +323,37 @@ class Trainer:
     def full_catalog_step(self, inp: torch.Tensor, tgt: torch.Tensor,
                           hidden: List[torch.Tensor]):
         """A step with n_sample = "all": cross-entropy over every item (on CUDA the tiled Triton
-        kernel: the (b, N) scores are never held). Every item row is scored, so the item table
-        and bias get dense gradients and dense updates; the input rows of the separate and
-        one-hot modes are gathered one per occurrence and updated sparsely (repeats summed).
-        Fixed shapes, no host sync. Returns (loss / B, new hidden), detached."""
+        kernels: neither the (b, N) scores nor the (N, H) gradient is held). Every item row is
+        scored, so the item table and bias get dense updates, after the GRU's backward: with
+        the shared embedding the table's gradient also holds the input rows' (one row per
+        occurrence, summed). The input rows of the separate and one-hot modes are updated
+        sparsely. Fixed shapes, no host sync. Returns (loss / B, new hidden), detached."""
         cfg, model = self.cfg, self.model
         W, bias = model.item_weight, model.item_bias
-        if model.embedding_mode == "shared":
-            x, in_rows, in_table = W.index_select(0, inp), None, None   # W's gradient: dense
-        else:
-            in_table = getattr(model, model.input_table_name)
-            in_rows = in_table.detach().index_select(0, inp).requires_grad_()
-            x = in_rows
-        h_last, new_hidden = model.step(x, hidden, cfg.dropout_p_embed, cfg.dropout_p_hidden,
-                                        self.generator)
-        loss = full_catalog_cross_entropy(h_last, W, bias, tgt,
-                                          precision=self.precision) / cfg.batch_size
-        named = self._dense + [("item_weight", W), ("item_bias", bias)]
-        leaves = [in_rows] if in_rows is not None else []
-        grads = torch.autograd.grad(loss, [p for _, p in named] + leaves, allow_unused=True)
-        for (name, p), g in zip(named, grads):
+        shared = model.embedding_mode == "shared"
+        in_table = W if shared else getattr(model, model.input_table_name)
+        in_rows = in_table.detach().index_select(0, inp).requires_grad_()   # (b, ·) leaves
+        h_last, new_hidden = model.step(in_rows, hidden, cfg.dropout_p_embed,
+                                        cfg.dropout_p_hidden, self.generator)
+        fwd = full_catalog_forward(h_last.detach(), W.detach(), bias.detach(), tgt,
+                                   scale=1.0 / cfg.batch_size, backend=self.catalog_backend,
+                                   precision=self.precision)
+        params = [p for _, p in self._dense]
+        grads = torch.autograd.grad(h_last, params + [in_rows], fwd.dh.to(h_last.dtype),
+                                    allow_unused=True)
+        for (name, p), g in zip(self._dense, grads):
             if g is not None:
                 self.opt.step_dense(name, p.data, g)
-        if in_rows is not None:
+        d_rows = grads[-1]
+        full_catalog_adagrad_update(fwd, W.data, bias.data, self.opt.state["item_weight"],
+                                    self.opt.state["item_bias"], cfg.learning_rate, cfg.momentum,
+                                    extra_ids=inp if shared else None,
+                                    extra_rows=d_rows if shared else None)
+        if not shared:
             acc, vel = self.opt.state[model.input_table_name]
-            adagrad_momentum_scatter(in_table.data, inp, grads[-1], acc, vel, cfg.learning_rate,
+            adagrad_momentum_scatter(in_table.data, inp, d_rows, acc, vel, cfg.learning_rate,
                                      cfg.momentum, backend=self.optimizer_backend)
-        return loss.detach(), [h.detach() for h in new_hidden]
+        return fwd.loss.detach(), [h.detach() for h in new_hidden]
 
     @torch.inference_mode(False)
     @torch.enable_grad()

@@ -17,18 +17,23 @@ Sampled path (small: C = b + n_sample <= a few thousand), four launches:
                                   whose optimizer sums repeated ids)
 Full catalog (n_sample = "all"): ``_ce_full_fwd_kernel`` (partial max / sum-exp / target score per
 split of the catalog), ``_ce_full_dh_kernel`` (recompute tiles, dh by atomics over splits),
-``_ce_full_dw_kernel`` (recompute transposed tiles, each program owns its item tile's dW).
+``_ce_full_dw_kernel`` (recompute transposed tiles, each program owns its item tile's dW,
+which it stores, adds to a buffer, or applies as the tile's Adagrad-momentum update: the
+training step's form, which never holds an N × H gradient).
 
 Interpreter rules (DESIGN.md): fp32 arithmetic only, no libdevice (σ, log-sigmoid and ELU are
 written with exp/log), a single configuration, no block pointers.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 from . import contracts, launch
+from .optim import _adagrad_momentum_apply
 
 # loss codes (constexpr)
 CE, BPR_MAX, TOP1_MAX, TOP1, BPR = 0, 1, 2, 3, 4
@@ -39,6 +44,8 @@ _EPS = 1e-24
 # @triton.jit function must be a tl.constexpr (the GPU compiler rejects a plain float; the
 # interpreter does not: benchmarks/compile_check.py found it).
 _NEG_INIT = tl.constexpr(-1e30)
+# what _ce_full_dw_kernel does with its item tile's gradient (constexpr, same reason)
+_DW_STORE, _DW_ACCUM, _DW_ADAGRAD = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -507,12 +514,23 @@ def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dh, b, N,
 
 
 @triton.jit
-def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db, b, N, H,
-                       stride_h, stride_w, ACCUM: tl.constexpr,
+def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db,
+                       p_wacc, p_wvel, p_bacc, p_bvel, p_slot, p_extra, n_extra, lr, momentum,
+                       b, N, H, stride_h, stride_w, OUT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+                       HAS_EXTRA: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr,
                        PREC: tl.constexpr):
     """dW[tile] = Σ_rows dRᵀ · h and db[tile] = Σ_rows dR for one item tile (owned: no atomics).
-    Scores are computed transposed (items × rows) so no matmul result is transposed."""
+    Scores are computed transposed (items × rows) so no matmul result is transposed.
+
+    OUT: _DW_STORE writes dW / db; _DW_ACCUM adds them to p_dw / p_db; _DW_ADAGRAD applies
+    them as the Adagrad-momentum update of the table p_w (N, H) and bias p_bias in place, with
+    their accumulators p_wacc / p_bacc and velocities p_wvel / p_bvel (HAS_MOMENTUM), so no
+    N × H gradient is ever stored. In-place is race-free: a program reads and writes only its
+    own tile's rows of p_w, and the dh kernel (which reads every row) has run before.
+    HAS_EXTRA (with _DW_ADAGRAD): item n's gradient row also gets p_extra[p_slot[n]] (H,)
+    when p_slot[n] < n_extra: the shared embedding's input-row gradients, summed per item,
+    added before the update (Adagrad squares the whole gradient)."""
     pid_n = tl.program_id(0)
     o_n = pid_n * BN + tl.arange(0, BN)
     m_n = o_n < N
@@ -546,43 +564,52 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db,
                       mask=m_r[:, None] & m_h[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(g, b_h, acc, input_precision=PREC)
         acc_b += tl.sum(g, axis=1)
-    p_out = p_dw + n64[:, None] * H + o_h[None, :]
     m_out = m_n[:, None] & m_h[None, :]
-    if ACCUM:
-        acc += tl.load(p_out, mask=m_out, other=0.0)
-        acc_b += tl.load(p_db + o_n, mask=m_n, other=0.0)
-    tl.store(p_out, acc, mask=m_out)
-    tl.store(p_db + o_n, acc_b, mask=m_n)
+    if OUT == _DW_ADAGRAD:
+        if HAS_EXTRA:
+            slot = tl.load(p_slot + o_n, mask=m_n, other=0)
+            has = m_n & (slot < n_extra)
+            acc += tl.load(p_extra + slot.to(tl.int64)[:, None] * H + o_h[None, :],
+                           mask=has[:, None] & m_h[None, :], other=0.0)
+        # the table, its accumulator and velocity: contiguous (N, H) (checked at launch)
+        _adagrad_momentum_apply(p_w, p_wacc, p_wvel, n64[:, None] * H + o_h[None, :], m_out,
+                                acc, lr, momentum, 1e-6, HAS_MOMENTUM)
+        _adagrad_momentum_apply(p_bias, p_bacc, p_bvel, o_n, m_n, acc_b, lr, momentum, 1e-6,
+                                HAS_MOMENTUM)
+    else:
+        p_out = p_dw + n64[:, None] * H + o_h[None, :]
+        if OUT == _DW_ACCUM:
+            acc += tl.load(p_out, mask=m_out, other=0.0)
+            acc_b += tl.load(p_db + o_n, mask=m_n, other=0.0)
+        tl.store(p_out, acc, mask=m_out)
+        tl.store(p_db + o_n, acc_b, mask=m_n)
 
 
-def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_out=None,
-                  d_bias_out=None, precision=None):
-    """Full-catalog cross-entropy Σ_i -log(softmax(h_i·Wᵀ + bias)[t_i] + 1e-24) without the
-    (b, N) score matrix. Returns (loss_sum, dh, d_weight (N, H), d_bias (N,)) with the gradients
-    scaled by ``scale`` (None without grads). d_weight_out / d_bias_out (fp32, contiguous): add
-    the gradients into these buffers instead of allocating (e.g. an optimizer's grad buffer)."""
+
+class FullCEStats(NamedTuple):
+    """What the full-catalog gradient kernels need from the forward (all (b,) fp32): each
+    row's max score m, 1 / Σ exp(s - m), and coef = scale · p_t / (p_t + 1e-24) (the factor of
+    the row's gradient dR = coef · (softmax - onehot))."""
+    m: torch.Tensor
+    inv_z: torch.Tensor
+    coef: torch.Tensor
+
+
+def full_ce_forward(h, weight, bias, targets, *, scale=1.0, precision=None):
+    """The full-catalog cross-entropy's forward: (loss_sum (unscaled, 0-d fp32), FullCEStats).
+    h, weight, bias as catalog_inputs returns them; targets checked (b,)."""
     prec = resolve_precision(precision)
-    h, weight, bias = catalog_inputs(h, weight, bias)
     b, H = h.shape
     N = weight.shape[0]
-    targets = contracts.index_vector("targets", targets, b)
-    contracts.check_catalog_grad_buffers(d_weight_out, d_bias_out)
-    for name, t, shape in (("d_weight_out", d_weight_out, (N, H)), ("d_bias_out", d_bias_out, (N,))):
-        if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
-                              or not t.is_contiguous()):
-            raise ValueError(f"{name} must be a contiguous fp32 {shape} tensor (got "
-                             f"{t.dtype}, shape {tuple(t.shape)}, strides {t.stride()})")
     dev = h.device
     launch.require_cuda("the triton full-catalog cross-entropy", h, weight)
-    big_blocks = launch.interpreter_blocks()
-    HP = _pow2(H)
-    if HP > 1024:
+    if _pow2(H) > 1024:
         # the dh / dW kernels hold (rows, HP) fp32 tiles in shared memory: 32 x 2048 x 4 B is
         # past sm_90's 227 KB (compile_check.py checks H 1024, b 512)
         raise ValueError(f"the full-catalog cross-entropy kernels take hidden sizes up to 1024 "
                          f"(got {H}); use sampled negatives (n_sample > 0) or backend='torch'")
-    if big_blocks:
-        BM, BN, BK = min(32, _pow2(b)), 128, min(64, HP)
+    if launch.interpreter_blocks():
+        BM, BN, BK = min(32, _pow2(b)), 128, min(64, _pow2(H))
     else:
         BM, BN, BK = 64, 128, 32
     n_rb = triton.cdiv(b, BM)
@@ -600,32 +627,126 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
     inv_z = 1.0 / z
     p_t = torch.exp(pt.sum(0) - m) * inv_z
     loss_sum = (-torch.log(p_t + _EPS)).sum()
-    if not grads:
-        return loss_sum, None, None, None
-    coef = (p_t / (p_t + _EPS)) * scale
-    dh = torch.zeros((b, H), dtype=torch.float32, device=dev)
-    if big_blocks:
-        dBM, dBN = min(32, _pow2(b)), 128
+    return loss_sum, FullCEStats(m, inv_z, (p_t / (p_t + _EPS)) * scale)
+
+
+def _full_ce_k_block(H: int) -> int:
+    return min(64, _pow2(H)) if launch.interpreter_blocks() else 32
+
+
+def full_ce_dh(h, weight, bias, targets, stats: FullCEStats, *, precision=None):
+    """dh (b, H) fp32 of scale · the full-catalog cross-entropy (scale folded into stats)."""
+    prec = resolve_precision(precision)
+    b, H = h.shape
+    N = weight.shape[0]
+    HP = _pow2(H)
+    dh = torch.zeros((b, H), dtype=torch.float32, device=h.device)
+    if launch.interpreter_blocks():
+        dBM, dBN, warps = min(32, _pow2(b)), 128, 4
     else:
         # the (dBN, HP) fp32 item tile of the dot sits in shared memory: 64 x 1024 x 4 B is
         # 256 KB at 512 < H <= 1024, past sm_90's 227 KB (found compiling at H 1024)
-        dBM, dBN = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32)
-    per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, dev)
+        dBM, dBN, warps = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32), 8
+    per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, h.device)
     _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
-        h, weight, bias, targets, m, inv_z, coef, dh, b, N, H, h.stride(0), weight.stride(0),
-        per_split,
-        BM=dBM, BN=dBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
-    accum = d_weight_out is not None
-    dW = d_weight_out if accum else launch.new_output((N, H), torch.float32, dev)
-    if accum:
-        db = d_bias_out
+        h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dh, b, N, H, h.stride(0),
+        weight.stride(0), per_split,
+        BM=dBM, BN=dBN, BK=_full_ce_k_block(H), HP=HP, PREC=prec, num_warps=warps)
+    return dh
+
+
+def _launch_full_ce_dw(h, weight, bias, targets, stats: FullCEStats, out: int, dw, db,
+                       adagrad=None, extra=None, precision=None):
+    """_ce_full_dw_kernel over the catalog's item tiles (see its OUT modes). adagrad: (w_acc,
+    w_vel, b_acc, b_vel, lr, momentum) with the velocities None without momentum; extra:
+    (slot (N,) int32, rows (n_extra, H) fp32)."""
+    prec = resolve_precision(precision)
+    b, H = h.shape
+    N = weight.shape[0]
+    HP = _pow2(H)
+    w_acc, w_vel, b_acc, b_vel, lr, momentum = adagrad or (dw, None, db, None, 0.0, 0.0)
+    has_momentum = w_vel is not None
+    slot, rows = extra if extra is not None else (targets, dw)
+    if launch.interpreter_blocks():
+        wBM, wBN, warps = min(32, _pow2(b)), 128, 4
     else:
-        db = launch.new_output((N,), torch.float32, dev)
-    if big_blocks:
-        wBM, wBN = min(32, _pow2(b)), 128
-    else:
-        wBM, wBN = 32, (32 if HP <= 256 else 16)
+        wBM, wBN, warps = 32, (32 if HP <= 256 else 16), 8
     _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
-        h, weight, bias, targets, m, inv_z, coef, dW, db, b, N, H, h.stride(0), weight.stride(0),
-        ACCUM=accum, BM=wBM, BN=wBN, BK=BK, HP=HP, PREC=prec, num_warps=4 if big_blocks else 8)
+        h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dw, db,
+        w_acc, w_vel if has_momentum else w_acc, b_acc, b_vel if has_momentum else b_acc,
+        slot, rows, rows.shape[0], float(lr), float(momentum),
+        b, N, H, h.stride(0), weight.stride(0), OUT=out, HAS_MOMENTUM=has_momentum,
+        HAS_EXTRA=extra is not None, BM=wBM, BN=wBN, BK=_full_ce_k_block(H), HP=HP, PREC=prec,
+        num_warps=warps)
+
+
+def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_out=None,
+                  d_bias_out=None, precision=None):
+    """Full-catalog cross-entropy Σ_i -log(softmax(h_i·Wᵀ + bias)[t_i] + 1e-24) without the
+    (b, N) score matrix. Returns (loss_sum, dh, d_weight (N, H), d_bias (N,)) with the gradients
+    scaled by ``scale`` (None without grads). d_weight_out / d_bias_out (fp32, contiguous): add
+    the gradients into these buffers instead of allocating (e.g. an optimizer's grad buffer)."""
+    h, weight, bias = catalog_inputs(h, weight, bias)
+    b, H = h.shape
+    N = weight.shape[0]
+    targets = contracts.index_vector("targets", targets, b)
+    contracts.check_catalog_grad_buffers(d_weight_out, d_bias_out)
+    for name, t, shape in (("d_weight_out", d_weight_out, (N, H)), ("d_bias_out", d_bias_out, (N,))):
+        if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
+                              or not t.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous fp32 {shape} tensor (got "
+                             f"{t.dtype}, shape {tuple(t.shape)}, strides {t.stride()})")
+    loss_sum, stats = full_ce_forward(h, weight, bias, targets, scale=scale, precision=precision)
+    if not grads:
+        return loss_sum, None, None, None
+    dh = full_ce_dh(h, weight, bias, targets, stats, precision=precision)
+    accum = d_weight_out is not None
+    dW = d_weight_out if accum else launch.new_output((N, H), torch.float32, h.device)
+    db = d_bias_out if accum else launch.new_output((N,), torch.float32, h.device)
+    _launch_full_ce_dw(h, weight, bias, targets, stats, _DW_ACCUM if accum else _DW_STORE, dW, db,
+                       precision=precision)
     return loss_sum, dh, dW, db
+
+
+def full_ce_adagrad_update(h, weight, bias, targets, stats: FullCEStats, w_acc, w_vel, b_acc,
+                           b_vel, lr, momentum, *, extra_ids=None, extra_rows=None,
+                           precision=None):
+    """The Adagrad-momentum update (REFERENCE §4) of the item table weight (N, H) and bias (N,)
+    IN PLACE by the full-catalog cross-entropy's gradient (stats from full_ce_forward with the
+    same h, weight, bias, targets; run full_ce_dh first: it reads the table before the update),
+    without storing that N × H gradient: each item tile's gradient is recomputed and applied
+    where it is made. extra_ids (L,) / extra_rows (L, H): further gradient rows of the table
+    (repeats allowed, summed), added before the update (the shared embedding's input rows).
+    w_vel / b_vel: None without momentum. Tables and states: contiguous, same dtype as made
+    by the optimizer; no host sync."""
+    h, _, _ = catalog_inputs(h, weight, bias)
+    N, H = weight.shape
+    for name, t, shape in (("weight", weight, (N, H)), ("w_acc", w_acc, (N, H)),
+                           ("w_vel", w_vel, (N, H)), ("bias", bias, (N,)), ("b_acc", b_acc, (N,)),
+                           ("b_vel", b_vel, (N,))):
+        if t is not None and (tuple(t.shape) != shape or not t.is_contiguous()
+                              or t.device != h.device):
+            raise ValueError(f"full-catalog update: {name} must be a contiguous {shape} tensor "
+                             f"on {h.device} (got shape {tuple(t.shape)}, strides {t.stride()}, "
+                             f"{t.device})")
+    if (w_vel is None) != (b_vel is None) or (w_vel is None) != (float(momentum) == 0.0):
+        raise ValueError("full-catalog update: pass both velocities with momentum > 0, neither "
+                         "without")
+    extra = None
+    if extra_ids is not None:
+        L = extra_ids.shape[0]
+        extra_ids = contracts.index_vector("extra_ids", extra_ids, L)
+        if tuple(extra_rows.shape) != (L, H):
+            raise ValueError(f"extra_rows must be ({L}, {H}) (got {tuple(extra_rows.shape)})")
+        # each item's first position among the extra ids (L where absent), and the rows summed
+        # at that position: fixed shapes, no sync (torch.unique would sync)
+        ids64 = extra_ids.long()
+        slot = torch.full((N,), L, dtype=torch.int32, device=h.device)
+        slot.scatter_reduce_(0, ids64, torch.arange(L, dtype=torch.int32, device=h.device),
+                             reduce="amin")
+        summed = torch.zeros((L, H), dtype=torch.float32, device=h.device)
+        summed.index_add_(0, slot[ids64].long(), extra_rows.float())
+        extra = (slot, summed)
+    _launch_full_ce_dw(h, weight, bias, targets, stats, _DW_ADAGRAD, weight, bias,
+                       adagrad=(w_acc, w_vel, b_acc, b_vel, lr, momentum), extra=extra,
+                       precision=precision)

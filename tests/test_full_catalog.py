@@ -79,6 +79,36 @@ def test_full_catalog_step_equals_dense_autograd(mode, step):
                                                            seed=4).double().item_weight)
 
 
+@pytest.mark.parametrize("mode", ["shared", "separate", "onehot"])
+def test_full_catalog_step_through_the_kernels_equals_dense_autograd(mode):
+    """The Triton path of the step (fp32, in the interpreter on the CPU): the loss and dh
+    kernels, the GRU's backward, then the item table's update made tile by tile inside the dW
+    kernel with the shared embedding's input rows added (repeats in inp), no N × H gradient."""
+    import os
+    pytest.importorskip("triton")
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 set at process start")
+    dev = torch.device("cuda" if os.environ.get("TRITON_INTERPRET") != "1" else "cpu")
+    N = 150
+    cfg = GRU4RecConfig(layers=(12,), loss="cross-entropy", batch_size=6, n_sample="all",
+                        learning_rate=0.1, momentum=0.3, embedding=7 if mode == "separate" else 0,
+                        constrained_embedding=(mode == "shared"))
+    model64 = GRU4RecModel(N, cfg.layers, mode, 7, seed=4).double()
+    inp, tgt = torch.tensor([3, 3, 8, 0, 149, 3]), torch.tensor([1, 3, 3, 9, 0, 140])
+    hidden = [torch.randn(6, 12, dtype=torch.float64)]
+    ref_model, ref_loss = _dense_full_catalog_step(model64, cfg, inp, tgt, hidden)
+    model = copy.deepcopy(model64).float().to(dev)
+    trainer = Trainer(model, cfg, np.arange(1, N + 1), dev)
+    trainer.catalog_backend, trainer.precision = "triton", "ieee"
+    loss, _ = trainer.train_step(inp.to(dev), tgt.to(dev), [h.float().to(dev) for h in hidden])
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
+    for (name, p), (_, q), (_, p0) in zip(model.named_parameters(), ref_model.named_parameters(),
+                                          model64.named_parameters()):
+        moved = (q - p0).norm()
+        assert moved > 0, name
+        assert ((p.double().cpu() - q).norm() / moved).item() < 1e-4, name
+
+
 def test_full_catalog_config():
     cfg = GRU4RecConfig.from_dict({"n_sample": "ALL", "logq": "0"})
     assert cfg.n_sample == "all" and cfg.full_catalog and cfg.n_extra_samples == 0

@@ -280,6 +280,68 @@ def test_full_catalog_cross_entropy_of_a_confident_model_with_large_scores(top):
         assert rel(a, r) < 2 * rel(a32, r) + 1e-6
 
 
+def _full_catalog_adagrad_float64(h, W, bias, t, scale, extra_ids, extra_rows, states, lr, mu):
+    """float64 by hand (REFERENCE §4): the dense gradient of scale · Σ_i -log softmax(h_i·Wᵀ +
+    b)[t_i] (p_t / (p_t + 1e-24) ~ 1), plus the extra rows, then acc += g²,
+    v = μ·v - lr·g / sqrt(acc + 1e-6), p += v (μ = 0: p -= lr·g / sqrt(..))."""
+    R = h @ W.t() + bias
+    dR = torch.softmax(R, dim=1)
+    dR[torch.arange(len(t)), t] -= 1.0
+    dR *= scale
+    grads = [dR.t() @ h, dR.sum(0)]
+    if extra_ids is not None:
+        grads[0] = grads[0].index_add(0, extra_ids, extra_rows)
+    out = []
+    for p, g, (acc, vel) in zip((W, bias), grads, states):
+        acc = acc + g * g
+        step = g / torch.sqrt(acc + 1e-6)
+        vel = vel * mu - lr * step if mu > 0 else None
+        out.append((p + vel if mu > 0 else p - lr * step, acc, vel))
+    return out
+
+
+@pytest.mark.parametrize("b,N,H,mu,extra", [(5, 70, 16, 0.3, True), (37, 300, 100, 0.0, True),
+                                            (20, 260, 48, 0.2, False)])
+def test_full_catalog_adagrad_update_without_the_dense_gradient(b, N, H, mu, extra):
+    """n_sample="all"'s training step: loss and dh, then the item table's and bias's
+    Adagrad-momentum update in place with the input rows' gradient (repeated ids) added, each
+    item tile's gradient applied where the dW kernel makes it; both backends against float64."""
+    from fastgru4rec.ops.scoring import full_catalog_adagrad_update, full_catalog_forward
+    g = torch.Generator().manual_seed(b + N)
+    h = torch.randn(b, H, generator=g, dtype=torch.float64)
+    W = torch.randn(N, H, generator=g, dtype=torch.float64) / H ** 0.5
+    bias = torch.randn(N, generator=g, dtype=torch.float64) * 0.1
+    t = torch.randint(0, N, (b,), generator=g)
+    ids = torch.cat([t[:2], torch.randint(0, N, (b,), generator=g)]) if extra else None
+    rows = torch.randn(len(ids), H, generator=g, dtype=torch.float64) * 0.01 if extra else None
+    # an optimizer some steps in: accumulators > 0, velocities of both signs
+    states = [(torch.rand_like(x, dtype=torch.float64) * 0.1,
+               torch.randn_like(x, dtype=torch.float64) * 1e-3) for x in (W, bias)]
+    if mu == 0:
+        states = [(acc, torch.zeros_like(acc)) for acc, _ in states]
+    want = _full_catalog_adagrad_float64(h, W, bias, t, 0.25, ids, rows, states, 0.07, mu)
+    ref_loss = float(full_catalog_cross_entropy_reference(h, W, bias, t)) * 0.25
+    for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
+        to = lambda x: None if x is None else x.to(DEV, dtype, copy=True)
+        Wk, bk = to(W), to(bias)
+        w_ptr = Wk.data_ptr()
+        st = [(to(a), to(v) if mu > 0 else None) for a, v in states]
+        fwd = full_catalog_forward(to(h), Wk, bk, t.to(DEV), scale=0.25, backend=backend,
+                                   precision="ieee")
+        assert abs(float(fwd.loss) - ref_loss) < 2e-6 * ref_loss
+        full_catalog_adagrad_update(fwd, Wk, bk, st[0], st[1], 0.07, mu,
+                                    extra_ids=None if ids is None else ids.to(DEV),
+                                    extra_rows=to(rows))
+        assert Wk.data_ptr() == w_ptr                       # in place
+        tol = 1e-12 if backend == "torch" else 2e-5
+        for (p, acc, vel), got_p, p0, (got_acc, got_vel) in zip(want, (Wk, bk), (W, bias), st):
+            # the update itself (p - p0), relative: every entry moves
+            assert rel(got_p.double().cpu() - p0, p - p0) < tol, backend
+            assert rel(got_acc, acc) < tol, backend
+            if mu > 0:
+                assert rel(got_vel, vel) < tol, backend
+
+
 def test_sampled_cross_entropy_of_confident_rows_as_accurate_as_fp32_torch():
     # 30 rows sets: the target scores 10..1000, every other column 12 lower (p_t ~ 0.9987).
     # Summing the negatives' small exp terms into the positive's 1 lost their low bits in fp32:

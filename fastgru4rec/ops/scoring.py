@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..config import LOSSES
 from .backend import load_contracts, load_kernels, resolve_backend
+from .optim import adagrad_momentum_dense
 
 _EPS = 1e-24
 _contracts = load_contracts()
@@ -321,3 +322,58 @@ def full_catalog_cross_entropy(h, item_weight, item_bias, targets, *, backend: s
     if resolve_backend(backend, h) == "torch":
         return full_catalog_cross_entropy_reference(h, item_weight, item_bias, targets)
     return _FullCatalogCE.apply(h, item_weight, item_bias, targets.contiguous(), precision)
+
+
+# ------------------------------------------- full catalog, training: loss + dh, then the update
+
+class FullCatalogForward(NamedTuple):
+    """full_catalog_forward's result: loss (0-d, scale · Σ cross-entropy), dh (b, H) fp32, and
+    what full_catalog_adagrad_update needs (torch: the dense (dW, db); triton: the kernels'
+    per-row softmax statistics: O(b), the N × H gradient is never held)."""
+    loss: torch.Tensor
+    dh: torch.Tensor
+    backend: str
+    saved: tuple
+
+
+def full_catalog_forward(h, item_weight, item_bias, targets, *, scale=1.0,
+                         backend: str = "auto", precision=None) -> FullCatalogForward:
+    """The first half of a training step with n_sample = "all": the loss and dh (to backpropagate
+    through the GRU) of scale · full_catalog_cross_entropy. The item table's gradient is applied
+    by full_catalog_adagrad_update afterwards, once the rest of the step's gradient for the
+    table (the shared embedding's input rows) is known."""
+    if resolve_backend(backend, h) == "torch":
+        value, dh, dW, db = full_catalog_cross_entropy_and_grads(
+            h, item_weight, item_bias, targets, scale=scale, backend="torch")
+        return FullCatalogForward(value, dh, "torch", (dW, db))
+    k = _kernels_scoring()
+    _contracts.check_score_inputs(h, item_weight, item_bias)
+    h, W, bias = k.catalog_inputs(h.detach(), item_weight.detach(), item_bias.detach())
+    targets = _contracts.index_vector("targets", targets, h.shape[0])
+    value, stats = k.full_ce_forward(h, W, bias, targets, scale=scale, precision=precision)
+    dh = k.full_ce_dh(h, W, bias, targets, stats, precision=precision)
+    return FullCatalogForward(value * scale, dh, "triton", (h, targets, stats, precision))
+
+
+@torch.no_grad()
+def full_catalog_adagrad_update(fwd: FullCatalogForward, item_weight, item_bias, w_state,
+                                b_state, lr: float, momentum: float, extra_ids=None,
+                                extra_rows=None) -> None:
+    """The Adagrad-momentum update (REFERENCE §4, dense: every item is scored) of item_weight
+    (N, H) and item_bias (N,) in place by the gradient of the loss full_catalog_forward made
+    (from these same, not yet updated, tables), plus extra_rows (L, H) at extra_ids (L,)
+    (repeats summed) when given. w_state / b_state: (accumulator, velocity or None). The
+    backend is the forward's: torch applies the dense gradient it holds; triton recomputes each
+    item tile's gradient and updates the tile where it is made (no N × H gradient)."""
+    (w_acc, w_vel), (b_acc, b_vel) = w_state, b_state
+    if fwd.backend == "torch":
+        dW, db = fwd.saved
+        if extra_ids is not None:
+            dW = dW.index_add(0, extra_ids, extra_rows.to(dW.dtype))
+        adagrad_momentum_dense(item_weight, dW, w_acc, w_vel, lr, momentum)
+        adagrad_momentum_dense(item_bias, db, b_acc, b_vel, lr, momentum)
+        return
+    h, targets, stats, precision = fwd.saved
+    _kernels_scoring().full_ce_adagrad_update(
+        h, item_weight, item_bias, targets, stats, w_acc, w_vel, b_acc, b_vel, lr, momentum,
+        extra_ids=extra_ids, extra_rows=extra_rows, precision=precision)
