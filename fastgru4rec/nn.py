@@ -100,13 +100,18 @@ class GRULayer(nn.Module):
         self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.bias = bias
         H, like = self.hidden_size, dict(device=device, dtype=dtype)
+        # registered in nn.GRUCell's order (weight_ih, weight_hh, bias_ih, bias_hh): code that
+        # pairs parameters by position (parameters_to_vector, an optimizer's state) sees the
+        # same list as with an nn.GRUCell
         if input_size is not None:
             self.weight_ih = nn.Parameter(torch.empty(3 * H, int(input_size), **like))
-            self.bias_ih = nn.Parameter(torch.zeros(3 * H, **like)) if bias else None
         else:
             self.register_parameter("weight_ih", None)
-            self.register_parameter("bias_ih", None)
         self.weight_hh = nn.Parameter(torch.empty(3 * H, H, **like))
+        if input_size is not None and bias:
+            self.bias_ih = nn.Parameter(torch.zeros(3 * H, **like))
+        else:
+            self.register_parameter("bias_ih", None)
         if variant == "cell" and bias:
             self.bias_hh = nn.Parameter(torch.zeros(3 * H, **like))
         else:
@@ -183,13 +188,22 @@ class GRU4RecModel(nn.Module):
         if embedding_mode not in EMBEDDING_MODES:
             raise ValueError(f"unknown embedding mode {embedding_mode!r} ({', '.join(EMBEDDING_MODES)})")
         n_items = _size("GRU4RecModel", "n_items", n_items)
+        if n_items < 1:
+            raise ValueError(f"GRU4RecModel: n_items must be at least 1, got {n_items}")
         embedding_dim = _size("GRU4RecModel", "embedding_dim",
                               0 if embedding_dim is None else embedding_dim)
+        if embedding_dim < 0:
+            raise ValueError(f"GRU4RecModel: embedding_dim must be >= 0, got {embedding_dim}")
         if embedding_mode == "separate" and embedding_dim <= 0:
             raise ValueError("the separate embedding mode needs embedding_dim > 0")
+        if is_integer(layers):
+            layers = (layers,)          # one layer's size, as the estimator's layers=100
         layers = tuple(_size("GRU4RecModel", "layers", h) for h in layers)
         if not layers:
             raise ValueError("GRU4RecModel: layers must hold at least one hidden size")
+        if min(layers) <= 0:
+            raise ValueError(f"GRU4RecModel: every hidden size in layers must be positive, got "
+                             f"{list(layers)}")
         if variants is None:
             variants = ["original" if (l == 0 and embedding_mode == "onehot") else "cell"
                         for l in range(len(layers))]

@@ -29,6 +29,12 @@ def test_cell_variant_is_a_drop_in_for_nn_grucell():
     g_ref = torch.autograd.grad((ref(x, h) * w).sum(), [x, h] + [theirs[n] for n in names])
     for name, a, b in zip(["x", "h"] + names, g_layer, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+    # the same parameter order: a transfer by position (a flat vector) gives the same cell
+    assert [n for n, _ in layer.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    by_position = GRULayer(7, 5).double()
+    torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(ref.parameters()),
+                                        by_position.parameters())
+    assert torch.equal(by_position(x, h), ref(x, h))
 
 
 def test_original_variant_matches_hand_formula():
@@ -158,6 +164,22 @@ def test_layer_rejects_bad_shapes_and_arguments_with_one_line_errors():
         GRULayer(6, 0)
     with pytest.raises(RuntimeError, match="step"):
         GRULayer(None, 4)(torch.randn(2, 12))
+
+
+def test_model_rejects_bad_sizes_naming_the_argument():
+    import pytest
+    for args, what in (((0, (8,)), "n_items must be at least 1"),
+                       ((-10, (8,)), "n_items must be at least 1"),
+                       ((10, (-5,)), r"layers must be positive, got \[-5\]"),
+                       ((10, (8, 0)), r"layers must be positive, got \[8, 0\]"),
+                       ((10, ()), "at least one hidden size"),
+                       ((10, (8,), "separate", -3), "embedding_dim must be >= 0"),
+                       ((10, (8,), "separate", 0), "needs embedding_dim > 0")):
+        with pytest.raises(ValueError, match=what) as e:
+            GRU4RecModel(*args)
+        assert "\n" not in str(e.value)
+    # one layer's size as an int, as the estimator's layers=100
+    assert GRU4RecModel(10, 8).layers == (8,)
 
 
 def test_fused_step_reference_equals_nn_grucell_composition():

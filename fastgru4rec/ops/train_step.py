@@ -49,11 +49,11 @@ class StepGrads(NamedTuple):
 
 
 def dense_params(layers: Sequence[torch.nn.Module]) -> List[torch.Tensor]:
-    """The GRU parameters in StepGrads.dense's order: per layer weight_ih, bias_ih, weight_hh,
-    then bias_hh when the layer has one ("cell")."""
+    """The GRU parameters in StepGrads.dense's order, the layers' own (nn.GRUCell's): per layer
+    weight_ih, weight_hh, bias_ih, then bias_hh when the layer has one ("cell")."""
     out = []
     for layer in layers:
-        out += [layer.weight_ih, layer.bias_ih, layer.weight_hh]
+        out += [layer.weight_ih, layer.weight_hh, layer.bias_ih]
         if layer.bias_hh is not None:
             out.append(layer.bias_hh)
     return out
@@ -134,7 +134,7 @@ def shared_step_grads(W: torch.Tensor, bias: torch.Tensor, layers, inp: torch.Te
             dropout_hidden, l, gru_precision, dx_out=into)
         if l == 0 and into is None:      # a bf16 / fp16 table: its row gradients in fp32
             item_grads[:b].copy_(dx)
-        dense.append([dwih, dbih, dwhh] + ([dbhh] if layer.bias_hh is not None else []))
+        dense.append([dwih, dwhh, dbih] + ([dbhh] if layer.bias_hh is not None else []))
         d = dx
     dense_flat = [t for per_layer in reversed(dense) for t in per_layer]
     return StepGrads(g.loss, outs, dense_flat, item_ids, item_grads, Y, g.d_bias_rows)
@@ -277,7 +277,7 @@ def _step_explicit(W, bias, layers, inp, Y, item_ids, hidden, reset, seed, loss,
                 torch.mm(dpc.t(), mixed, out=dWhh[2 * H:])
                 dbhh = None
             dWih = torch.mm(dgi.t(), x_in)
-            per_layer = [dWih, dgi.sum(0) if layer.bias_ih is not None else None, dWhh]
+            per_layer = [dWih, dWhh, dgi.sum(0) if layer.bias_ih is not None else None]
             if layer.bias_hh is not None:
                 per_layer.append(dbhh)
             if l == 0:
