@@ -23,7 +23,8 @@ import signal
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
 
 from .config import GRU4RecConfig, parse_param_string, read_param_file
 from .errors import ConfigError, one_line
@@ -317,7 +318,8 @@ def cmd_recommend(args) -> int:
         if given is not None:
             raise ConfigError(f"{option} goes with --sessions (one session prints to stdout)")
     model = GRU4Rec.load(args.model, device=args.device)
-    recs = model.recommend(args.items, k=args.k, exclude_seen=args.exclude_seen)
+    recs = model.recommend(args.items, k=args.k, exclude_seen=args.exclude_seen,
+                           unknown="skip")   # said below, in the CLI's warning form
     known_ids = set(map(str, model.item_ids))
     unknown = [i for i in args.items if i not in known_ids]
     if unknown:   # skipped by recommend(): say so, the output would imply they were used
@@ -344,11 +346,16 @@ def _recommend_sessions(args) -> int:
         raise ConfigError(f"-k must be positive (got {args.k})")
     batch_size = 512 if args.batch_size is None else args.batch_size
     check_eval_batch_size(batch_size, "--batch-size")
-    parquet = args.output is not None and str(args.output).lower().endswith(".parquet")
+    suffix = Path(args.output).suffix.lower() if args.output is not None else ""
+    parquet, as_json = suffix == ".parquet", args.json or suffix == ".json"
     if args.output is not None:
         check_writable(args.output, [args.model, args.sessions])
         if args.json and parquet:
             raise ConfigError("--json and a Parquet -o/--output: give one of them")
+        if suffix == ".csv":
+            raise ConfigError(f"-o {args.output}: recommendations are written tab-separated "
+                              f"(.tsv), as JSON (.json or --json) or as Parquet (.parquet), "
+                              f"not as .csv")
     model = GRU4Rec.load(args.model, device=args.device)
     res = model.recommend_sessions(args.sessions, k=args.k, exclude_seen=args.exclude_seen,
                                    batch_size=batch_size,
@@ -360,25 +367,65 @@ def _recommend_sessions(args) -> int:
     if parquet:
         _write_recommendations_parquet(args.output, res)
     else:
-        if args.json:
-            text = json.dumps({str(sid): [i for i in row if i is not None]
-                               for sid, row in zip(res["session_id"], res["items"])}) + "\n"
-        else:
-            lines = ["SessionId\tRank\tItemId\tScore"]
-            for sid, row, scores in zip(res["session_id"], res["items"], res["scores"]):
-                sid = _tsv_field(str(sid))
-                lines.extend(f"{sid}\t{r + 1}\t{_tsv_field(item)}\t{score:.6g}"
-                             for r, (item, score) in enumerate(zip(row, scores))
-                             if item is not None)
-            text = "\n".join(lines) + "\n"
+        pieces = _recommendation_text(res, as_json)
         if args.output is None:
-            sys.stdout.write(text)
+            _write_in_chunks(sys.stdout, pieces)
             return 0
         with atomic_write(args.output, "w") as f:
-            f.write(text)
+            _write_in_chunks(f, pieces)
     _log(args, f"recommendations for {len(res['session_id']):,} sessions written to "
                f"{args.output}")
     return 0
+
+
+def _recommendation_text(res, as_json: bool) -> Iterator[str]:
+    """recommend_sessions' result as text, a session at a time: TSV rows SessionId, Rank
+    (1-based), ItemId, Score under a header, or one JSON object {session id: [item ids]}
+    (json.dumps' own layout). Generated, so that a large -k never holds the whole text."""
+    rows = zip(res["session_id"], res["items"], res["scores"])
+    if as_json:
+        yield "{"
+        for n, (sid, items, _) in enumerate(rows):
+            yield (f"{', ' if n else ''}{json.dumps(str(sid))}: "
+                   f"{json.dumps([i for i in items if i is not None])}")
+        yield "}\n"
+        return
+    yield "SessionId\tRank\tItemId\tScore\n"
+    for sid, items, scores in rows:
+        sid = _tsv_field(str(sid))
+        yield "".join(f"{sid}\t{r + 1}\t{_tsv_field(item)}\t{score:.6g}\n"
+                      for r, (item, score) in enumerate(zip(items, scores)) if item is not None)
+
+
+def _write_in_chunks(f, pieces: Iterator[str], chunk: int = 1 << 20) -> None:
+    """Write the pieces to the text file f in writes of about ``chunk`` characters. When f is
+    stdout on a real file descriptor, through os.write until every byte is taken: a reader that
+    stops early (`| head`) then raises BrokenPipeError (exit 141); a buffered text write cut
+    short by the closed pipe returned without an error, and the run exited 0."""
+    try:
+        fd = f.fileno() if f is sys.stdout else None
+    except (AttributeError, OSError, ValueError):       # a replaced stdout (tests, notebooks)
+        fd = None
+    if fd is not None:
+        f.flush()
+        encoding = f.encoding or "utf-8"
+
+    def emit(text: str) -> None:
+        if fd is None:
+            f.write(text)
+            return
+        data = memoryview(text.encode(encoding))
+        while data:
+            data = data[os.write(fd, data):]
+
+    buf, size = [], 0
+    for piece in pieces:
+        buf.append(piece)
+        size += len(piece)
+        if size >= chunk:
+            emit("".join(buf))
+            buf, size = [], 0
+    emit("".join(buf))
 
 
 def _tsv_field(text: str) -> str:
@@ -576,16 +623,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on test files")
-    e.add_argument("model")
-    e.add_argument("test", nargs="+")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("model", help="a model file saved by train -s (or GRU4Rec.save)")
+    e.add_argument("test", nargs="+", help="test events files (.tsv/.csv/.parquet), each "
+                   "evaluated alone; items unknown to the model are dropped")
+    e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_eval_args(e)
     add_data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("recommend", help="top-k items for a session prefix")
-    r.add_argument("model")
+    r.add_argument("model", help="a model file saved by train -s (or GRU4Rec.save)")
     r.add_argument("items", nargs="*", help="the session's item ids so far, oldest first "
                    "(ids unknown to the model are skipped, with a warning)")
     r.add_argument("--sessions", metavar="FILE",
@@ -593,14 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(.tsv/.csv/.parquet), after its last event; TSV rows SessionId, Rank, "
                         "ItemId, Score")
     r.add_argument("-o", "--output", metavar="FILE",
-                   help="with --sessions: write there (atomically) instead of stdout; a name "
-                        "ending in .parquet writes Parquet with the same columns")
+                   help="with --sessions: write there (atomically) instead of stdout: TSV, "
+                        "or by the name's ending Parquet (.parquet, the same columns) or JSON "
+                        "(.json)")
     r.add_argument("--batch-size", type=int, default=None,
                    help="with --sessions: sessions run side by side (default: 512)")
-    r.add_argument("-k", type=int, default=20)
-    r.add_argument("--exclude-seen", action="store_true")
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("-k", type=int, default=20,
+                   help="how many items (default 20; at most the catalog's size)")
+    r.add_argument("--exclude-seen", action="store_true",
+                   help="leave out the items the session already holds")
+    r.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    r.add_argument("--json", action="store_true",
+                   help="JSON: one session: {session, unknown_items, recommendations}; "
+                        "--sessions: {session id: [item ids]}")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (--sessions)")
     _add_threads_arg(r)
     add_data_options(r)

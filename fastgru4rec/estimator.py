@@ -52,6 +52,17 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
         raise ConfigError(f"parameter device={device!r}: not a torch device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"parameter device={device!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"parameter device={device!r}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "meta":
+        raise ConfigError(f"parameter device={device!r}: a meta device holds no values to "
+                          f"train or score with")
+    try:   # any other backend (mps, xpu, ...) this torch build or machine lacks: say so here,
+        torch.empty(0, device=dev)   # not later as a failure of a model file
+    except Exception as e:
+        raise ConfigError(f"parameter device={device!r}: not usable here "
+                          f"({one_line(e, 150)})") from None
     return dev
 
 
@@ -288,11 +299,17 @@ class GRU4Rec:
         return res
 
     @torch.no_grad()
-    def recommend(self, session_items: Sequence, k: int = 20, exclude_seen: bool = False) -> List[str]:
+    def recommend(self, session_items: Sequence, k: int = 20, exclude_seen: bool = False,
+                  unknown: str = "warn") -> List[str]:
         """Top-k original item ids for a session prefix (original ids, oldest first).
-        Items unknown to the model are skipped; at least one must be known."""
+        Items unknown to the model (not in its training data) are skipped; at least one must
+        be known. unknown: "warn" (a UserWarning naming the skipped ids: the result then
+        follows an older prefix than the caller's), "skip" (silently) or "raise" (DataError).
+        Each call replays the whole prefix (no incremental state is kept)."""
         self._require_fitted()
         _check_k(k)
+        if unknown not in ("warn", "skip", "raise"):
+            raise ValueError(f"recommend: unknown={unknown!r} (choose from warn, skip, raise)")
         if isinstance(session_items, (str, bytes)):   # its characters would be taken as items
             raise TypeError(f"recommend: session_items must be a sequence of item ids, not one "
                             f"{type(session_items).__name__} ({session_items!r}: give "
@@ -300,8 +317,15 @@ class GRU4Rec:
         index = self._item_map().item_index()
         known = [index[str(i)] for i in session_items if str(i) in index]
         if not known:
-            raise DataError(f"recommend: none of the session's items {list(session_items)[:5]} "
-                            "is known to the model")
+            raise DataError(f"none of the session's items {list(session_items)[:5]} is known "
+                            "to the model")
+        if len(known) < len(session_items) and unknown != "skip":
+            missing = [i for i in session_items if str(i) not in index]
+            text = (f"{len(missing)} of the session's {len(session_items)} items unknown to the "
+                    f"model: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            if unknown == "raise":
+                raise DataError(text)
+            warnings.warn(f"recommend: {text} (skipped)", UserWarning, stacklevel=2)
         self.model.eval()
         h_last = self.model.encode(torch.tensor([known], device=self.device),
                                    torch.tensor([len(known)], device=self.device))
@@ -438,6 +462,12 @@ class GRU4Rec:
             # each parameter in the dtype it was saved in (load_state_dict copies into the
             # model's own dtypes: a bf16 model came back as float32)
             saved = payload["state_dict"]
+            dtypes = {t.dtype for t in saved.values()
+                      if isinstance(t, torch.Tensor) and t.is_floating_point()}
+            if len(dtypes) > 1:
+                # one model computes in one dtype (a float64 bias and float32 weights fail
+                # at the first product, far from the file)
+                raise ValueError(f"parameters of mixed dtypes {sorted(map(str, dtypes))}")
             for pname, param in est.model.named_parameters():
                 if pname in saved and saved[pname].is_floating_point():
                     param.data = param.data.to(saved[pname].dtype)
@@ -519,7 +549,8 @@ def _read_payload(path: Path) -> Dict:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, not a torch file, or disallowed (pickled code)
-        raise DataError(f"{path}: not a readable fastgru4rec model ({type(e).__name__})") from None
+        raise DataError(f"{path}: not a readable fastgru4rec model: truncated, corrupt or not a "
+                        f"torch file ({type(e).__name__}: {one_line(e, 200)})") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise DataError(f"{path}: not a fastgru4rec model file")
     if payload.get("version") not in _READABLE_VERSIONS:

@@ -257,3 +257,98 @@ def test_uninitialised_model_has_the_same_tensors_and_loads(mode):
 def test_module_runs_on_one_torch_thread():
     # the single_torch_thread fixture (pytestmark) is in force: tiny models, 2-core CI
     assert torch.get_num_threads() == 1
+
+
+def test_unknown_ids_warn_skip_or_raise(fitted):
+    model = fitted["shared"]
+    known = [str(model.item_ids[3])]
+    want = model.recommend(known, k=4)
+    with pytest.warns(UserWarning, match=r"1 of the session's 2 items unknown.*'nope'"):
+        assert model.recommend(known + ["nope"], k=4) == want
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.recommend(["nope"] + known, k=4, unknown="skip") == want
+    from fastgru4rec.errors import DataError
+    with pytest.raises(DataError, match="unknown to the model: \\['nope'\\]"):
+        model.recommend(known + ["nope"], k=4, unknown="raise")
+    with pytest.raises(DataError, match="^none of the session's items"):
+        model.recommend(["nope"], k=4)
+    with pytest.raises(ValueError, match="unknown='ignore'"):
+        model.recommend(known, k=4, unknown="ignore")
+
+
+def test_recommend_sessions_output_in_chunks_json_name_and_csv_refused(fitted, data, tmp_path,
+                                                                      capsys, monkeypatch):
+    import json
+
+    from fastgru4rec import cli
+    model = fitted["shared"]
+    _, test = data
+    model_path, test_tsv = tmp_path / "m.pt", write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    model.save(model_path)
+    res = model.recommend_sessions(test, k=3)
+    want = {str(s): list(r) for s, r in zip(res["session_id"], res["items"])}
+    # the generated JSON is json.dumps' own text; written in many small chunks it is whole
+    text = "".join(cli._recommendation_text(res, as_json=True))
+    assert text == json.dumps(want) + "\n"
+    writes = []
+
+    class Recorder:
+        def write(self, s):
+            writes.append(s)
+
+    cli._write_in_chunks(Recorder(), cli._recommendation_text(res, as_json=False), chunk=100)
+    assert len(writes) > 10 and max(map(len, writes)) < 200       # a session at a time
+    rows = "".join(writes).splitlines()
+    assert rows[0] == "SessionId\tRank\tItemId\tScore" and len(rows) == 1 + 3 * len(want)
+    # a .json name writes JSON; .csv is refused (the rows are tab-separated)
+    out = tmp_path / "recs.json"
+    assert run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-k", "3", "-o",
+                   out, "-q")[0] == 0
+    assert json.loads(out.read_text()) == want
+    assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions", test_tsv, "-o",
+                             tmp_path / "recs.csv"), "recommend", "not as .csv")
+    assert not (tmp_path / "recs.csv").exists()
+
+
+def test_recommend_to_a_closed_pipe_exits_141(fitted, data, tmp_path):
+    """A reader that stops early (`| head -1`) is met at the next chunk: status 141, not 0
+    with the output cut short unnoticed (one large write did that)."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    model = fitted["shared"]
+    _, test = data
+    model_path, test_tsv = tmp_path / "m.pt", write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    model.save(model_path)
+    cmd = [sys.executable, "-m", "fastgru4rec", "recommend", str(model_path), "--sessions",
+           str(test_tsv), "-k", "150", "-q", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=subprocess_env())
+    first = proc.stdout.readline()
+    proc.stdout.close()                                   # the reader goes away
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert first.startswith(b"SessionId") and "Traceback" not in err
+
+
+def test_model_files_of_mixed_dtypes_truncated_or_for_a_missing_device(fitted, tmp_path):
+    from fastgru4rec.errors import ConfigError, DataError
+    model = fitted["shared"]
+    path = tmp_path / "m.pt"
+    model.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["item_bias"] = payload["state_dict"]["item_bias"].double()
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(DataError, match=r"mixed.pt: inconsistent model file .*mixed dtypes"):
+        GRU4Rec.load(tmp_path / "mixed.pt")
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"cut.pt: .*truncated, corrupt or not a torch file "
+                                        r"\(\w+: .+\)"):
+        GRU4Rec.load(tmp_path / "cut.pt")
+    for device, why in (("meta", "meta device holds no values"),
+                        ("cuda:7" if torch.cuda.is_available() else "cuda", "CUDA")):
+        with pytest.raises(ConfigError, match=why):
+            GRU4Rec.load(path, device=device)
