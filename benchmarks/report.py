@@ -14,12 +14,16 @@
 
 Only the standard library is needed (matplotlib for charts, skipped with a note when absent).
 Ratios inside a pytest-benchmark group come from the same run (see benchmarks/conftest.py).
+A file that is not a JSON object, or a --results folder that does not exist, ends the command
+with one line on stderr naming it, exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import glob
 import json
+import shlex
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,9 +40,32 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
 # ------------------------------------------------------------------------ reading
+class ReportError(Exception):
+    """A results file or folder the report cannot use: main prints it as one line, exit 2."""
+
+
 def load(path) -> Dict[str, Any]:
     with open(path) as f:
         return json.load(f)
+
+
+def read_result(path) -> Dict[str, Any]:
+    """One results file, which must be a JSON object; else ReportError naming the file and what
+    is wrong (a traceback from json or from kind_of would not say which file)."""
+    try:
+        doc = load(path)
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:            # json.JSONDecodeError, or bytes that are not UTF-8
+        raise ReportError(f"{path}: not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        what = "an array" if isinstance(doc, list) else f"a {type(doc).__name__}"
+        raise ReportError(f"{path}: {what} in JSON, not a results file (a JSON object)")
+    return doc
+
+
+def read_results(paths: List[str]) -> List[Tuple[str, Dict[str, Any]]]:
+    return [(Path(p).stem, read_result(p)) for p in paths]
 
 
 def kind_of(doc: Dict[str, Any]) -> str:
@@ -53,6 +80,14 @@ def kind_of(doc: Dict[str, Any]) -> str:
     if isinstance(doc.get("engines"), list) and all("top_ops" in e for e in doc["engines"]):
         return "profile"
     return "unknown"
+
+
+# kinds read but drawn by no table here: said out loud, so a copied file is never silently lost
+NOT_DRAWN = {
+    "summary": "gpu_check's summary.json: copy the raw files it was made from instead, "
+               "see benchmarks/README.md",
+    "profile": "a benchmarks/profile_step.py profile: gpu_check's summary.md shows it",
+}
 
 
 def profile_md(doc: Dict[str, Any], top: int = 10) -> List[str]:
@@ -95,6 +130,18 @@ def fmt_num(x: Optional[float], digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
+def fmt_date(text: Any) -> str:
+    """An ISO time as "2026-11-29 10:50 UTC" (fastgru4rec bench's "created", pytest-benchmark's
+    "datetime"); the text as it is when it does not parse."""
+    try:
+        t = _dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return str(text)
+    if t.tzinfo is None:
+        return t.strftime("%Y-%m-%d %H:%M")
+    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def config_brief(cfg: Dict[str, Any]) -> str:
     layers = "/".join(str(x) for x in cfg.get("layers", []))
     return f"B{cfg.get('batch_size')} H{layers} S{cfg.get('n_sample')} {cfg.get('loss')}"
@@ -117,6 +164,28 @@ def env_line(env: Dict[str, Any]) -> str:
     if env.get("loadavg"):
         parts.append(f"load average {env['loadavg'][0]} (1 min, when recorded)")
     return "; ".join(parts)
+
+
+def provenance(doc: Dict[str, Any]) -> str:
+    """When and at which commit a results file was measured, and the command that made it when
+    recorded: fastgru4rec bench keeps them in env.git, "created" and "command", pytest-benchmark
+    in machine_info's fastgru4rec_env (else its commit_info) and "datetime"."""
+    fenv = (doc.get("machine_info") or {}).get("fastgru4rec_env") or {}
+    git = (doc.get("env") or {}).get("git") or fenv.get("git")
+    if not git and doc.get("commit_info"):
+        git = {"commit": doc["commit_info"].get("id"), "dirty": doc["commit_info"].get("dirty")}
+    parts = []
+    if git and git.get("commit"):
+        # a dirty tree: the numbers are of uncommitted code, the commit alone does not rebuild it
+        parts.append(f"commit {str(git['commit'])[:7]}" + (" (dirty tree)" if git.get("dirty")
+                                                            else ""))
+    when = doc.get("created") or doc.get("datetime")
+    if when:
+        parts.append(fmt_date(when))
+    text = ", ".join(parts) or "no commit or date recorded"
+    if isinstance(doc.get("command"), list) and doc["command"]:
+        text += f"; `{shlex.join(str(a) for a in doc['command'])}`"
+    return text
 
 
 # ------------------------------------------------------------------------ floors
@@ -147,13 +216,30 @@ def step_floor(cfg: Dict[str, Any], ceilings: Dict[str, Any]) -> Optional[Dict[s
 
 
 # ------------------------------------------------------------------------ tables
-def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: Optional[Dict] = None):
+def ceilings_of(env: Dict[str, Any], ceilings: List[Dict[str, Any]]) -> Optional[Dict]:
+    """The ceilings measured on the device a run used (their "device" is the run's device_name):
+    another device's rates (a GPU's for a CPU run) give no floor for it. The first such file
+    when there are several."""
+    return next((c for c in ceilings if c.get("device") == env.get("device_name")), None)
+
+
+def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: List[Dict[str, Any]] = (),
+               any_device: bool = False):
+    """Rows of the training table; with a floor and a gap for the rows whose device has
+    ceilings, "-" for the others. any_device: the first ceilings hold for every row (gpu_check's
+    summary: one machine measured them all; in its CPU simulation the ceilings say "cpu")."""
+    ceilings = list(ceilings)
+    if any_device:
+        matched = [ceilings[0] if ceilings else None for _ in docs]
+    else:
+        matched = [ceilings_of(d["env"], ceilings) for _, d in docs]
+    with_floor = any(c is not None for c in matched)
     head = ["run", "device", "config", "data", "engine", "mb/s", "events/s", "ms/step",
             "epoch s", "eval s", "R@20 / MRR@20", "speed-up vs ref."]
-    if ceilings:
+    if with_floor:
         head += ["floor µs/step", "gap"]
     rows = []
-    for name, d in docs:
+    for (name, d), c in zip(docs, matched):
         tr = (d.get("data") or {}).get("train") or {}
         for r in d["runs"]:
             sp = d.get("speedup_vs_reference") if r["engine"] == d.get("engine") else None
@@ -165,8 +251,8 @@ def train_rows(docs: List[Tuple[str, Dict[str, Any]]], ceilings: Optional[Dict] 
                    f"{r['eval']['seconds']:.2f}" if r.get("eval") else "-",
                    _recall_mrr(r.get("eval")),
                    f"x{sp['train']:.2f}" if sp else "-"]
-            if ceilings:
-                fl = step_floor(d["config"], ceilings)
+            if with_floor:
+                fl = step_floor(d["config"], c) if c else None
                 row += [f"{fl['floor_s'] * 1e6:.1f} ({fl['bound']})" if fl else "-",
                         f"x{r['ms_per_step'] * 1e-3 / fl['floor_s']:.0f}" if fl else "-"]
             rows.append(row)
@@ -206,8 +292,10 @@ def bench_rows(doc: Dict[str, Any]):
     for b in sorted(benches, key=lambda b: (str(b.get("group")), b.get("name", ""))):
         st = b.get("stats") or {}
         is_base = bool((b.get("extra_info") or {}).get("baseline")) and sizes[b.get("group")] > 1
+        # one round has no spread: its IQR of 0 would read as a perfectly steady timing
+        one_round = isinstance(st.get("rounds"), int) and st["rounds"] < 2
         rows.append([b.get("group") or "-", b.get("name"), fmt_time(st.get("median")),
-                     fmt_time(st.get("iqr")), st.get("rounds", "-"),
+                     "-" if one_round else fmt_time(st.get("iqr")), st.get("rounds", "-"),
                      "; ".join(speed.get(b.get("name"), [])) or ("baseline" if is_base else "-")])
     return head, rows
 
@@ -218,17 +306,20 @@ def ceilings_table(c: Dict[str, Any]) -> str:
         if c.get(f"matmul_{k}_tflop_s"):
             n = c.get("matmul_n", 8192)   # files before matmul_n: the GPU size, 8192
             rows.append([f"matmul {k} ({n}³)", f"{c[f'matmul_{k}_tflop_s']:.1f} TFLOP/s"])
-    return md_table(["ceiling (measured)", "value"], rows, "lr")
+    # the device named: the floors use a ceilings file only for runs on that device
+    where = f" on {c['device']}" if c.get("device") else ""
+    return md_table([f"ceiling (measured{where})", "value"], rows, "lr")
 
 
-def render(paths: List[str]) -> Tuple[str, List[Tuple[str, Dict]], List[Tuple[str, Dict]]]:
-    docs = [(Path(p).stem, load(p)) for p in paths]
+def render(docs: List[Tuple[str, Dict[str, Any]]]
+           ) -> Tuple[str, List[Tuple[str, Dict]], List[Tuple[str, Dict]]]:
+    """docs: (name, JSON object) pairs, as read_results gives them."""
     trains = [(n, d) for n, d in docs if kind_of(d) == "train"]
     pbs = [(n, d) for n, d in docs if kind_of(d) == "pytest-benchmark"]
-    ceilings = next((d for _, d in docs if kind_of(d) == "ceilings"), None)
+    ceilings = [d for _, d in docs if kind_of(d) == "ceilings"]
     out: List[str] = []
-    if ceilings:
-        out += [ceilings_table(ceilings), ""]
+    for c in ceilings:
+        out += [ceilings_table(c), ""]
     if trains:
         head, rows = train_rows(trains, ceilings)
         out += ["End-to-end training (`fastgru4rec bench train`):", "", md_table(head, rows, "lll"
@@ -239,6 +330,9 @@ def render(paths: List[str]) -> Tuple[str, List[Tuple[str, Dict]], List[Tuple[st
     for name, d in pbs:
         head, rows = bench_rows(d)
         out += [f"Micro-benchmarks ({name}):", "", md_table(head, rows, "llrrrl"), ""]
+    not_drawn = [f"{n} ({NOT_DRAWN[kind_of(d)]})" for n, d in docs if kind_of(d) in NOT_DRAWN]
+    if not_drawn:
+        out += [f"(not drawn here: {'; '.join(not_drawn)})", ""]
     unknown = [n for n, d in docs if kind_of(d) == "unknown"]
     if unknown:
         out += [f"(not a known result format: {', '.join(unknown)})", ""]
@@ -251,6 +345,7 @@ def chart(trains: List[Tuple[str, Dict]], pbs: List[Tuple[str, Dict]], path) -> 
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         print("report: matplotlib not installed, no chart drawn", file=sys.stderr)
         return None
@@ -274,15 +369,22 @@ def chart(trains: List[Tuple[str, Dict]], pbs: List[Tuple[str, Dict]], path) -> 
     height = sum(0.45 * len(p[1]) + 1.0 for p in panels)
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, max(2.5, height)), squeeze=False)
     for ax, (title, labels, values) in zip(axes[:, 0], panels):
-        ax.barh(range(len(values)), values, color="#4C72B0")
+        if "speed-up" in title:
+            # ratios span x1.3 to x160: on a linear axis the small ones vanish. On a log axis
+            # equal factors get equal lengths; the bars start at x1 (a slow-down points left)
+            ax.set_xscale("log")
+            ax.barh(range(len(values)), [v - 1 for v in values], left=1, color="#4C72B0")
+            ax.set_xlim(min(values + [1.0]) / 1.5, max(values + [1.0]) * 2.5)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"x{x:g}"))
+            ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        else:
+            ax.barh(range(len(values)), values, color="#4C72B0")
         ax.set_yticks(range(len(values)))
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
-        if "speed-up" in title:
-            ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,14 +394,33 @@ def chart(trains: List[Tuple[str, Dict]], pbs: List[Tuple[str, Dict]], path) -> 
 
 
 # ------------------------------------------------------------------------ PERFORMANCE.md
+CPU_NOTE = ("these are CPU numbers (on the CPU the fast engine runs the explicit-backward fused "
+            "step in plain torch ops, the reference loop its autograd step, both with the C++ "
+            "batcher, sampler and sparse optimizer), measured on a shared 2-core machine whose "
+            "other jobs make them noisy (compare ratios measured in the same run, not absolute "
+            "numbers across runs).")
+GPU_NOTE = ("GPU rows: from `benchmarks/gpu_check.sh` on a lent GPU (ceilings included), one run "
+            "each; on CUDA the fast engine captures its CUDA graph at the start of every epoch, "
+            "inside the clock as in real training, so a short `--max-steps` window (the steps "
+            "in the data column) understates its steady-state rate.")
+REPRODUCE = ("`fastgru4rec bench train --preset rsc15 TRAIN --test TEST --threads N "
+             "--compare-reference --label NAME --json benchmarks/results/NAME.json`, `python -m "
+             "pytest benchmarks --benchmark-json benchmarks/results/NAME.json`")
+
+
 def performance(results: Path, out: Optional[Path] = None,
                 readme: Optional[Path] = None) -> Path:
     """Regenerate results/PERFORMANCE.md (and performance.png beside it) from the committed
     results (or ``out`` from other results); ``readme``: also put the section into that
     README (the command does for the committed results only)."""
+    if not Path(results).is_dir():
+        # never a page saying "no results" for a mistyped folder (nor the folder made for it)
+        raise ReportError(f"{results}: no such folder (--results names the folder of result "
+                          "JSON files)")
     out = out or results / "PERFORMANCE.md"
     paths = sorted(p for p in glob.glob(str(results / "*.json")))
-    md, trains, pbs = render(paths) if paths else ("", [], [])
+    docs = read_results(paths)
+    md, trains, pbs = render(docs) if docs else ("", [], [])
     envs = {}
     # one line per distinct setting (a 1-thread and a 2-thread run are two), none dropped
     def env_key(e):
@@ -318,13 +439,21 @@ def performance(results: Path, out: Optional[Path] = None,
     else:
         lines += ["Measured on:", ""]
         lines += [f"- {env_line(e)}" for e in envs.values()] + [""]
-        if all(e.get("device") == "cpu" for e in envs.values()):
-            lines += ["No GPU results yet: these are CPU numbers (on the CPU the fast engine "
-                      "runs the explicit-backward fused step in plain torch ops, the reference "
-                      "loop its autograd step, both with the C++ batcher, sampler and sparse "
-                      "optimizer), measured on a shared 2-core machine whose other jobs make them noisy "
-                      "(compare ratios measured in the same run, not absolute numbers across "
-                      "runs). GPU results come from `benchmarks/gpu_check.sh` on a lent GPU.", ""]
+        drawn = [(n, d) for n, d in docs if kind_of(d) in ("train", "pytest-benchmark",
+                                                           "ceilings")]
+        if drawn:
+            lines += ["Results files (commit measured, date; the command when recorded):", ""]
+            lines += [f"- `{n}.json`: {provenance(d)}" for n, d in drawn] + [""]
+        # a caveat per kind of device: GPU rows beside them do not make CPU numbers less noisy
+        on_cpu = any(e.get("device") == "cpu" for e in envs.values())
+        on_gpu = any(e.get("device") != "cpu" for e in envs.values())
+        if on_cpu and not on_gpu:
+            lines += [f"No GPU results yet: {CPU_NOTE} GPU results come from "
+                      "`benchmarks/gpu_check.sh` on a lent GPU.", ""]
+        elif on_cpu:
+            lines += [f"CPU rows: {CPU_NOTE}", ""]
+        if on_gpu:
+            lines += [GPU_NOTE, ""]
         lines += [md]
         png = chart(trains, pbs, out.parent / "performance.png")
         if png:
@@ -332,11 +461,17 @@ def performance(results: Path, out: Optional[Path] = None,
             # links the chart beside it
             link = f"benchmarks/results/{png.name}" if readme is not None else png.name
             lines += [f"![performance]({link})", ""]
-        lines += ["Reproduce: `fastgru4rec bench train --preset rsc15 TRAIN --test TEST "
-                  "--threads N --compare-reference --label NAME "
-                  "--json benchmarks/results/NAME.json`, `python -m pytest benchmarks "
-                  "--benchmark-json benchmarks/results/NAME.json`, then "
-                  "`python benchmarks/report.py performance`.", ""]
+        # the commands files record (fastgru4rec bench's "command") are listed above; the
+        # generic ones stand for the files without one (pytest-benchmark records none)
+        measured = trains + pbs
+        recorded = [n for n, d in measured if d.get("command")]
+        if not recorded:
+            lines += [f"Reproduce: {REPRODUCE}, then `python benchmarks/report.py "
+                      "performance`.", ""]
+        else:
+            others = "" if len(recorded) == len(measured) else f"; the others: {REPRODUCE}"
+            lines += [f"Reproduce: the command beside each file above{others}, then "
+                      "`python benchmarks/report.py performance`.", ""]
     text = "\n".join(lines)
     _write_text_atomic(out, text)
     if readme is not None:
@@ -433,7 +568,7 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
     if ceilings:
         md += [ceilings_table(ceilings), ""]
     if trains:
-        head, rows = train_rows(trains, ceilings)
+        head, rows = train_rows(trains, [ceilings] if ceilings else [], any_device=True)
         md += ["## End-to-end training", "", md_table(head, rows, "lllll" + "r" * (len(head) - 5)),
                ""]
     for name, d in pbs:
@@ -509,13 +644,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument("--raw", required=True)
     s.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except ReportError as e:
+        print(f"report.py: {e}", file=sys.stderr)
+        return 2
 
+
+def _run(args) -> int:
     if args.cmd == "render":
         missing = [x for x in args.files if not Path(x).is_file()]
         if missing:
             print(f"report.py: no such file: {', '.join(missing)}", file=sys.stderr)
             return 2
-        md, trains, pbs = render(args.files)
+        md, trains, pbs = render(read_results(args.files))
         print(md, end="")
         if args.md:
             _write_text_atomic(args.md, md)

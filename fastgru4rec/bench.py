@@ -340,8 +340,10 @@ def run_bench(train, test, config, device, engine: str = "auto", epochs: int = 1
               compare_reference: bool = False, eval_batch_size: int = 512,
               cutoffs: Sequence[int] = (1, 5, 10, 20), mode: str = "conservative",
               progress: bool = False, label: Optional[str] = None,
-              preset: Optional[str] = None, log=None) -> Dict[str, Any]:
-    """The whole `bench train` measurement as one JSON-able dict (see module docstring)."""
+              preset: Optional[str] = None, log=None,
+              command: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The whole `bench train` measurement as one JSON-able dict (see module docstring);
+    ``command``: the command line that ran it (``_command_line()``), kept in the result."""
     import torch
 
     device = torch.device(device)
@@ -371,6 +373,8 @@ def run_bench(train, test, config, device, engine: str = "auto", epochs: int = 1
         "kind": "train",
         "label": label,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # how this file was made: benchmarks/report.py prints it as the file's "Reproduce"
+        "command": command,
         "preset": preset,
         "config": config.to_dict(),
         "epochs": epochs,
@@ -395,6 +399,16 @@ def run_bench(train, test, config, device, engine: str = "auto", epochs: int = 1
         result["speedup_vs_reference"] = {
             "train": first["batches_per_s"] / max(ref["batches_per_s"], 1e-12)}
     return result
+
+
+def _command_line() -> Optional[List[str]]:
+    """The argv of this `fastgru4rec bench` process, the program named "fastgru4rec" (the
+    console script and `python -m fastgru4rec` take the same arguments). None when bench runs
+    inside another program (cli.main(argv) called from Python): sys.argv is then that
+    program's, not the bench command's."""
+    if sys.argv[1:2] != ["bench"]:
+        return None
+    return ["fastgru4rec", *sys.argv[1:]]
 
 
 # ------------------------------------------------------------------------ output
@@ -612,7 +626,8 @@ def cmd_bench(args) -> int:
                        max_steps=args.max_steps, warmup_steps=args.warmup_steps,
                        compare_reference=args.compare_reference,
                        eval_batch_size=args.eval_batch_size, progress=not args.quiet,
-                       label=args.label, preset=args.preset, log=log)
+                       label=args.label, preset=args.preset, log=log,
+                       command=_command_line())
     # The files first (their paths were checked before the run), then the table: a closed or
     # full stdout must not lose the numbers measured; if a file still fails to write, the
     # table is printed before the error.
