@@ -13,6 +13,7 @@ cut-offs 1, 5, 10, 20. Ten epochs of rsc15-sample take about a minute a seed on 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fastgru4rec.bench import write_json_atomic  # noqa: E402
+from fastgru4rec.bench import _git_commit, write_json_atomic  # noqa: E402
 from fastgru4rec.config import GRU4RecConfig, parse_param_string, read_param_file  # noqa: E402
 from fastgru4rec.fileio import check_writable  # noqa: E402
 
@@ -90,6 +91,12 @@ def main(argv=None) -> int:
             print(f"{key:>9}: mean {s['mean']:.4f}  sd {s['sd']:.4f}  "
                   f"min {s['min']:.4f}  max {s['max']:.4f}  ({len(out['runs'])} seeds)")
     if args.json:
+        # where the figures came from: the command, the commit and the date
+        out["provenance"] = {"command": ["python", "benchmarks/accuracy_seeds.py",
+                                         *(sys.argv[1:] if argv is None else argv)],
+                             "git": _git_commit(), "created": _dt.datetime.now(
+                                 _dt.timezone.utc).isoformat(timespec="seconds"),
+                             "threads": torch.get_num_threads()}
         write_json_atomic(args.json, out)
     return 0
 

@@ -318,3 +318,23 @@ def test_accuracy_seeds_script_runs_each_seed_as_the_estimator_does(tmp_path, ca
     assert got["summary"]["recall@20"]["mean"] == pytest.approx(sum(r20) / 2)
     assert got["summary"]["recall@20"]["max"] == max(r20)
     assert "mean" in capsys.readouterr().out
+    prov = got["provenance"]          # what the README's citations of these files rely on
+    assert prov["command"][:2] == ["python", "benchmarks/accuracy_seeds.py"]
+    assert prov["command"][-2:] == ["--json", str(out)] and prov["created"][:2] == "20"
+
+
+def test_session_slice_keeps_sessions_and_the_item_map():
+    """bench's warm-up slices (the first sessions for evaluation, the last 3B sessions whose
+    epoch compiles the shrinking tail's kernel specializations on CUDA)."""
+    import numpy as np
+
+    from fastgru4rec.bench import _session_slice
+    from fastgru4rec.synthetic import synthetic_split
+    train, _ = synthetic_split(n_items=100, n_sessions=300, seed=1)
+    n = train.n_sessions
+    part = _session_slice(train, n - 20, n + 5)            # past the end: up to the end
+    assert part.n_sessions == 20 and part.offsets[0] == 0
+    np.testing.assert_array_equal(np.diff(part.offsets), np.diff(train.offsets)[n - 20:])
+    np.testing.assert_array_equal(part.items, train.items[train.offsets[n - 20]:])
+    np.testing.assert_array_equal(part.session_ids, train.session_ids[n - 20:])
+    assert part.n_items == train.n_items and part.supports is train.supports

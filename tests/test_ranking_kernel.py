@@ -134,6 +134,7 @@ def test_topk_negative_zero_and_errors():
     h = torch.tensor([[1.0, 0.0]])
     W = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-0.0, 0.0]])
     bias = torch.tensor([0.0, 1.0, -0.0, -1.0, 0.0])       # scores 0, 0, 0, 0, -0
+    h, W, bias = h.to(DEV), W.to(DEV), bias.to(DEV)
     v, i = topk_scores(h, W, bias, 5, backend="triton", precision="ieee")
     assert i.tolist() == [[0, 1, 2, 3, 4]] and v.abs().sum() == 0
     with pytest.raises(ValueError, match="k must be"):
