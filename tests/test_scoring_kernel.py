@@ -444,11 +444,11 @@ def test_dispatch_and_errors():
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("cuda", x)
     h, W, bias, Y, lq = make_case(1, 3, 4, 16)
+    on_dev = [x.float().to(DEV) for x in (h, W, bias)] + [Y.to(DEV)]
     with pytest.raises(ValueError, match="unknown loss"):
-        fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "hinge", backend="triton")
+        fused_sampled_loss_and_grads(*on_dev, "hinge", backend="triton")
     with pytest.raises(ValueError, match="precision"):
-        fused_sampled_loss_and_grads(h.float(), W.float(), bias.float(), Y, "bpr", backend="triton",
-                                     precision="fp64")
+        fused_sampled_loss_and_grads(*on_dev, "bpr", backend="triton", precision="fp64")
     # auto on CPU tensors = the reference, bit for bit
     a = fused_sampled_loss_and_grads(h, W, bias, Y, "top1")
     r = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "top1")
