@@ -9,7 +9,11 @@ Conventions (so that ratios are measured in the same run, and report.py can show
   "reference", "torch", "cudnn"); without a mark, a benchmark named "...reference..." is one;
 - at the end of the run every other member of the group gets its speed-up over each baseline,
   printed in a short table and stored in the JSON (``extra_info["speedup_vs"]`` and a top-level
-  ``"ratios"`` list).
+  ``"ratios"`` list): MEDIAN over median, what the report shows;
+- a claim checked inside a benchmark (``claim``) compares the best rounds (min over min, the
+  baseline re-timed right after, so that both see the same moment's load) and stores that ratio
+  as ``extra_info["ratio_vs_reference_best"]``: on a shared machine the two can differ (the
+  sampler: x31.7 best-of against x36.7 median in one run).
 - GPU benchmarks take the ``cuda`` fixture (skips with a reason when torch.cuda is unavailable)
   and time through ``cuda_timed(fn)``, which synchronises so that device work is inside the clock.
 
