@@ -427,6 +427,10 @@ class GRU4Rec:
         if bad:   # load() would refuse the file: say so now, before writing it
             raise DataError(f"cannot save: parameter {bad[0]} holds NaN or infinite values "
                             f"({len(bad)} such tensor(s)); the model is unusable")
+        mixed = _mixed_float_dtypes(self.model.state_dict())
+        if mixed:   # the same: load() refuses it, and no step or score could run on it
+            raise DataError(f"cannot save: the model's parameters have mixed dtypes {mixed} "
+                            f"(one model computes in one dtype: model.model.to(dtype) first)")
         payload = {
             "format": _FORMAT, "version": _FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -462,12 +466,11 @@ class GRU4Rec:
             # each parameter in the dtype it was saved in (load_state_dict copies into the
             # model's own dtypes: a bf16 model came back as float32)
             saved = payload["state_dict"]
-            dtypes = {t.dtype for t in saved.values()
-                      if isinstance(t, torch.Tensor) and t.is_floating_point()}
-            if len(dtypes) > 1:
-                # one model computes in one dtype (a float64 bias and float32 weights fail
-                # at the first product, far from the file)
-                raise ValueError(f"parameters of mixed dtypes {sorted(map(str, dtypes))}")
+            mixed = _mixed_float_dtypes(saved)
+            if mixed:
+                # one model computes in one dtype (a float64 bias or a bf16 table beside
+                # float32 weights fails at the first product, far from the file)
+                raise ValueError(f"parameters of mixed dtypes {mixed}")
             for pname, param in est.model.named_parameters():
                 if pname in saved and saved[pname].is_floating_point():
                     param.data = param.data.to(saved[pname].dtype)
@@ -534,6 +537,13 @@ def _validation(data, options: Optional[Dict], train: SessionData, read_kw: Dict
     data = as_session_data(data, item_map=train, **read_kw)
     require_evaluable(data)
     return data, options
+
+
+def _mixed_float_dtypes(state: Dict) -> Optional[List[str]]:
+    """The floating dtypes of a state dict when there is more than one, else None."""
+    dtypes = {t.dtype for t in state.values()
+              if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    return sorted(map(str, dtypes)) if len(dtypes) > 1 else None
 
 
 def _read_payload(path: Path) -> Dict:
