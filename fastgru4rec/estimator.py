@@ -325,7 +325,8 @@ class GRU4Rec:
                     f"model: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
             if unknown == "raise":
                 raise DataError(text)
-            warnings.warn(f"recommend: {text} (skipped)", UserWarning, stacklevel=2)
+            # stacklevel 3: the caller's line (2 is torch.no_grad's wrapper)
+            warnings.warn(f"recommend: {text} (skipped)", UserWarning, stacklevel=3)
         self.model.eval()
         h_last = self.model.encode(torch.tensor([known], device=self.device),
                                    torch.tensor([len(known)], device=self.device))

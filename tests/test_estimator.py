@@ -369,7 +369,9 @@ def test_recommend_returns_k_original_ids(fitted):
 def test_recommend_skips_unknown_items(fitted):
     ids = list(fitted.item_ids)
     base = fitted.recommend([ids[1], ids[2]], k=5)
-    assert fitted.recommend(["no-such-item", ids[1], "x?", ids[2], "zzz"], k=5) == base
+    with pytest.warns(UserWarning, match="3 of the session's 5 items unknown") as caught:
+        assert fitted.recommend(["no-such-item", ids[1], "x?", ids[2], "zzz"], k=5) == base
+    assert caught[0].filename == __file__          # the caller's line, not torch's decorator
     assert fitted.recommend([ids[1], ids[2]], k=5) == base  # no state leaks between calls
 
 
