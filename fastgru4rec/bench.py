@@ -129,7 +129,9 @@ def _git_commit() -> Optional[Dict[str, Any]]:
     head = _run_quiet(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"])
     if head is None:
         return None
-    dirty = _run_quiet(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
+    # results files being rewritten (a run writing several) do not make the code "dirty"
+    dirty = _run_quiet(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                        "--", ".", ":(exclude)benchmarks/results"])
     return {"commit": head, "dirty": bool(dirty)}
 
 
