@@ -157,7 +157,7 @@ def test_topk_dense_equals_the_reference_sort_with_ties_and_nan(dtype, k):
     bias[7] = -0.0
     h[5, 0] = float("nan")                       # row 5: every score NaN (0 * NaN too)
     rv, ri = topk_scores_reference(h, W, bias, k)
-    for max_elements in (3 * N, 1 << 24):
+    for max_elements in (13, 3 * N, 1 << 24):      # 13: item tiles of max(k, 13) columns
         v, i = topk_scores_dense(h, W, bias, k, max_elements=max_elements)
         assert torch.equal(i, ri)
         torch.testing.assert_close(v, rv, rtol=0, atol=0, equal_nan=True)
@@ -165,6 +165,21 @@ def test_topk_dense_equals_the_reference_sort_with_ties_and_nan(dtype, k):
     scores = torch.addmm(bias, h, W.t())
     assert k == N or any(int((scores[r] == rv[r, -1]).sum()) > int((rv[r] == rv[r, -1]).sum())
                for r in range(b) if not torch.isnan(rv[r, -1]))
+
+
+@pytest.mark.parametrize("k", [1, 20, 300])
+def test_topk_dense_over_item_tiles_for_a_block_of_rows(k):
+    """Several rows scored against item tiles (the table read once for the block): ties
+    everywhere, also at a tile's k-th place and across tiles, equal to the full stable sort."""
+    g = torch.Generator().manual_seed(k)
+    b, N, H = 6, 10_000, 4
+    h = torch.randint(-2, 3, (b, H), generator=g).float()
+    W = torch.randint(-1, 2, (N, H), generator=g).float()
+    bias = torch.randint(-1, 2, (N,), generator=g).float()
+    rv, ri = topk_scores_reference(h, W, bias, k)
+    for max_elements in (4096 * b, 1 << 24):        # 3 tiles of 4096 items / one tile
+        v, i = topk_scores_dense(h, W, bias, k, max_elements=max_elements)
+        assert torch.equal(i, ri) and torch.equal(v, rv)
 
 
 def test_topk_dense_at_k_equal_n_and_empty_batch():

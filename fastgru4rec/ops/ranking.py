@@ -159,38 +159,72 @@ def topk_scores_reference(h, item_weight, item_bias, k: int) -> Tuple[torch.Tens
     return v[:, :k], i[:, :k]
 
 
+@torch.no_grad()
 def topk_scores_dense(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor,
                       k: int, max_elements: int = 1 << 24) -> Tuple[torch.Tensor, torch.Tensor]:
-    """topk_scores_reference's values and indices without sorting the catalog: row blocks of
-    at most max_elements scores, torch.topk in each (linear in N, where the reference's full
-    sort is N log N: 512 x 1M scores, k 20, one thread: 74 s -> 7.3 s), then the k found re-sorted by (score
-    descending, index ascending). torch.topk picks any of the items tied at the k-th score and
-    orders ties arbitrarily, so a row whose k-th score is shared with an item left out, or
-    that holds a NaN, is redone with the reference's stable sort: on the same scores the result
-    equals the reference's exactly. (A block's product may round differently from the
-    reference's one product over all rows, in the last bits: items that tie but for rounding
-    can then come in the other order, as between any two matmul kernels.)"""
-    N = item_weight.shape[0]
+    """topk_scores_reference's values and indices without sorting the catalog or holding more
+    than about ``max_elements`` scores: item tiles of T columns for a block of rows (all of a
+    recommend batch's rows: the table is read once per block, not once per few rows: at 2M
+    items the earlier row blocks were 8 rows), torch.topk in each tile (linear in N, where the
+    reference's full sort is N log N), then the candidates merged by (score descending, index
+    ascending). torch.topk picks any of the items tied at a tile's k-th score; that matters
+    only when the tie lies at the row's final k-th score (an item tied above it is in the
+    top k whichever way), so such a row, or one holding a NaN, is redone with the reference's
+    stable sort: on the same scores the result equals the reference's exactly. (A tile's
+    product may round differently from the reference's one product over all columns, in the
+    last bits: items that tie but for rounding can then come in the other order, as between
+    any two matmul kernels.)"""
+    b = h.shape[0]
+    if b == 0:
+        return (h.new_empty((0, k)), torch.zeros((0, k), dtype=torch.int64, device=h.device))
+    rows_per_block = min(b, max(1, int(max_elements) // max(k, 4096)))
     values, indices = [], []
-    step = max(1, int(max_elements) // max(N, 1))
-    for lo in range(0, h.shape[0], step):
-        scores = torch.addmm(item_bias, h[lo:lo + step], item_weight.t())      # (r, N)
-        v, i = torch.topk(scores, k, dim=1)
-        i, by_index = torch.sort(i, dim=1)                   # the k by index, then stably
-        v, by_value = torch.sort(v.gather(1, by_index), dim=1, descending=True, stable=True)
-        i = i.gather(1, by_value)                            # by score: ties in index order
-        kth = v[:, -1:]
-        redo = ((scores == kth).sum(1) != (v == kth).sum(1)) | torch.isnan(scores).any(1)
-        if bool(redo.any()):
-            rows = torch.nonzero(redo).view(-1)
-            rv, ri = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-            v[rows], i[rows] = rv[:, :k], ri[:, :k]
+    for r0 in range(0, b, rows_per_block):
+        v, i = _topk_rows_tiled(h[r0:r0 + rows_per_block], item_weight, item_bias, k,
+                                max_elements)
         values.append(v)
         indices.append(i)
-    if not values:
-        empty = torch.addmm(item_bias, h, item_weight.t())
-        return empty[:, :k], torch.zeros((0, k), dtype=torch.int64, device=h.device)
     return torch.cat(values), torch.cat(indices)
+
+
+def _topk_rows_tiled(h, item_weight, item_bias, k: int, max_elements: int):
+    """topk_scores_dense on one block of R rows: (values, indices) (R, k)."""
+    R, N = h.shape[0], item_weight.shape[0]
+    T = min(N, max(k, int(max_elements) // R))
+    buffer = h.new_empty(R * T)                  # one tile buffer, as rank_counts_from_hidden
+    flags = _new_flags(h, R, T)
+    cand_v, cand_i, tile_kth, tile_tied = [], [], [], []
+    for lo in range(0, N, T):
+        n = min(T, N - lo)
+        s = torch.addmm(item_bias[lo:lo + n], h, item_weight[lo:lo + n].t(),
+                        out=buffer[:R * n].view(R, n))
+        kk = min(k, n)
+        v, i = torch.topk(s, kk, dim=1)          # NaN counts as the largest: it surfaces here
+        kth = v[:, -1:]
+        # more items tied at this tile's k-th score than were picked: the pick among them was
+        # arbitrary (counted through 0/1 floats: _count_above_and_equal's fast path)
+        f = flags[:R * n].view(R, n)
+        torch.eq(s, kth, out=f)
+        tile_tied.append(f.sum(dim=1) > (v == kth).sum(dim=1))
+        tile_kth.append(kth.squeeze(1))
+        cand_v.append(v)
+        cand_i.append(i + lo)
+    v, i = torch.cat(cand_v, 1), torch.cat(cand_i, 1)
+    i, by_index = torch.sort(i, dim=1)           # the candidates by index, then stably
+    v, by_value = torch.sort(v.gather(1, by_index), dim=1, descending=True, stable=True)
+    v, i = v[:, :k], i.gather(1, by_value[:, :k])  # by score: ties in index order
+    kth = v[:, -1]
+    ambiguous = (torch.stack(tile_tied, 1) & (torch.stack(tile_kth, 1) == kth.unsqueeze(1)))
+    redo = ambiguous.any(1) | torch.isnan(v).any(1)
+    if bool(redo.any()):
+        rows = torch.nonzero(redo).view(-1)
+        step = max(1, int(max_elements) // N)
+        for r0 in range(0, rows.numel(), step):
+            rr = rows[r0:r0 + step]
+            scores = torch.addmm(item_bias, h[rr], item_weight.t())
+            rv, ri = torch.sort(scores, dim=1, descending=True, stable=True)
+            v[rr], i[rr] = rv[:, :k], ri[:, :k]
+    return v, i
 
 
 def topk_scores(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor, k: int, *,
