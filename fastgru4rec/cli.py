@@ -228,7 +228,10 @@ def cmd_train(args) -> int:
 
     top_k = max(args.cutoffs)
 
+    trained_here = []   # the epochs this call trains (a resume may train none)
+
     def on_epoch(s):
+        trained_here.append(s)
         metrics = (f"  Recall@{top_k} {s.metrics['recall'][top_k]:.4f}  MRR@{top_k} "
                    f"{s.metrics['mrr'][top_k]:.4f}" if s.metrics else "")
         _log(args, f"epoch {s.epoch:>3}: loss {s.loss:.4f}  {s.events_per_s:,.0f} events/s  "
@@ -259,7 +262,11 @@ def cmd_train(args) -> int:
         _log(args, f"saved model to {args.save_model}")
         out["model"] = str(args.save_model)
     results = {}
-    for path, test in zip(args.test or [], tests):
+    for n, (path, test) in enumerate(zip(args.test or [], tests)):
+        if n == 0 and trained_here and trained_here[-1].metrics is not None:
+            # --eval-every-epoch has just evaluated this model on this file with these options
+            results[str(path)] = trained_here[-1].metrics
+            continue
         results[str(path)] = model.evaluate(test, args.cutoffs, args.mode, args.eval_batch_size,
                                             progress=not (args.json or args.quiet))
     out["results"] = {k: _jsonable(v) for k, v in results.items()}
@@ -320,7 +327,7 @@ def cmd_recommend(args) -> int:
     model = GRU4Rec.load(args.model, device=args.device)
     recs = model.recommend(args.items, k=args.k, exclude_seen=args.exclude_seen,
                            unknown="skip")   # said below, in the CLI's warning form
-    known_ids = set(map(str, model.item_ids))
+    known_ids = model._item_map().item_index()      # recommend's own (cached) id index
     unknown = [i for i in args.items if i not in known_ids]
     if unknown:   # skipped by recommend(): say so, the output would imply they were used
         print(f"fastgru4rec recommend: warning: {len(unknown)} item(s) unknown to the model "

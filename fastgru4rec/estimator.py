@@ -90,6 +90,29 @@ class GRU4Rec:
                  else "not trained")
         return f"GRU4Rec({', '.join(changed + [f'device={str(self.device)!r}'])}) [{state}]"
 
+    def training_memory_bytes(self, n_items: int) -> int:
+        """Bytes of the parameters and Adagrad state (accumulator, and velocity with momentum
+        > 0) of the model fit() builds for n_items, float32; counted on the meta device
+        (nothing allocated). Activations and data come on top (small beside a large catalog's
+        tables)."""
+        with torch.device("meta"):
+            model = self.build_model(int(n_items), initialize=False,
+                                     device=torch.device("meta"))
+        n = sum(p.numel() for p in model.parameters())
+        return n * 4 * (2 + (self.config.momentum > 0))
+
+    def _warn_if_memory_short(self, n_items: int) -> None:
+        """A model too large for the memory left is killed by the kernel without a message
+        (Linux overcommits: the allocation succeeds and the process dies touching the pages):
+        say so before building it."""
+        need, free = self.training_memory_bytes(n_items), available_memory_bytes(self.device)
+        if free is not None and need > free:
+            warnings.warn(f"the model and its optimizer state need about {need / 2**30:.1f} GiB "
+                          f"({n_items:,} items, layers {list(self.config.layers)}), more than "
+                          f"the {free / 2**30:.1f} GiB available on {self.device}: the process "
+                          f"may be killed without a message (smaller layers, or more memory)",
+                          UserWarning, stacklevel=5)   # the caller of fit (past two decorators)
+
     # ------------------------------------------------------------------ data
     def _item_map(self) -> SessionData:
         self._require_fitted()
@@ -103,11 +126,13 @@ class GRU4Rec:
             raise RuntimeError("the model is not trained: call fit() or GRU4Rec.load() first")
 
     # ------------------------------------------------------------------ training
-    def build_model(self, n_items: int, initialize: bool = True) -> GRU4RecModel:
+    def build_model(self, n_items: int, initialize: bool = True,
+                    device: Optional[torch.device] = None) -> GRU4RecModel:
+        """The model of this configuration for n_items, on device (default: the estimator's)."""
         cfg = self.config
         variants = [cfg.layer_variant(l) for l in range(len(cfg.layers))]
         return GRU4RecModel(n_items, cfg.layers, cfg.embedding_mode, cfg.embedding, variants,
-                            seed=cfg.seed, initialize=initialize).to(self.device)
+                            seed=cfg.seed, initialize=initialize).to(device or self.device)
 
     # the model is built and trained with autograd even inside a caller's torch.no_grad() or
     # torch.inference_mode() (parameters made in inference mode could never be trained)
@@ -150,6 +175,7 @@ class GRU4Rec:
                           "still divided by batch_size (smaller steps)", UserWarning,
                           stacklevel=4)
         valid = _validation(validation, validation_kw, train, read_kw)
+        self._warn_if_memory_short(train.n_items)
         # everything checked and built before the estimator changes: a refused call leaves an
         # earlier fit as it was
         model = self.build_model(train.n_items)
@@ -269,7 +295,8 @@ class GRU4Rec:
             if validation is not None:
                 data, options = validation
                 try:
-                    stats.metrics = self.evaluate(data, **options)
+                    # a bar like the epoch's: at a large catalog this can take minutes
+                    stats.metrics = self.evaluate(data, **options, progress=progress)
                 except KeyboardInterrupt:
                     # the epoch is trained: kept (without its metrics) before stopping
                     self.history.append(stats)
@@ -538,6 +565,31 @@ def _validation(data, options: Optional[Dict], train: SessionData, read_kw: Dict
     data = as_session_data(data, item_map=train, **read_kw)
     require_evaluable(data)
     return data, options
+
+
+def available_memory_bytes(device: torch.device) -> Optional[int]:
+    """Memory a new allocation can use on device, or None when it cannot be read: CUDA's free
+    memory; on the CPU, Linux's MemAvailable, lowered to the cgroup's limit less its usage
+    when the process runs in a limited cgroup (a container, a job scheduler)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type != "cpu":
+            return None
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        free = int(info["MemAvailable"].split()[0]) * 1024
+        try:
+            with open("/sys/fs/cgroup/memory.max") as f:
+                limit = f.read().strip()
+            if limit != "max":
+                with open("/sys/fs/cgroup/memory.current") as f:
+                    free = min(free, int(limit) - int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+        return free
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
 
 
 def _mixed_float_dtypes(state: Dict) -> Optional[List[str]]:

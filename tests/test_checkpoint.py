@@ -367,7 +367,8 @@ def test_an_interrupt_during_validation_keeps_the_trained_epoch(data, tmp_path, 
     _params_equal(GRU4Rec.resume(ck, train, progress=False, save_checkpoint=False), whole)
 
 
-def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path, capsys):
+def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path, capsys,
+                                                                  monkeypatch):
     """fit(validation=...) puts evaluate()'s result after each epoch into stats.metrics without
     changing the training; a checkpoint keeps them and resume adds the new epochs'; the CLI's
     --eval-every-epoch reports them in --json."""
@@ -415,14 +416,29 @@ def test_validation_metrics_per_epoch_through_fit_resume_and_cli(data, tmp_path,
 
     train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
     test_tsv = write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    evaluations = []
+    real_evaluate = GRU4Rec.evaluate
+
+    def counted(self, *a, **kw):
+        evaluations.append(self)
+        return real_evaluate(self, *a, **kw)
+
+    monkeypatch.setattr(GRU4Rec, "evaluate", counted)
+    model_path = tmp_path / "every.pt"
     rc, out, err = run_cli(capsys, "train", train_tsv, "-t", test_tsv, "--eval-every-epoch",
                            "-ps", "layers=16,n_epochs=2,n_sample=8,batch_size=16", "-m", "3",
-                           "10", "--json")
+                           "10", "--json", "-s", model_path)
     assert rc == 0, err
     import json
     res = json.loads(out)
     assert [sorted(e["metrics"]["mrr"]) for e in res["epochs"]] == [["10", "3"]] * 2
     assert res["epochs"][-1]["metrics"]["recall"] == res["results"][str(test_tsv)]["recall"]
+    # the final results are the last epoch's evaluation, not a second run of it: two
+    # evaluations in all, and they are what evaluating the saved model gives
+    assert len(evaluations) == 2
+    again = real_evaluate(GRU4Rec.load(model_path), test_tsv, [3, 10])
+    assert {str(k): v for k, v in again["recall"].items()} == \
+        res["results"][str(test_tsv)]["recall"]
     assert_cli_error(run_cli(capsys, "train", train_tsv, "--eval-every-epoch"), "train",
                      "--eval-every-epoch evaluates the first -t/--test file")
 

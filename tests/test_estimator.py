@@ -715,3 +715,25 @@ def test_evaluating_in_on_epoch_leaves_the_training_unchanged(small, engine):
     plain = GRU4Rec(**kw).fit(train, progress=False, engine=engine)
     assert _states_equal(_state(watched), _state(plain))
     assert len(seen) == 2 and seen[-1] == plain.evaluate(test)
+
+
+def test_fit_warns_when_the_model_needs_more_memory_than_is_available(small, monkeypatch):
+    """A model too large for the memory left would be killed without a message (overcommit):
+    fit says so first. The size is the parameters and the Adagrad state, counted by hand."""
+    import fastgru4rec.estimator as E
+    N, H = 1000, 24
+    for momentum, copies in ((0.0, 2), (0.3, 3)):
+        est = GRU4Rec(layers=[H], momentum=momentum)
+        gru = 3 * H * H + 3 * H * H + 3 * H + 3 * H       # weight_ih, weight_hh, both biases
+        assert est.training_memory_bytes(N) == (N * H + N + gru) * 4 * copies
+    assert E.available_memory_bytes(torch.device("cpu")) > 0
+    train, _ = small
+    monkeypatch.setattr(E, "available_memory_bytes", lambda device: 1000)
+    with pytest.warns(UserWarning, match=r"need about .* GiB .* more than the 0.0 GiB "
+                                         r"available on cpu: the process may be killed"):
+        GRU4Rec(**FAST).fit(train, progress=False)
+    monkeypatch.setattr(E, "available_memory_bytes", lambda device: None)   # unknown: quiet
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GRU4Rec(**FAST).fit(train, progress=False)
