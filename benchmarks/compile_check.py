@@ -253,13 +253,15 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
         """the training step's form: loss + dh, then the item table's Adagrad-momentum update
         inside the dW kernel (with and without momentum, with the shared input rows)"""
         W, bias = torch.zeros(n, H), torch.zeros(n)
-        for vel in (True, False):
+        for vel, shared in ((True, True), (False, True), (True, False)):
             fwd = scoring.full_catalog_forward(randn(b, H), W, bias, ids(b, n), backend="triton",
                                                precision=prec)
             states = [(torch.zeros_like(x), torch.zeros_like(x) if vel else None)
                       for x in (W, bias)]
-            scoring.full_catalog_adagrad_update(fwd, W, bias, *states, 0.1, 0.2 if vel else 0.0,
-                                                extra_ids=ids(b, n), extra_rows=randn(b, H))
+            scoring.full_catalog_adagrad_update(   # shared: the input rows' gradients added
+                fwd, W, bias, *states, 0.1, 0.2 if vel else 0.0,
+                extra_ids=ids(b, n) if shared else None,
+                extra_rows=randn(b, H) if shared else None)
 
     # full catalog: cross-entropy (training with n_sample="all"), rank and top-k (evaluation,
     # recommend); N = 1,000,000, b 512, H 256 as the issue's must-show (quick: N 100,000)

@@ -93,8 +93,10 @@ class GRU4Rec:
     def training_memory_bytes(self, n_items: int) -> int:
         """Bytes of the parameters and Adagrad state (accumulator, and velocity with momentum
         > 0) of the model fit() builds for n_items, float32; counted on the meta device
-        (nothing allocated). Activations and data come on top (small beside a large catalog's
-        tables)."""
+        (nothing allocated). Not counted: the data, activations (small beside a large
+        catalog's tables), and with n_sample="all" on the CPU the step's dense N x H gradient
+        and (b, N) scores; on CUDA the model is built on the host first (the same bytes of
+        host memory, briefly)."""
         with torch.device("meta"):
             model = self.build_model(int(n_items), initialize=False,
                                      device=torch.device("meta"))
@@ -341,6 +343,7 @@ class GRU4Rec:
             raise TypeError(f"recommend: session_items must be a sequence of item ids, not one "
                             f"{type(session_items).__name__} ({session_items!r}: give "
                             f"[{session_items!r}])")
+        session_items = list(session_items)            # any iterable, read once
         index = self._item_map().item_index()
         known = [index[str(i)] for i in session_items if str(i) in index]
         if not known:

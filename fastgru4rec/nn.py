@@ -66,11 +66,10 @@ class GRULayer(nn.Module):
     (``layer(input, hx=None)``: batched (b, in) or unbatched (in,) input, hx None or of the
     input's batch form). Outputs and gradients equal nn.GRUCell's (tests/test_gru.py).
 
-    Differences to know: the parameters are registered in the order weight_ih, bias_ih,
-    weight_hh, bias_hh (nn.GRUCell: weight_ih, weight_hh, bias_ih, bias_hh), so transfers by
-    name (state_dict) work but transfers by position (parameters_to_vector, an optimizer's
-    state_dict) do not; the initialisation is GRU4Rec's Glorot-uniform per gate block, not
-    nn.GRUCell's U(±1/sqrt(H)).
+    The parameters are registered in nn.GRUCell's order (weight_ih, weight_hh, bias_ih,
+    bias_hh), so transfers by name (state_dict) and by position (parameters_to_vector, an
+    optimizer's state_dict) both work. The difference to know: the initialisation is
+    GRU4Rec's Glorot-uniform per gate block, not nn.GRUCell's U(±1/sqrt(H)).
 
     Keyword-only: ``variant`` "cell" (torch.nn.GRUCell's form) or "original" (the Theano form:
     the reset gate applied to h before the recurrent product, a single bias per gate in

@@ -19,7 +19,7 @@ once too (a row touched only as an input keeps its bias, its accumulator and its
 momentum), so one sort and one launch serve both tables.
 
 Dense list (``_adagrad_momentum_dense_kernel``): up to four parameters (a GRU layer's weight_ih,
-bias_ih, weight_hh, bias_hh) per launch, one flat grid over their blocks; the engine's dense
+weight_hh, bias_ih, bias_hh) per launch, one flat grid over their blocks; the engine's dense
 update in one launch per layer instead of torch._foreach_*'s seven multi-tensor launches.
 
 Interpreter rules (DESIGN.md): fp32 arithmetic, no libdevice, one configuration.

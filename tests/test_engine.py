@@ -549,20 +549,29 @@ def test_cuda_graph_engine_equals_reference(small_split, name):
                                          (CONFIGS["shared-ce"], "fused-explicit"),
                                          (CONFIGS["separate-bprmax"], "autograd"),
                                          (CONFIGS["onehot-top1max"], "autograd"),
-                                         (FULL_CATALOG, "autograd")],
+                                         (FULL_CATALOG, "autograd"),
+                                         ({**FULL_CATALOG, "constrained_embedding": True,
+                                           "embedding": 0}, "autograd-triton")],
                          ids=["shared-ce", "shared-ce-fused", "shared-ce-fused-explicit",
                               "separate-bprmax",
-                              "onehot-top1max", "full-catalog"])
+                              "onehot-top1max", "full-catalog", "full-catalog-shared-kernels"])
 def test_graph_body_has_no_host_sync(small_split, params, step):
     """What a CUDA graph captures (the graph body: counters, fixed_step or fused_step, optimizer
     updates) makes no host-synchronising or data-dependent-shape torch call (torch paths, on the
     CPU). The row optimizer runs its torch form here (optimizer_backend="torch"): on a GPU it is
     one Triton launch, on the CPU by default the C++ update, which takes the tensors as numpy
     arrays (Tensor.numpy, which the guard forbids though it is no sync on the CPU)."""
+    if step.endswith("triton"):
+        from conftest import kernel_test_setup
+        kernel_test_setup("scoring")      # skips without CUDA / the interpreter (as kernel tests)
     model, _, trainer = _train(FastTrainer, small_split, params, 3, fixed_shapes=True,
                                step=step.split("-")[0],
                                step_backend="explicit" if step.endswith("explicit") else "torch",
                                optimizer_backend="torch")
+    if step.endswith("triton"):
+        # n_sample="all" through the kernels (the interpreter here): the shared embedding's
+        # input rows summed per item by the slot map, then the update inside the dW kernel
+        trainer.catalog_backend = "triton"
     from fastgru4rec.engine import _GraphedSteps
     ep = EpochOnDevice.upload(trainer.schedule(small_split[0]), CPU)
     loss_sum = torch.zeros((), dtype=torch.float64)

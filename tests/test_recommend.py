@@ -276,6 +276,7 @@ def test_unknown_ids_warn_skip_or_raise(fitted):
         model.recommend(["nope"], k=4)
     with pytest.raises(ValueError, match="unknown='ignore'"):
         model.recommend(known, k=4, unknown="ignore")
+    assert model.recommend(iter(known + ["nope"]), k=4, unknown="skip") == want   # any iterable
 
 
 def test_recommend_sessions_output_in_chunks_json_name_and_csv_refused(fitted, data, tmp_path,

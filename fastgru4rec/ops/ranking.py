@@ -162,10 +162,11 @@ def topk_scores_reference(h, item_weight, item_bias, k: int) -> Tuple[torch.Tens
 @torch.no_grad()
 def topk_scores_dense(h: torch.Tensor, item_weight: torch.Tensor, item_bias: torch.Tensor,
                       k: int, max_elements: int = 1 << 24) -> Tuple[torch.Tensor, torch.Tensor]:
-    """topk_scores_reference's values and indices without sorting the catalog or holding more
-    than about ``max_elements`` scores: item tiles of T columns for a block of rows (all of a
-    recommend batch's rows: the table is read once per block, not once per few rows: at 2M
-    items the earlier row blocks were 8 rows), torch.topk in each tile (linear in N, where the
+    """topk_scores_reference's values and indices without sorting the catalog: item tiles of
+    T columns (at most ``max_elements`` scores) for a block of up to 512 rows (a recommend
+    batch's: the table is read once per block, not once per few rows: at 2M items the earlier
+    row blocks were 8 rows; the block's candidates, rows × tiles × k, stay small beside the
+    tile: 512 × 62 × 20 at 2M items), torch.topk in each tile (linear in N, where the
     reference's full sort is N log N), then the candidates merged by (score descending, index
     ascending). torch.topk picks any of the items tied at a tile's k-th score; that matters
     only when the tie lies at the row's final k-th score (an item tied above it is in the
@@ -177,7 +178,9 @@ def topk_scores_dense(h: torch.Tensor, item_weight: torch.Tensor, item_bias: tor
     b = h.shape[0]
     if b == 0:
         return (h.new_empty((0, k)), torch.zeros((0, k), dtype=torch.int64, device=h.device))
-    rows_per_block = min(b, max(1, int(max_elements) // max(k, 4096)))
+    # up to 512 rows a block, fewer when max_elements leaves a tile of under max(k, 4096)
+    # columns for so many rows (the candidates grow as rows² · N · k / max_elements)
+    rows_per_block = min(b, 512, max(1, int(max_elements) // max(k, 4096)))
     values, indices = [], []
     for r0 in range(0, b, rows_per_block):
         v, i = _topk_rows_tiled(h[r0:r0 + rows_per_block], item_weight, item_bias, k,

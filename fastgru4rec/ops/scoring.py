@@ -369,7 +369,8 @@ def full_catalog_adagrad_update(fwd: FullCatalogForward, item_weight, item_bias,
     if fwd.backend == "torch":
         dW, db = fwd.saved
         if extra_ids is not None:
-            dW = dW.index_add(0, extra_ids, extra_rows.to(dW.dtype))
+            # in place: dW is this step's own fresh gradient (a copy would be another N x H)
+            dW.index_add_(0, extra_ids, extra_rows.to(dW.dtype))
         adagrad_momentum_dense(item_weight, dW, w_acc, w_vel, lr, momentum)
         adagrad_momentum_dense(item_bias, db, b_acc, b_vel, lr, momentum)
         return
