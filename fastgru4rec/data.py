@@ -163,7 +163,12 @@ class SessionData:
                           "time": _numpy_to_arrow(times)})
         keys = _Keys("session_ids", "item_ids", "times")
         events = _normalize(table, source, keys, column_names=("session", "item", "time"))
-        return _group_sessions(events, source, item_map)
+        del table
+        try:
+            return _group_sessions(events, source, item_map)
+        finally:
+            del events
+            _release_arrow_memory()   # as read_sessions
 
 
 def _as_object_str(values) -> np.ndarray:
@@ -634,7 +639,22 @@ def read_sessions(source, item_map: Optional[SessionData] = None, session_key: s
     events = read_events(source, session_key=session_key, item_key=item_key,
                          time_key=time_key, sep=sep)
     name = _source_name(source)
-    return _group_sessions(events, name, item_map)
+    try:
+        return _group_sessions(events, name, item_map)
+    finally:
+        # the parsed table and pyarrow's intermediates are freed by now, but pyarrow's pool
+        # (mimalloc / jemalloc) keeps their pages: 0.7 GiB of RSS after a 12M-event file
+        # (1.45 -> 0.76 GiB once handed back). Every read goes through pyarrow.
+        del events
+        _release_arrow_memory()
+
+
+def _release_arrow_memory() -> None:
+    """Hand pyarrow's unused pool memory back to the OS (a no-op where the pool cannot)."""
+    try:
+        pa.default_memory_pool().release_unused()
+    except (AttributeError, NotImplementedError, pa.ArrowException):   # older pyarrow
+        pass
 
 
 def _source_name(source) -> str:

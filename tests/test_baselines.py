@@ -478,3 +478,103 @@ def test_sparse_rankers_take_all_lanes_on_a_large_catalog(train):
     for model in (POP().fit(train), ItemKNN().fit(train), BPRMF(n_iterations=1).fit(train)):
         model.n_items = 1 << 21                      # as if the catalog had 2M items
         assert model.eval_lanes(128) == (8 if model.dense_ranks else 128)
+
+
+# ------------------------------------------------------------- progress and memory (large catalogs)
+def test_long_fits_show_progress_only_when_asked(train, capsys):
+    """Item-KNN's phases and BPR-MF's iterations take tens of seconds each on a 2M-item
+    catalog: a tqdm bar on stderr with progress=True (the API's and the CLI's flag), none
+    without."""
+    ItemKNN().fit(train, progress=True)
+    BPRMF(n_iterations=2).fit(train, progress=True)
+    err = capsys.readouterr().err
+    assert "Item-KNN" in err and "co-occurrence" in err
+    assert "BPR-MF iteration 1/2" in err and "BPR-MF iteration 2/2" in err
+    ItemKNN().fit(train)
+    BPRMF(n_iterations=2).fit(train, progress=False)
+    assert capsys.readouterr().err == ""
+    # progress does not change the fit
+    a, b = BPRMF(n_iterations=2).fit(train), BPRMF(n_iterations=2).fit(train, progress=True)
+    assert a.losses == b.losses and torch.equal(a.item_factors, b.item_factors)
+
+
+def test_run_baselines_and_the_cli_pass_progress_to_fit(train, test, tmp_path, capsys):
+    run_baselines(train, test, names="itemknn,bprmf", params={"bprmf": {"n_iterations": 1}},
+                  progress=True)
+    err = capsys.readouterr().err
+    assert "co-occurrence" in err and "BPR-MF iteration 1/1" in err
+    run_baselines(train, test, names="itemknn,bprmf", params={"bprmf": {"n_iterations": 1}})
+    assert capsys.readouterr().err == ""
+    tr = _write(tmp_path / "train.tsv", TRAIN)
+    te = _write(tmp_path / "test.tsv", TEST, t0=100)
+    argv = ["baselines", tr, te, "--only", "itemknn,bprmf", "-p", "bprmf.n_iterations=1"]
+    assert run(_parser().parse_args(argv)) == 0
+    err = capsys.readouterr().err
+    assert "co-occurrence" in err and "BPR-MF iteration 1/1" in err
+    for quiet in (["-q"], ["--json"]):
+        assert run(_parser().parse_args(argv + quiet)) == 0
+        assert "BPR-MF iteration" not in capsys.readouterr().err
+
+
+def _track_models(monkeypatch):
+    """Weak references to every model make_baseline builds, and for each fit, whether the
+    models fitted before it were already freed (no garbage collection asked: refcounts)."""
+    import weakref
+
+    import fastgru4rec.baselines as bl
+    refs, freed_before_fit = [], []
+    real_make, real_fit = bl.make_baseline, bl._Baseline.fit
+
+    def make(name, **params):
+        model = real_make(name, **params)
+        refs.append(weakref.ref(model))
+        return model
+
+    def fit(self, *a, **kw):
+        i = next(j for j, r in enumerate(refs) if r() is self)
+        freed_before_fit.append([r() is None for r in refs[:i]])
+        return real_fit(self, *a, **kw)
+
+    monkeypatch.setattr(bl, "make_baseline", make)
+    monkeypatch.setattr(bl._Baseline, "fit", fit)
+    return refs, freed_before_fit
+
+
+def test_run_baselines_frees_each_model_once_its_results_are_in(train, test, monkeypatch):
+    """All four fitted models alive together: 5.3 GiB peak vs 4.0 for Item-KNN alone on a
+    2M-item catalog. Each is freed before the next one is fitted; results unchanged."""
+    want = run_baselines(train, test, cutoffs=(1, 5), params={"bprmf": {"n_iterations": 2}})
+    refs, freed = _track_models(monkeypatch)
+    got = run_baselines(train, test, cutoffs=(1, 5), params={"bprmf": {"n_iterations": 2}})
+    assert len(refs) == 4
+    assert freed == [[], [True], [True, True], [True, True, True]]
+    assert all(r() is None for r in refs)
+    for name in want:
+        for key in ("recall", "mrr", "n_events", "n_unknown_events"):
+            assert got[name][key] == want[name][key], (name, key)
+
+
+def test_cli_frees_each_model_once_its_results_are_in(tmp_path, monkeypatch, capsys):
+    tr = _write(tmp_path / "train.tsv", TRAIN)
+    te1 = _write(tmp_path / "test1.tsv", TEST, t0=100)
+    te2 = _write(tmp_path / "test2.tsv", TEST[:2], t0=100)
+    refs, freed = _track_models(monkeypatch)
+    args = _parser().parse_args(["baselines", tr, te1, te2, "--json", "-p",
+                                 "itemknn.n_sims=2,bprmf.n_factors=3,bprmf.n_iterations=1"])
+    assert run(args) == 0
+    assert freed == [[], [True], [True, True], [True, True, True]]
+    out = json.loads(capsys.readouterr().out)
+    # the parameters are still reported, each test file still has all four rows
+    assert out["params"]["Item-KNN"]["n_sims"] == 2 and out["params"]["BPR-MF"]["n_factors"] == 3
+    assert out["params"]["POP"] == {"top_n": 100}
+    assert all(set(r) == {"POP", "S-POP", "Item-KNN", "BPR-MF"} for r in out["results"].values())
+
+
+def test_itemknn_tensors_share_the_similarity_matrix_memory(train):
+    """One copy of the similarity lists: the rank step's tensors are views of the CSR arrays
+    (the copies cost 0.66 GB beside the CSR's 0.49 GB on a 2M-item catalog)."""
+    m = ItemKNN().fit(train)
+    S = m.sims
+    for t, a in ((m._indptr, S.indptr), (m._indices, S.indices), (m._data, S.data)):
+        assert np.shares_memory(t.numpy(), a)
+    assert m._data.dtype == torch.float64

@@ -338,3 +338,58 @@ def test_session_slice_keeps_sessions_and_the_item_map():
     np.testing.assert_array_equal(part.items, train.items[train.offsets[n - 20]:])
     np.testing.assert_array_equal(part.session_ids, train.session_ids[n - 20:])
     assert part.n_items == train.n_items and part.supports is train.supports
+
+
+def _record_evaluations(monkeypatch):
+    import fastgru4rec.evaluate as ev
+    seen = []
+    real = ev.evaluate_model
+
+    def record(model, data, *a, **kw):
+        seen.append((data, kw.get("progress", False)))
+        return real(model, data, *a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate_model", record)
+    return seen
+
+
+@pytest.mark.parametrize("extra_lanes", [0, 5])
+def test_bench_small_test_set_is_not_evaluated_twice(monkeypatch, extra_lanes):
+    """A test set of at most eval_batch_size sessions: the warm-up is one full-width step (its
+    sessions cut to two events each), not a second evaluation of the whole set (which doubled
+    the evaluation time on a 2M-item catalog)."""
+    import numpy as np
+
+    from fastgru4rec import bench
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.synthetic import synthetic_split
+    train, test = synthetic_split(n_sessions=300, n_items=40, seed=3)
+    assert np.diff(test.offsets).max() > 2
+    seen = _record_evaluations(monkeypatch)
+    cfg = GRU4RecConfig(layers=[8], batch_size=8, n_sample=4, sample_store_size=400)
+    out = bench.measure_training(train, test, cfg, torch.device("cpu"), "reference", max_steps=2,
+                                 warmup_steps=2, eval_batch_size=test.n_sessions + extra_lanes)
+    assert len(seen) == 2 and seen[-1][0] is test
+    assert out["eval"]["n_points"] == test.n_events - test.n_sessions
+    head = seen[0][0]
+    lengths = np.diff(test.offsets)
+    assert head.n_sessions == test.n_sessions
+    np.testing.assert_array_equal(np.diff(head.offsets), np.minimum(lengths, 2))
+    first_two = np.concatenate([test.items[o:o + min(n, 2)]
+                                for o, n in zip(test.offsets[:-1], lengths)])
+    np.testing.assert_array_equal(head.items, first_two)
+    assert head.item_ids is test.item_ids and head.n_items == test.n_items
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_bench_timed_evaluation_shows_progress_unless_quiet(monkeypatch, capsys, progress):
+    from fastgru4rec import bench
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.synthetic import synthetic_split
+    train, test = synthetic_split(n_sessions=300, n_items=40, seed=3)
+    seen = _record_evaluations(monkeypatch)
+    cfg = GRU4RecConfig(layers=[8], batch_size=8, n_sample=4, sample_store_size=400)
+    bench.measure_training(train, test, cfg, torch.device("cpu"), "reference", max_steps=2,
+                           warmup_steps=2, eval_batch_size=7, progress=progress)
+    assert [p for _, p in seen] == [False, progress]      # the untimed warm-up: no bar
+    assert ("evaluate" in capsys.readouterr().err) == progress
