@@ -158,8 +158,8 @@ class FastTrainer(Trainer):
         state["dropout_seed"] = int(self._counters[0])
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict, release: bool = False) -> None:
+        super().load_state_dict(state, release)
         self._counters[0] = int(state["dropout_seed"])
 
     # ------------------------------------------------------------------ one step

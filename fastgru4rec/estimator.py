@@ -223,6 +223,7 @@ class GRU4Rec:
             raise DataError(f"{path}: a model file without training state; resume needs a "
                             "checkpoint (written by fit(checkpoint=...) or train --checkpoint)")
         est = cls._from_payload(payload, path, device)
+        payload["state_dict"] = None    # copied into est.model: the file's copy can go now
         done = training.get("epochs_done")
         history = training.get("history")
         if not (type(done) is int and type(training.get("n_events")) is int
@@ -260,7 +261,7 @@ class GRU4Rec:
         trainer = trainer_cls(est.model, est.config, train.supports, est.device,
                               schedule_backend)
         try:
-            trainer.load_state_dict(training["trainer"])
+            trainer.load_state_dict(training["trainer"], release=True)
             est.history = [_epoch_stats(h, i + 1) for i, h in enumerate(training["history"])]
         except ConfigError as e:     # (a ValueError) what cannot continue, or differs
             raise ConfigError(f"{path}: {e}") from None

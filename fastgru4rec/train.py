@@ -203,10 +203,12 @@ class Trainer:
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, release: bool = False) -> None:
         """Restore state_dict's output into this trainer, built for the same model shape and
         configuration (ConfigError naming what differs). Tensors are copied in place (the
-        fast engine holds references to the optimizer's)."""
+        fast engine holds references to the optimizer's). release: drop each saved tensor
+        from ``state`` once copied (GRU4Rec.resume: the file's copy of a large catalog's
+        optimizer state goes as the trainer's fills, not after all of it is held twice)."""
         if state["trainer"] != type(self).__name__:
             raise ConfigError(f"training state of a {state['trainer']}, not a "
                               f"{type(self).__name__} (resume with the engine that trained it)")
@@ -240,9 +242,13 @@ class Trainer:
         if sampler is not None:
             sampler.load_state_dict(state["sampler"])
         for name, pair in self.opt.state.items():
-            for mine, theirs in zip(pair, saved[name]):
+            theirs = list(saved[name])                  # (accumulator, velocity or None)
+            if release:
+                saved[name] = None
+            for i, mine in enumerate(pair):
                 if mine is not None:
-                    mine.copy_(theirs)
+                    mine.copy_(theirs[i])
+                theirs[i] = None        # with release, the last reference to the saved tensor
         self.generator.set_state(state["generator"])
         self.sampler = sampler
 

