@@ -344,9 +344,8 @@ class Trainer:
         fwd = full_catalog_forward(h_last.detach(), W.detach(), bias.detach(), tgt,
                                    scale=1.0 / cfg.batch_size, backend=self.catalog_backend,
                                    precision=self.precision)
-        params = [p for _, p in self._dense]
-        grads = torch.autograd.grad(h_last, params + [in_rows], fwd.dh.to(h_last.dtype),
-                                    allow_unused=True)
+        grads = torch.autograd.grad(h_last, self._dense_params + [in_rows],
+                                    fwd.dh.to(h_last.dtype), allow_unused=True)
         for (name, p), g in zip(self._dense, grads):
             if g is not None:
                 self.opt.step_dense(name, p.data, g)

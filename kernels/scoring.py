@@ -516,7 +516,7 @@ def _ce_full_dh_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dh, b, N,
 @triton.jit
 def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db,
                        p_wacc, p_wvel, p_bacc, p_bvel, p_slot, p_extra, n_extra, lr, momentum,
-                       b, N, H, stride_h, stride_w, OUT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+                       eps, b, N, H, stride_h, stride_w, OUT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
                        HAS_EXTRA: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr,
                        PREC: tl.constexpr):
@@ -573,8 +573,8 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db,
                            mask=has[:, None] & m_h[None, :], other=0.0)
         # the table, its accumulator and velocity: contiguous (N, H) (checked at launch)
         _adagrad_momentum_apply(p_w, p_wacc, p_wvel, n64[:, None] * H + o_h[None, :], m_out,
-                                acc, lr, momentum, 1e-6, HAS_MOMENTUM)
-        _adagrad_momentum_apply(p_bias, p_bacc, p_bvel, o_n, m_n, acc_b, lr, momentum, 1e-6,
+                                acc, lr, momentum, eps, HAS_MOMENTUM)
+        _adagrad_momentum_apply(p_bias, p_bacc, p_bvel, o_n, m_n, acc_b, lr, momentum, eps,
                                 HAS_MOMENTUM)
     else:
         p_out = p_dw + n64[:, None] * H + o_h[None, :]
@@ -608,17 +608,15 @@ def full_ce_forward(h, weight, bias, targets, *, scale=1.0, precision=None):
         # past sm_90's 227 KB (compile_check.py checks H 1024, b 512)
         raise ValueError(f"the full-catalog cross-entropy kernels take hidden sizes up to 1024 "
                          f"(got {H}); use sampled negatives (n_sample > 0) or backend='torch'")
-    if launch.interpreter_blocks():
-        BM, BN, BK = min(32, _pow2(b)), 128, min(64, _pow2(H))
-    else:
-        BM, BN, BK = 64, 128, 32
+    BM, BN = (min(32, _pow2(b)), 128) if launch.interpreter_blocks() else (64, 128)
     n_rb = triton.cdiv(b, BM)
     per_split, S = _split_plan(n_rb, N, BN, dev)
     pm = launch.new_output((S, b), torch.float32, dev)
     pz = launch.new_output((S, b), torch.float32, dev)
     pt = launch.new_output((S, b), torch.float32, dev)
     _ce_full_fwd_kernel[(n_rb, S)](h, weight, bias, targets, pm, pz, pt, b, N, H, h.stride(0),
-                                   weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec)
+                                   weight.stride(0), per_split, BM=BM, BN=BN,
+                                   BK=_full_ce_k_block(H), PREC=prec)
     # softmax = exp(s - m) / z with m each row's max over the splits: no log-sum-exp, whose
     # rounding (an ulp of a value as large as the scores) would be a relative error on every
     # probability (4e-2 at scores ~1000)
@@ -658,13 +656,14 @@ def full_ce_dh(h, weight, bias, targets, stats: FullCEStats, *, precision=None):
 def _launch_full_ce_dw(h, weight, bias, targets, stats: FullCEStats, out: int, dw, db,
                        adagrad=None, extra=None, precision=None):
     """_ce_full_dw_kernel over the catalog's item tiles (see its OUT modes). adagrad: (w_acc,
-    w_vel, b_acc, b_vel, lr, momentum) with the velocities None without momentum; extra:
+    w_vel, b_acc, b_vel, lr, momentum, eps) with the velocities None without momentum; extra:
     (slot (N,) int32, rows (n_extra, H) fp32)."""
     prec = resolve_precision(precision)
     b, H = h.shape
     N = weight.shape[0]
     HP = _pow2(H)
-    w_acc, w_vel, b_acc, b_vel, lr, momentum = adagrad or (dw, None, db, None, 0.0, 0.0)
+    w_acc, w_vel, b_acc, b_vel, lr, momentum, eps = adagrad or (dw, None, db, None, 0.0, 0.0,
+                                                                 0.0)
     has_momentum = w_vel is not None
     slot, rows = extra if extra is not None else (targets, dw)
     if launch.interpreter_blocks():
@@ -674,7 +673,7 @@ def _launch_full_ce_dw(h, weight, bias, targets, stats: FullCEStats, out: int, d
     _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
         h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dw, db,
         w_acc, w_vel if has_momentum else w_acc, b_acc, b_vel if has_momentum else b_acc,
-        slot, rows, rows.shape[0], float(lr), float(momentum),
+        slot, rows, rows.shape[0], float(lr), float(momentum), float(eps),
         b, N, H, h.stride(0), weight.stride(0), OUT=out, HAS_MOMENTUM=has_momentum,
         HAS_EXTRA=extra is not None, BM=wBM, BN=wBN, BK=_full_ce_k_block(H), HP=HP, PREC=prec,
         num_warps=warps)
@@ -709,7 +708,7 @@ def full_ce_fused(h, weight, bias, targets, *, scale=1.0, grads=True, d_weight_o
 
 
 def full_ce_adagrad_update(h, weight, bias, targets, stats: FullCEStats, w_acc, w_vel, b_acc,
-                           b_vel, lr, momentum, *, extra_ids=None, extra_rows=None,
+                           b_vel, lr, momentum, eps, *, extra_ids=None, extra_rows=None,
                            precision=None):
     """The Adagrad-momentum update (REFERENCE §4) of the item table weight (N, H) and bias (N,)
     IN PLACE by the full-catalog cross-entropy's gradient (stats from full_ce_forward with the
@@ -717,8 +716,8 @@ def full_ce_adagrad_update(h, weight, bias, targets, stats: FullCEStats, w_acc, 
     without storing that N × H gradient: each item tile's gradient is recomputed and applied
     where it is made. extra_ids (L,) / extra_rows (L, H): further gradient rows of the table
     (repeats allowed, summed), added before the update (the shared embedding's input rows).
-    w_vel / b_vel: None without momentum. Tables and states: contiguous, same dtype as made
-    by the optimizer; no host sync."""
+    w_vel / b_vel: None without momentum; eps: the optimizer's (ops.optim.EPS). Tables and
+    states: contiguous, same dtype as made by the optimizer; no host sync."""
     h, _, _ = catalog_inputs(h, weight, bias)
     N, H = weight.shape
     for name, t, shape in (("weight", weight, (N, H)), ("w_acc", w_acc, (N, H)),
@@ -748,5 +747,5 @@ def full_ce_adagrad_update(h, weight, bias, targets, stats: FullCEStats, w_acc, 
         summed.index_add_(0, slot[ids64].long(), extra_rows.float())
         extra = (slot, summed)
     _launch_full_ce_dw(h, weight, bias, targets, stats, _DW_ADAGRAD, weight, bias,
-                       adagrad=(w_acc, w_vel, b_acc, b_vel, lr, momentum), extra=extra,
+                       adagrad=(w_acc, w_vel, b_acc, b_vel, lr, momentum, eps), extra=extra,
                        precision=precision)

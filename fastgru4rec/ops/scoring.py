@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import LOSSES
 from .backend import load_contracts, load_kernels, resolve_backend
-from .optim import adagrad_momentum_dense
+from .optim import EPS as ADAGRAD_EPS, adagrad_momentum_dense
 
 _EPS = 1e-24
 _contracts = load_contracts()
@@ -347,7 +347,6 @@ def full_catalog_forward(h, item_weight, item_bias, targets, *, scale=1.0,
             h, item_weight, item_bias, targets, scale=scale, backend="torch")
         return FullCatalogForward(value, dh, "torch", (dW, db))
     k = _kernels_scoring()
-    _contracts.check_score_inputs(h, item_weight, item_bias)
     h, W, bias = k.catalog_inputs(h.detach(), item_weight.detach(), item_bias.detach())
     targets = _contracts.index_vector("targets", targets, h.shape[0])
     value, stats = k.full_ce_forward(h, W, bias, targets, scale=scale, precision=precision)
@@ -377,4 +376,4 @@ def full_catalog_adagrad_update(fwd: FullCatalogForward, item_weight, item_bias,
     h, targets, stats, precision = fwd.saved
     _kernels_scoring().full_ce_adagrad_update(
         h, item_weight, item_bias, targets, stats, w_acc, w_vel, b_acc, b_vel, lr, momentum,
-        extra_ids=extra_ids, extra_rows=extra_rows, precision=precision)
+        ADAGRAD_EPS, extra_ids=extra_ids, extra_rows=extra_rows, precision=precision)
