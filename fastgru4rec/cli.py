@@ -3,7 +3,7 @@
     fastgru4rec demo                                   synthetic data, no download: GRU4Rec vs POP
     fastgru4rec train TRAIN [-t TEST ...] [-ps k=v,k=v | -pf PARAMFILE] [-m 1 5 10 20]
                       [-e conservative] [-s MODEL] [--checkpoint CKPT] [--resume CKPT]
-                      [--eval-every-epoch] [--json]
+                      [--eval-every-epoch] [--max-steps N] [--json]
     fastgru4rec evaluate MODEL TEST ... [-m ...] [-e ...] [--json] [-q]
     fastgru4rec recommend MODEL ITEM [ITEM ...] [-k 20] [--json]
     fastgru4rec recommend MODEL --sessions EVENTS [-k 20] [-o OUT.tsv|OUT.parquet]
@@ -168,6 +168,10 @@ def _check_save_path(path: Optional[str], inputs=()):
     check_writable(path, inputs)
 
 
+#: train says "reading FILE (N MB) ..." before reading a training file larger than this
+READ_NOTICE_BYTES = 100 * 2**20
+
+
 def _log(args, msg: str):
     if not getattr(args, "json", False) and not getattr(args, "quiet", False):
         print(msg, file=sys.stderr)
@@ -176,10 +180,17 @@ def _log(args, msg: str):
 # ------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
     from .data import read_sessions, require_evaluable
-    from .estimator import GRU4Rec, resolve_device
+    from .estimator import GRU4Rec, is_checkpoint, resolve_device
 
     params = _params_from_args(args)
     inputs = [args.train] + list(args.test or [])
+    if args.max_steps is not None:
+        if args.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive (got {args.max_steps})")
+        for given, option in ((args.checkpoint, "--checkpoint"), (args.resume, "--resume")):
+            if given is not None:
+                raise ConfigError(f"--max-steps (a trial run) does not go with {option}: an "
+                                  "epoch cut short could not be resumed")
     if args.resume is not None:
         # the configuration is the checkpoint's; only the number of epochs may grow
         extra = sorted(set(params) - {"n_epochs"})
@@ -215,10 +226,19 @@ def cmd_train(args) -> int:
             raise ConfigError(f"--checkpoint {args.checkpoint}: exists (continue its training "
                               "with --resume and this path, or remove it or give another "
                               "path for a new run)")
+    if args.save_model and is_checkpoint(args.save_model):
+        # the final model (no training state) would replace it: that run could not be resumed
+        raise ConfigError(f"-s/--save-model {args.save_model}: is a checkpoint (of another "
+                          "run, which could not be resumed once replaced): remove it or give "
+                          "another path")
     if args.eval_every_epoch and not args.test:
         raise ConfigError("--eval-every-epoch evaluates the first -t/--test file: give one")
     t0 = time.perf_counter()
     read_kw = data_options(args)
+    # a large file takes a while, more if not already grouped by session and time (12M rows,
+    # ~300 MB: ~14 s): said first. Not for small files: a bad one gets its one error line only.
+    if os.path.isfile(args.train) and os.path.getsize(args.train) > READ_NOTICE_BYTES:
+        _log(args, f"reading {args.train} ({os.path.getsize(args.train) / 2**20:,.0f} MB) ...")
     train = read_sessions(args.train, **read_kw)
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
                f"{train.n_items:,} items ({time.perf_counter() - t0:.1f} s)")
@@ -251,7 +271,11 @@ def cmd_train(args) -> int:
                    f"{model.config.n_epochs} epochs trained")
     else:
         model.fit(train, progress=progress, on_epoch=on_epoch, engine=args.engine,
-                  checkpoint=args.checkpoint, **validation)
+                  checkpoint=args.checkpoint, max_steps=args.max_steps, **validation)
+        if args.max_steps is not None:
+            done = sum(s.n_steps for s in model.history)
+            _log(args, f"trial run: stopped after {done:,} steps (--max-steps {args.max_steps:,})"
+                       f", {len(model.history)} of {model.config.n_epochs} epochs begun")
     out = {"config": model.config.to_dict(),
            "epochs": [dict(epoch=s.epoch, loss=s.loss, events_per_s=s.events_per_s,
                            batches_per_s=s.batches_per_s, seconds=s.seconds,
@@ -611,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and kind of device, exactly as if it had not stopped; the "
                         "configuration is the checkpoint's (-ps n_epochs=N may extend it); "
                         "keeps writing the checkpoint there unless --checkpoint says elsewhere")
+    t.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="a trial run: stop after N mini-batch steps in all (the epoch it ends "
+                        "in is cut short; not with --checkpoint or --resume)")
     t.add_argument("--eval-every-epoch", action="store_true",
                    help="evaluate the first -t file after every epoch (shown with the epoch's "
                         "line, in --json's epochs, and kept in checkpoints)")

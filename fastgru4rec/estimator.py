@@ -34,7 +34,7 @@ from .evaluate import (DEFAULT_CUTOFFS, MetricAccumulator, check_eval_batch_size
 from .nn import GRU4RecModel
 from .ops.ranking import topk_scores
 from .engine import FastTrainer
-from .train import EpochStats, Trainer
+from .train import EpochStats, Trainer, check_max_steps
 
 _FORMAT = "fastgru4rec-model"
 # 2: item ids as one UTF-8 tensor and offsets (1: a list of strings, which torch.load's
@@ -142,7 +142,8 @@ class GRU4Rec:
     @torch.enable_grad()
     def fit(self, data, progress: bool = True, on_epoch=None, schedule_backend: str = "auto",
             engine: str = "auto", checkpoint: Union[str, Path, None] = None,
-            validation=None, validation_kw: Optional[Dict] = None, **read_kw) -> "GRU4Rec":
+            validation=None, validation_kw: Optional[Dict] = None,
+            max_steps: Optional[int] = None, **read_kw) -> "GRU4Rec":
         """Train on events (a SessionData, a TSV/CSV/Parquet path or a DataFrame). Every call
         trains a new model from scratch (a new item map, the seeded initialisation): it never
         continues an earlier fit or a loaded model (GRU4Rec.resume continues a checkpoint). The
@@ -160,10 +161,18 @@ class GRU4Rec:
         as if it had not stopped. Checked writable before training starts.
         validation: test data evaluated after every epoch (evaluate() with validation_kw, e.g.
         cutoffs, mode, batch_size), into each epoch's ``stats.metrics`` (the training is
-        unchanged by it); read, and checked to have evaluation points, before training."""
+        unchanged by it); read, and checked to have evaluation points, before training.
+        max_steps: a trial run (e.g. a first look at the speed and loss on a huge catalog):
+        stop after this many mini-batch steps in all; the epoch it ends in is cut short (its
+        stats count the steps it ran) and later ones are not trained. Not with checkpoint:
+        a cut epoch could not be resumed as if it had not stopped."""
         if engine not in ("auto", "fast", "reference"):
             raise ValueError(f"unknown engine {engine!r} (auto, fast, reference)")
         _check_on_epoch(on_epoch)
+        check_max_steps(max_steps)
+        if max_steps is not None and checkpoint is not None:
+            raise ConfigError("max_steps (a trial run) and checkpoint do not go together: the "
+                              "checkpoint of an epoch cut short could not be resumed")
         if checkpoint is not None:
             check_writable(checkpoint, _paths(data, validation))
         for note in self.config.ineffective_parameters():
@@ -188,7 +197,8 @@ class GRU4Rec:
         self._train_map = None
         self.model = model
         self.history = []
-        self._train_epochs(trainer, train, progress, on_epoch, checkpoint, valid)
+        self._train_epochs(trainer, train, progress, on_epoch, checkpoint, valid,
+                           max_steps=max_steps)
         return self
 
     @classmethod
@@ -278,7 +288,8 @@ class GRU4Rec:
 
     def _train_epochs(self, trainer: Trainer, train: SessionData, progress: bool, on_epoch,
                       checkpoint, validation=None, start_epoch: int = 0,
-                      fingerprint: Optional[str] = None) -> None:
+                      fingerprint: Optional[str] = None,
+                      max_steps: Optional[int] = None) -> None:
         """trainer.fit from start_epoch, appending to self.history; after each epoch the
         validation data (if any) is evaluated into stats.metrics, the checkpoint (if any) is
         written, then on_epoch(stats) is called."""
@@ -310,7 +321,8 @@ class GRU4Rec:
             if on_epoch is not None:
                 on_epoch(stats)
 
-        trainer.fit(train, progress=progress, on_epoch=after_epoch, start_epoch=start_epoch)
+        trainer.fit(train, progress=progress, on_epoch=after_epoch, start_epoch=start_epoch,
+                    max_steps=max_steps)
 
     # ------------------------------------------------------------------ inference
     def evaluate(self, test, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, mode: str = "conservative",
@@ -625,6 +637,23 @@ def _read_payload(path: Path) -> Dict:
                         f"supported (this library reads versions "
                         f"{', '.join(map(str, _READABLE_VERSIONS))})")
     return payload
+
+
+def is_checkpoint(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is a file holding a training state (written by fit(checkpoint=...)).
+    Cheap at any size: the tensors are memory-mapped, not read. False for anything else,
+    readable or not."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:   # not a torch zip file (mmap needs one), corrupt, or not ours
+        return False
+    return (isinstance(payload, dict) and payload.get("format") == _FORMAT
+            and isinstance(payload.get("training"), dict))
 
 
 def _epoch_stats(saved: Dict, epoch: int) -> EpochStats:

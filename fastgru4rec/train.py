@@ -76,6 +76,11 @@ class EpochStats:
         return self.n_steps / max(self.seconds, 1e-9)
 
 
+def check_max_steps(max_steps) -> None:
+    if max_steps is not None and (not is_integer(max_steps) or max_steps <= 0):
+        raise ValueError(f"max_steps must be a positive integer or None (got {max_steps!r})")
+
+
 def zero_restarted(hidden: List[torch.Tensor], not_reset: torch.Tensor) -> List[torch.Tensor]:
     """The states of lanes whose session restarts set to 0: each (b, H_l) state times
     not_reset (b, 1) 0/1, cast to the state's dtype (the float32 mask would promote a bf16
@@ -258,16 +263,24 @@ class Trainer:
 
     def fit(self, data: SessionData, n_epochs: Optional[int] = None,
             progress: bool = True, on_epoch: Optional[Callable[[EpochStats], None]] = None,
-            start_epoch: int = 0) -> List[EpochStats]:
+            start_epoch: int = 0, max_steps: Optional[int] = None) -> List[EpochStats]:
         """Epochs start_epoch .. n_epochs - 1 (default: the configuration's n_epochs); a
         trainer restored by load_state_dict continues with start_epoch = the epochs it had
-        done. on_epoch(stats) is called after each epoch. Returns the new epochs' stats."""
+        done. on_epoch(stats) is called after each epoch. max_steps: stop after this many
+        mini-batch steps in all (a trial run; the epoch it ends in is cut short, its stats
+        count the steps it ran). Returns the new epochs' stats."""
         last = self.cfg.n_epochs if n_epochs is None else n_epochs   # (0 trains none: not None)
         if not is_integer(last) or last < 0:
             raise ValueError(f"n_epochs must be a non-negative integer (got {n_epochs!r})")
+        check_max_steps(max_steps)
+        steps_left = max_steps
         history = []
         for epoch in range(start_epoch, int(last)):
-            stats = self.train_epoch(data, epoch, progress)
+            if steps_left is not None and steps_left <= 0:
+                break
+            stats = self.train_epoch(data, epoch, progress, max_steps=steps_left)
+            if steps_left is not None:
+                steps_left -= stats.n_steps
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)

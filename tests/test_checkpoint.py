@@ -309,6 +309,71 @@ def test_cli_checkpoint_and_resume(data, tmp_path, capsys):
                      "is an input of this command")
 
 
+def test_cli_save_model_never_replaces_a_checkpoint(data, tmp_path, capsys):
+    # -s onto another run's checkpoint would leave a model without training state there: that
+    # run could no longer be resumed. A plain model file is replaced as before.
+    from fastgru4rec.estimator import is_checkpoint
+
+    train, _ = data
+    train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    ps = "layers=8,batch_size=16,n_sample=5,n_epochs=1"
+    ck, model = tmp_path / "ck.pt", tmp_path / "model.pt"
+    assert run_cli(capsys, "train", train_tsv, "-ps", ps, "--checkpoint", ck, "-q")[0] == 0
+    assert run_cli(capsys, "train", train_tsv, "-ps", ps, "-s", model, "-q")[0] == 0
+    assert is_checkpoint(ck) and not is_checkpoint(model)
+    assert not is_checkpoint(train_tsv) and not is_checkpoint(tmp_path / "none.pt")
+    assert not is_checkpoint(tmp_path)
+    before = ck.read_bytes()
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "-ps", ps, "-s", ck, "-q"),
+                     "train", f"-s/--save-model {ck}: is a checkpoint", "another path")
+    assert ck.read_bytes() == before
+    old_model = model.read_bytes()
+    assert run_cli(capsys, "train", train_tsv, "-ps", ps.replace("layers=8", "layers=6"),
+                   "-s", model, "-q")[0] == 0
+    assert model.read_bytes() != old_model
+    assert GRU4Rec.load(model).config.layers == (6,)
+
+
+def test_max_steps_trial_run(data, tmp_path, capsys, monkeypatch):
+    from fastgru4rec import cli
+
+    train, test = data
+    train_tsv = write_tsv(tmp_path / "train.tsv", data_to_rows(train))
+    test_tsv = write_tsv(tmp_path / "test.tsv", data_to_rows(test))
+    ps = "layers=8,batch_size=16,n_sample=5,n_epochs=3"
+    rc, out, err = run_cli(capsys, "train", train_tsv, "-ps", ps, "--max-steps", "7",
+                           "-t", test_tsv, "-m", "5")
+    assert rc == 0, err
+    assert "trial run: stopped after 7 steps (--max-steps 7), 1 of 3 epochs begun" in err
+    assert "reading" not in err      # a small file: no notice before reading it
+    assert "Recall" in out   # the cut model is still evaluated
+    import json
+    monkeypatch.setattr(cli, "READ_NOTICE_BYTES", 10)
+    rc, out, err = run_cli(capsys, "train", train_tsv, "-ps", ps, "--max-steps", "7", "-q")
+    assert rc == 0 and err == ""
+    rc, out, err = run_cli(capsys, "train", train_tsv, "-ps", ps, "--max-steps", "7")
+    assert rc == 0 and err.startswith(f"reading {train_tsv} (0 MB) ...\n"), err
+    rc, out, err = run_cli(capsys, "train", train_tsv, "-ps", ps, "--max-steps", "7", "--json")
+    assert rc == 0, err
+    assert [e["epoch"] for e in json.loads(out)["epochs"]] == [1]
+    ck = tmp_path / "ck.pt"
+    for extra, option in ((["--checkpoint", ck], "--checkpoint"),
+                          (["--resume", ck], "--resume")):
+        assert_cli_error(run_cli(capsys, "train", train_tsv, "--max-steps", "3", *extra),
+                         "train", f"does not go with {option}")
+    assert not ck.exists()
+    assert_cli_error(run_cli(capsys, "train", train_tsv, "--max-steps", "0"), "train",
+                     "--max-steps must be positive")
+    with pytest.raises(ConfigError, match="max_steps .* and checkpoint"):
+        GRU4Rec(**dict(BASE, n_epochs=1)).fit(train, progress=False, max_steps=3,
+                                              checkpoint=ck)
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        GRU4Rec(**dict(BASE, n_epochs=1)).fit(train, progress=False, max_steps=0)
+    est = GRU4Rec(**BASE).fit(train, progress=False, max_steps=4)
+    assert [(s.epoch, s.n_steps) for s in est.history] == [(1, 4)]
+    assert not ck.exists()
+
+
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                    (signal.SIGTERM, 143, "terminated")])
 def test_cli_interrupt_names_the_checkpoint(data, tmp_path, signum, status, word):

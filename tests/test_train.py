@@ -126,3 +126,37 @@ def test_fit_trains_the_epochs_asked_for(trainer_cls):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="n_epochs must be a non-negative integer"):
             trainer.fit(data, n_epochs=bad, progress=False)
+
+
+@pytest.mark.parametrize("trainer_cls", [Trainer, FastTrainer])
+def test_fit_max_steps_is_a_budget_over_all_epochs(trainer_cls):
+    # a trial run: max_steps counts steps across epochs; the epoch it ends in is cut short and
+    # the later ones are not begun
+    data = SessionData.from_arrays(np.repeat(np.arange(30), 3), np.arange(90) % 11,
+                                   np.arange(90, dtype=float))
+    cfg = GRU4RecConfig(layers=(4,), batch_size=4, n_sample=3, n_epochs=3)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = GRU4RecModel(data.n_items, (4,), "shared")
+        return model, trainer_cls(model, cfg, data.supports, torch.device("cpu"))
+
+    model, trainer = fresh()
+    (whole,) = trainer.fit(data, n_epochs=1, progress=False)
+    full_state = {k: v.clone() for k, v in model.state_dict().items()}
+    S = whole.n_steps
+    assert whole.n_events == 60 and S > 5
+    # exactly one epoch's steps: the same training as n_epochs=1, nothing of epoch 2
+    model, trainer = fresh()
+    assert [(s.epoch, s.n_steps) for s in trainer.fit(data, progress=False, max_steps=S)] \
+        == [(1, S)]
+    assert all(torch.equal(full_state[k], v) for k, v in model.state_dict().items())
+    # S + 5: epoch 2 cut after 5 steps (each step here trains at most 4 lanes, one event each)
+    model, trainer = fresh()
+    hist = trainer.fit(data, progress=False, max_steps=S + 5)
+    assert [(s.epoch, s.n_steps) for s in hist] == [(1, S), (2, 5)]
+    assert 5 <= hist[1].n_events <= 20
+    assert not all(torch.equal(full_state[k], v) for k, v in model.state_dict().items())
+    for bad in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+            trainer.fit(data, progress=False, max_steps=bad)
