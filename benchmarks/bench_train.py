@@ -3,7 +3,9 @@
 CPU: the reference loop's step (fastgru4rec.train.Trainer.train_step) at the RSC15 setting (batch 32,
 100 units, 2048 shared negatives, cross-entropy with logQ) on synthetic data and on
 rsc15-sample, and a 60-step epoch slice (schedule included) on rsc15-sample by the reference
-loop and by the fast engine (its explicit-backward fused step), in one group.
+loop and by the fast engine (its explicit-backward fused step), in one group; and the fast
+engine's epoch slice over synthetic catalogs of 20K, 200K and 2M items (the growth of a step's
+time with N, the 20K catalog the baseline).
 GPU (skipped without CUDA): up to 1,000 steps of the training loop on rsc15-sample at the engine issue's sizes
 (fastgru4rec.bench.GPU_TRAIN_SIZES), the reference loop on the device as the baseline and the
 fast engine (fastgru4rec.engine.FastTrainer), in one group so the speed-up is measured in the
@@ -91,6 +93,59 @@ def test_epoch_slice_rsc15(benchmark, rsc15_sample, engine):
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info["batches_per_s_last_round"] = stats["s"].batches_per_s
     benchmark.extra_info["events_per_s_last_round"] = stats["s"].events_per_s
+
+
+_CATALOG_SIZES = [20_000, 200_000, 2_000_000]
+
+
+@pytest.fixture(scope="module")
+def catalog_data():
+    """n_items -> synthetic training SessionData whose catalog really holds n_items items: the
+    same 40,000 generated sessions (~160K events, Zipf 0.9 popularity), then every item once
+    more in two-event sessions after them. The timed steps never reach those (they come last
+    in time); they put the whole catalog in the model and, at support 1 each, spread the
+    sampler's negatives over the whole table, as a long tail does."""
+    import numpy as np
+
+    from fastgru4rec.data import SessionData
+    from fastgru4rec.synthetic import synthetic_events
+
+    out = {}
+    for n in _CATALOG_SIZES:
+        sessions, items, times = synthetic_events(n_items=n, n_sessions=40_000, zipf=0.9, seed=3)
+        filler = np.arange(n)
+        out[n] = SessionData.from_arrays(
+            np.concatenate([sessions, np.char.add("fill", (filler // 2).astype(str))]),
+            np.concatenate([items, np.char.add("i", filler.astype(str))]),
+            np.concatenate([times, times.max() + 1.0 + filler]), source=f"<{n:,} items>")
+        assert out[n].n_items == n
+    return out
+
+
+@pytest.mark.parametrize("n_items", _CATALOG_SIZES)
+@pytest.mark.benchmark(group="cpu-epoch-slice-catalog-size")
+def test_epoch_slice_catalog_size(benchmark, catalog_data, n_items):
+    """How the fast engine's step time grows with the catalog at the RSC15 setting: a step
+    touches only its own rows (inputs, targets, 2,048 negatives; sparse updates), so its work
+    is the same at every N and only cache misses on the larger table's scattered rows add
+    time. 100 steps of train_epoch per round; the 20K-item catalog is the baseline, so each
+    larger one's ratio (below 1: slower) is measured in the same run."""
+    if "fast" not in available_engines():
+        pytest.skip("the fast engine is not present")
+    train = catalog_data[n_items]
+    steps = 100
+    trainer = _trainer(train, RSC15, "cpu", engine="fast", store_steps=4 * (steps + 10))
+    stats = {}
+
+    def run():
+        stats["s"] = trainer.train_epoch(train, 0, progress=False, max_steps=steps)
+
+    if n_items == _CATALOG_SIZES[0]:
+        benchmark.extra_info["baseline"] = f"{n_items:,} items"
+    benchmark.extra_info.update(steps=steps, data="synthetic", n_items=train.n_items,
+                                n_events=train.n_events)
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["batches_per_s_last_round"] = stats["s"].batches_per_s
 
 
 # ------------------------------------------------------------------------ GPU
