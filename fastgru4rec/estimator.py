@@ -233,7 +233,7 @@ class GRU4Rec:
             raise DataError(f"{path}: a model file without training state; resume needs a "
                             "checkpoint (written by fit(checkpoint=...) or train --checkpoint)")
         est = cls._from_payload(payload, path, device)
-        payload["state_dict"] = None    # copied into est.model: the file's copy can go now
+        payload["state_dict"] = None    # est.model holds those tensors now (or their copies)
         done = training.get("epochs_done")
         history = training.get("history")
         if not (type(done) is int and type(training.get("n_events")) is int
@@ -506,19 +506,21 @@ class GRU4Rec:
             est.supports = payload["supports"].numpy()
             if est.item_ids.ndim != 1 or est.supports.shape != est.item_ids.shape:
                 raise ValueError("item map and supports disagree")
-            est.model = est.build_model(len(est.item_ids), initialize=False)
-            # each parameter in the dtype it was saved in (load_state_dict copies into the
-            # model's own dtypes: a bf16 model came back as float32)
             saved = payload["state_dict"]
             mixed = _mixed_float_dtypes(saved)
             if mixed:
                 # one model computes in one dtype (a float64 bias or a bf16 table beside
                 # float32 weights fails at the first product, far from the file)
                 raise ValueError(f"parameters of mixed dtypes {mixed}")
-            for pname, param in est.model.named_parameters():
-                if pname in saved and saved[pname].is_floating_point():
-                    param.data = param.data.to(saved[pname].dtype)
-            est.model.load_state_dict(saved)   # strict: every tensor filled
+            # Built on the CPU without initialising (its tables are allocated, never written,
+            # so they take no memory), then the file's tensors become its parameters
+            # (assign=True: no copy, so the tables are held once, not twice as a copying load
+            # would, and each keeps the dtype it was saved in). Strict: every tensor filled,
+            # shapes checked. Then moved to the device (no-op on the CPU).
+            model = est.build_model(len(est.item_ids), initialize=False,
+                                    device=torch.device("cpu"))
+            model.load_state_dict(saved, assign=True)
+            est.model = model.to(est.device)
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a tampered or truncated payload: one line, naming the file
             raise DataError(f"{path}: inconsistent model file ({type(e).__name__}: "

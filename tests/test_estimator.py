@@ -211,6 +211,28 @@ def test_a_model_loads_in_the_dtype_it_was_saved_in(small, tmp_path, dtype):
         model.recommend([str(model.item_ids[0])], k=3)
 
 
+def test_load_holds_the_files_tensors_once(fitted, tmp_path, monkeypatch):
+    # a large catalog's tables are held once: the file's tensors become the model's
+    # parameters (no copy into a second allocation), still trainable Parameters
+    fitted.save(tmp_path / "m.pt")
+    read = {}
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        read["payload"] = real_load(*args, **kwargs)
+        return read["payload"]
+
+    monkeypatch.setattr(torch, "load", spy)
+    loaded = GRU4Rec.load(tmp_path / "m.pt")
+    saved = read["payload"]["state_dict"]
+    params = dict(loaded.model.named_parameters())
+    assert params.keys() == saved.keys()
+    for name, p in params.items():
+        assert isinstance(p, torch.nn.Parameter) and p.requires_grad, name
+        assert p.data_ptr() == saved[name].data_ptr(), name
+        assert torch.equal(p, fitted.model.state_dict()[name]), name
+
+
 def test_a_model_of_mixed_dtypes_is_neither_saved_nor_loaded(small, tmp_path):
     """bf16 item tables beside an fp32 GRU cannot score (the first product fails, far from
     the file): save refuses to write it, load refuses such a file, each in one line."""
