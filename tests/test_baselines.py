@@ -578,3 +578,31 @@ def test_itemknn_tensors_share_the_similarity_matrix_memory(train):
     for t, a in ((m._indptr, S.indptr), (m._indices, S.indices), (m._data, S.data)):
         assert np.shares_memory(t.numpy(), a)
     assert m._data.dtype == torch.float64
+
+
+def test_evaluate_default_mode_is_conservative(train, test):
+    # POP's ranks (test_pop_ranks, by hand) with ties: conservative [3, 2, 5, 5, 2, 5],
+    # standard [3, 1, 4, 4, 1, 4]. evaluate() without a mode must give the conservative ones.
+    res = POP().fit(train).evaluate(test, cutoffs=(1, 2, 3, 5))
+    assert res["mode"] == "conservative"
+    want_recall, want_mrr = _metrics([3, 2, 5, 5, 2, 5])
+    std_recall, std_mrr = _metrics([3, 1, 4, 4, 1, 4])
+    assert (want_recall, want_mrr) != (std_recall, std_mrr)   # the two modes differ here
+    for k in (1, 2, 3, 5):
+        assert res["recall"][k] == pytest.approx(want_recall[k], abs=1e-12), k
+        assert res["mrr"][k] == pytest.approx(want_mrr[k], abs=1e-12), k
+    # by hand: recall@2 = 2/6 (the two rank-2 points), mrr@2 = (1/2 + 1/2) / 6
+    assert res["recall"][2] == pytest.approx(1 / 3) and res["mrr"][2] == pytest.approx(1 / 6)
+
+
+def test_supports_are_counted_from_the_training_events_not_the_item_map(train):
+    # Training data mapped with another, larger catalog (train's: a..e, supports 3 3 2 1 1):
+    # its SessionData.supports are train's, but the baseline must count its own events.
+    #   X: c c    Y: d c d    -> a 0, b 0, c 3, d 2, e 0 (by hand)
+    other = _data([("X", "cc"), ("Y", "dcd")], item_map=train)
+    assert list(other.supports) == [3, 3, 2, 1, 1]       # the map's, not these events'
+    pop = POP().fit(other)
+    assert pop.supports.tolist() == [0, 0, 3, 2, 0]
+    # POP: supp/(1+supp) for supported items, 0 for the rest
+    np.testing.assert_allclose(pop.score_prefix([C]), [0, 0, 3 / 4, 2 / 3, 0])
+    assert pop.item_map().supports.tolist() == [0, 0, 3, 2, 0]

@@ -587,6 +587,18 @@ def test_checkpoint_never_overwrites_the_validation_file_and_resume_knows_its_da
     assert reordered.n_events == train.n_events and reordered.item_ids is train.item_ids
     with pytest.raises(DataError, match="other sessions or other items in them"):
         GRU4Rec.resume(ck, reordered, n_epochs=2, progress=False, save_checkpoint=False)
+    # the same sessions, lengths and item counts, two items of one session swapped
+    lo = int(train.offsets[np.flatnonzero(
+        (train.session_lengths >= 2)
+        & (train.items[train.offsets[:-1]] != train.items[np.minimum(train.offsets[:-1] + 1,
+                                                                      train.n_events - 1)]))[0]])
+    items = train.items.copy()
+    items[[lo, lo + 1]] = items[[lo + 1, lo]]
+    assert items[lo] != train.items[lo] and np.array_equal(np.sort(items), np.sort(train.items))
+    swapped = SessionData(train.offsets, items, train.times, train.session_ids, train.item_ids,
+                          train.supports)
+    with pytest.raises(DataError, match="other sessions or other items in them"):
+        GRU4Rec.resume(ck, swapped, n_epochs=2, progress=False, save_checkpoint=False)
     # a checkpoint written before the fingerprint existed resumes on the count and map checks
     payload = torch.load(ck, weights_only=True)
     assert len(payload["training"].pop("data_fingerprint")) == 32

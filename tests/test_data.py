@@ -386,3 +386,37 @@ def test_reads_hand_pyarrows_unused_memory_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pa, "default_memory_pool", lambda: OldPool())
     assert read_sessions(tsv).n_events == len(ROWS)
+
+
+# Datetime times, by hand: 2014-04-01T00:00:00 UTC is 1396310400 unix seconds (16161 days of
+# 86400 s since 1970-01-01); fractions as written; one day later adds 86400.
+_T0_2014 = 1396310400.0
+_DATETIMES = {
+    "s": (["2014-04-01T00:00:00", "2014-04-01T00:00:02", "2014-04-02T00:00:01"],
+          [_T0_2014, _T0_2014 + 2, _T0_2014 + 86400 + 1]),
+    "ms": (["2014-04-01T00:00:00", "2014-04-01T00:00:01.500", "2014-04-02T00:00:00.250"],
+           [_T0_2014, _T0_2014 + 1.5, _T0_2014 + 86400.25]),
+    "us": (["2014-04-01T00:00:00", "2014-04-01T00:00:01.500000", "2014-04-02T00:00:00.250000"],
+           [_T0_2014, _T0_2014 + 1.5, _T0_2014 + 86400.25]),
+    "ns": (["2014-04-01T00:00:00", "2014-04-01T00:00:01.500000000",
+            "2014-04-02T00:00:00.250000000"],
+           [_T0_2014, _T0_2014 + 1.5, _T0_2014 + 86400.25]),
+}
+
+
+@pytest.mark.parametrize("unit", sorted(_DATETIMES))
+@pytest.mark.parametrize("kind", ["dataframe", "table"])
+def test_datetime_times_are_unix_seconds(unit, kind):
+    text, seconds = _DATETIMES[unit]
+    stamps = np.array(text, dtype=f"datetime64[{unit}]")
+    if kind == "dataframe":
+        source = pd.DataFrame({"SessionId": ["s"] * 3, "ItemId": ["i", "j", "k"], "Time": stamps})
+        assert str(source["Time"].dtype) == f"datetime64[{unit}]"
+    else:
+        source = pa.table({"SessionId": ["s"] * 3, "ItemId": ["i", "j", "k"],
+                           "Time": pa.array(stamps, type=pa.timestamp(unit))})
+    # ns counts pass 2^53: the nearest float64 (about 0.2 us apart here)
+    events = read_events(source)
+    assert events.column("time").to_pylist() == pytest.approx(seconds, rel=0, abs=1e-6)
+    d = read_sessions(source)
+    assert d.times.tolist() == pytest.approx(seconds, rel=0, abs=1e-6)

@@ -130,3 +130,27 @@ def test_test_data_without_an_evaluation_point_is_refused():
                                    np.array([0.0, 1.0]), item_map=item_map)
     with pytest.raises(DataError, match="no evaluation points"):
         evaluate_model(_model("shared"), data, CUTOFFS)
+
+
+def test_default_mode_is_conservative():
+    # A model whose scores are its item biases (item_weight = 0: score = h . 0 + bias, exact):
+    # bias 1 for items 3 and 4, 0 for the 21 others. One test session 0, 3, 4, 5 gives three
+    # targets, by hand (g = #items scoring higher, q = #items tied with the target, itself
+    # included): 3: g 0, q 2; 4: g 0, q 2; 5: g 2, q 21.
+    #   conservative (g + q): 2, 2, 23    standard (g + 1): 1, 1, 3
+    # evaluate_model without a mode must give the conservative metrics.
+    model = _model("shared")
+    with torch.no_grad():
+        model.item_weight.zero_()
+        model.item_bias.zero_()
+        model.item_bias[3] = model.item_bias[4] = 1.0
+    item_map = SessionData.item_map_only([str(i) for i in range(N_ITEMS)], np.ones(N_ITEMS))
+    data = SessionData.from_arrays(np.array(["s"] * 4), np.array(["0", "3", "4", "5"]),
+                                   np.arange(4.0), item_map=item_map)
+    got = evaluate_model(model, data, CUTOFFS)
+    assert got["mode"] == "conservative" and got["n_events"] == 3
+    assert got["recall"] == pytest.approx({1: 0.0, 2: 2 / 3, 5: 2 / 3, 10: 2 / 3}, abs=1e-12)
+    assert got["mrr"] == pytest.approx({1: 0.0, 2: 1 / 3, 5: 1 / 3, 10: 1 / 3}, abs=1e-12)
+    # the same data in standard mode differs (ranks 1, 1, 3): the ties decide
+    std = evaluate_model(model, data, CUTOFFS, "standard")
+    assert std["recall"] == pytest.approx({1: 2 / 3, 2: 2 / 3, 5: 1.0, 10: 1.0}, abs=1e-12)

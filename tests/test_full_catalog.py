@@ -51,16 +51,18 @@ def _dense_full_catalog_step(model, cfg, inp, tgt, hidden):
     return model, loss.item()
 
 
+@pytest.mark.parametrize("lanes", [5, 3])   # full width, and the shrinking tail (b < B = 5)
 @pytest.mark.parametrize("step", ["reference", "fixed-shape"])
 @pytest.mark.parametrize("mode", ["shared", "separate", "onehot"])
-def test_full_catalog_step_equals_dense_autograd(mode, step):
+def test_full_catalog_step_equals_dense_autograd(mode, step, lanes):
     N = 30
     cfg = GRU4RecConfig(layers=(6,), loss="cross-entropy", batch_size=5, n_sample="all",
                         learning_rate=0.1, momentum=0.3, embedding=7 if mode == "separate" else 0,
                         constrained_embedding=(mode == "shared"))
     model = GRU4RecModel(N, cfg.layers, mode, 7, seed=4).double()
     inp, tgt = torch.tensor([3, 3, 8, 0, 29]), torch.tensor([1, 3, 3, 9, 0])   # repeats
-    hidden = [torch.randn(5, 6, dtype=torch.float64)]
+    inp, tgt = inp[:lanes], tgt[:lanes]      # the loss stays divided by B, not b
+    hidden = [torch.randn(lanes, 6, dtype=torch.float64)]
     ref_model, ref_loss = _dense_full_catalog_step(model, cfg, inp, tgt, hidden)
     supports = np.arange(1, N + 1)
     if step == "reference":
@@ -69,10 +71,11 @@ def test_full_catalog_step_equals_dense_autograd(mode, step):
         loss, new_hidden = trainer.train_step(inp, tgt, hidden)
     else:
         trainer = FastTrainer(model, cfg, supports, CPU)
-        loss, new_hidden = trainer.fixed_step(inp, tgt, torch.ones(5, 1, dtype=torch.float64),
+        loss, new_hidden = trainer.fixed_step(inp, tgt,
+                                              torch.ones(lanes, 1, dtype=torch.float64),
                                               None, hidden)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-12)
-    assert new_hidden[0].shape == (5, 6)
+    assert new_hidden[0].shape == (lanes, 6)
     for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), name
     assert not torch.equal(model.item_weight, GRU4RecModel(N, cfg.layers, mode, 7,

@@ -237,3 +237,43 @@ def test_cli_column_options(tmp_path, capsys):
                               "--item-key", "item", "--time-key", "ts"])
     assert args.func(args) == 0
     assert (tmp_path / "out" / "test.tsv").read_text().splitlines() == expected_lines("test")
+
+
+def test_session_ending_exactly_one_day_before_the_last_event_goes_to_test(tmp_path):
+    # The rule: test = sessions whose last event time is >= tmax - 86400 (inclusive bound).
+    # By hand, with min_item_support=1 (no item is dropped):
+    #   s1 [x, y]  0, 10                   ends long before          -> train_full
+    #   s2 [x, y]  500, 1000               ends at exactly tmax - D  -> test (the boundary)
+    #   s3 [y, x]  999, 999.999            ends 1 ms before tmax - D -> train_full
+    #   s4 [x, y]  D + 900, D + 1000       holds tmax = D + 1000     -> test
+    rows = [("s1", "x", 0), ("s1", "y", 10), ("s2", "x", 500), ("s2", "y", 1000),
+            ("s3", "y", 999), ("s3", "x", 999.999), ("s4", "x", D + 900), ("s4", "y", D + 1000)]
+    src = tmp_path / "clicks.tsv"
+    src.write_text("SessionId\tItemId\tTime\n"
+                   + "".join(f"{s}\t{i}\t{T0 + t:.3f}\n" for s, i, t in rows))
+    stats = preprocess_rsc15(src, tmp_path / "out", min_item_support=1, progress=False)
+    sessions = {name: [line.split("\t")[0] for line in
+                       (tmp_path / "out" / f"{name}.tsv").read_text().splitlines()[1:]]
+                for name in ("train_full", "test")}
+    assert sessions["test"] == ["s2", "s2", "s4", "s4"]
+    assert sessions["train_full"] == ["s1", "s1", "s3", "s3"]
+    assert stats["test"] == {"events": 4, "sessions": 2, "items": 2}
+
+
+def test_times_are_written_rounded_to_the_millisecond_not_truncated(tmp_path):
+    # Times given with 3 decimals must be written back as given. 1.005, -1.005 and 1.001 are
+    # not exact in binary: times * 1000 is 1004.999..., -1004.999... and 1000.999..., which
+    # truncation would write as 1.004, -1.004 and 1.000. Small times (seconds near the epoch)
+    # are fine: the split only needs seconds. By hand (min_item_support=1): tmax = 200000.5,
+    # tmax - D = 113600.5, so s1 and s2 are train_full and s3 is test.
+    rows = [("s1", "x", "-1.005"), ("s1", "y", "1.005"),
+            ("s2", "x", "1.001"), ("s2", "y", "2.5"),
+            ("s3", "x", "200000.25"), ("s3", "y", "200000.5")]
+    src = tmp_path / "clicks.tsv"
+    src.write_text("SessionId\tItemId\tTime\n" + "".join(f"{s}\t{i}\t{t}\n" for s, i, t in rows))
+    preprocess_rsc15(src, tmp_path / "out", min_item_support=1, progress=False)
+    assert (tmp_path / "out" / "train_full.tsv").read_text().splitlines() == [
+        "SessionId\tItemId\tTime", "s1\tx\t-1.005", "s1\ty\t1.005", "s2\tx\t1.001",
+        "s2\ty\t2.500"]
+    assert (tmp_path / "out" / "test.tsv").read_text().splitlines() == [
+        "SessionId\tItemId\tTime", "s3\tx\t200000.250", "s3\ty\t200000.500"]
