@@ -562,7 +562,19 @@ def _read_training_data(data, read_kw: Dict, method: str) -> SessionData:
     if unknown:
         raise TypeError(f"{method}() got unexpected keyword argument(s) {unknown} (options "
                         f"for reading the data: {', '.join(_READ_KW)})")
-    return as_session_data(data, **read_kw)
+    train = as_session_data(data, **read_kw)
+    # Supports are the training events' own counts (the sampler's weights, logQ). A SessionData
+    # read with another item map (read_sessions(..., item_map=full)) carries that map's counts.
+    counts = np.bincount(train.items, minlength=train.n_items).astype(np.int64)
+    if not np.array_equal(counts, train.supports):
+        train = dataclasses.replace(train, supports=counts)
+        unseen = int(np.count_nonzero(counts == 0))
+        if unseen:
+            warnings.warn(f"{train.source}: mapped with another item map, {unseen:,} of whose "
+                          f"{train.n_items:,} items have no event here: they are in the model "
+                          f"but never trained as a target (their supports are counted from "
+                          f"these events)", UserWarning, stacklevel=5)
+    return train
 
 
 def _validation(data, options: Optional[Dict], train: SessionData, read_kw: Dict):

@@ -759,3 +759,31 @@ def test_fit_warns_when_the_model_needs_more_memory_than_is_available(small, mon
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GRU4Rec(**FAST).fit(train, progress=False)
+
+
+def test_fit_counts_supports_from_its_own_events(small):
+    # training data read with another (larger) item map carries that map's supports: fit counts
+    # its own events' (the sampler's weights and logQ), and says which items have none
+    train, test = small
+    sub = read_sessions_like(test, item_map=train)          # test's events, train's catalog
+    assert np.array_equal(sub.supports, train.supports)
+    counts = np.bincount(sub.items, minlength=sub.n_items)
+    unseen = int((counts == 0).sum())
+    assert unseen > 0
+    with pytest.warns(UserWarning, match=f"{unseen:,} of whose {sub.n_items:,} items have no "
+                                         "event here") as record:
+        model = GRU4Rec(**FAST).fit(sub, progress=False)
+    assert record[0].filename == __file__          # points at the caller's line
+    assert model.supports.tolist() == counts.tolist()
+    # data read on its own is taken as it is, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own = GRU4Rec(**FAST).fit(train, progress=False)
+    assert own.supports is train.supports
+
+
+def read_sessions_like(data, item_map):
+    from fastgru4rec.data import SessionData
+
+    return SessionData.from_arrays(np.repeat(data.session_ids, data.session_lengths),
+                                   data.item_ids[data.items], data.times, item_map=item_map)
