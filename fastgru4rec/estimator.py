@@ -569,7 +569,8 @@ def _read_training_data(data, read_kw: Dict, method: str) -> SessionData:
     if not np.array_equal(counts, train.supports):
         train = dataclasses.replace(train, supports=counts)
         unseen = int(np.count_nonzero(counts == 0))
-        if unseen:
+        # (resume: the data is checked to be the fit's next, and the fit has said it)
+        if unseen and method == "fit":
             warnings.warn(f"{train.source}: mapped with another item map, {unseen:,} of whose "
                           f"{train.n_items:,} items have no event here: they are in the model "
                           f"but never trained as a target (their supports are counted from "
