@@ -75,6 +75,30 @@ def test_glorot_init_per_gate_block_and_zero_biases():
     assert not torch.equal(model.item_weight, other.item_weight)
 
 
+def test_onehot_input_table_glorot_per_gate_column_block():
+    # the one-hot input table (N, 3H) is the first layer's W_x: each gate's (N, H) column block
+    # drawn with its own Glorot bound sqrt(6 / (N + H))
+    N, H = 500, 64
+    model = GRU4RecModel(n_items=N, layers=(H,), embedding_mode="onehot")
+    bound = math.sqrt(6 / (N + H))
+    for block in model.input_table.detach().chunk(3, dim=1):
+        assert block.shape == (N, H)
+        assert block.abs().max() <= bound and block.abs().max() > 0.9 * bound
+    assert torch.all(model.input_bias == 0)
+
+
+def test_score_of_chosen_items_takes_their_own_rows_and_biases():
+    model = GRU4RecModel(n_items=40, layers=(6,), embedding_mode="shared").double()
+    with torch.no_grad():
+        model.item_bias.copy_(torch.randn(40, dtype=torch.float64))
+    h = torch.randn(3, 6, dtype=torch.float64)
+    Y = torch.tensor([31, 2, 31, 0, 17])                     # repeats, out of order
+    W, b = model.item_weight.detach().numpy(), model.item_bias.detach().numpy()
+    expect = h.numpy() @ W[Y.numpy()].T + b[Y.numpy()]
+    np.testing.assert_allclose(model.score(h, item_idx=Y).detach().numpy(), expect, rtol=1e-12)
+    np.testing.assert_allclose(model.score(h).detach().numpy(), h.numpy() @ W.T + b, rtol=1e-12)
+
+
 def test_onehot_first_layer_gathers_table_rows():
     model = GRU4RecModel(n_items=30, layers=(6,), embedding_mode="onehot").double()
     items = torch.tensor([3, 7, 3])

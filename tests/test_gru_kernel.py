@@ -111,6 +111,25 @@ def test_step_forward_and_gradients_match_float64_reference(variant, mode, b, H,
         assert abs(frac - p_out) < 0.1 + 3 / (b * H) ** 0.5, frac
 
 
+def test_integer_reset_and_no_input_dropout_on_projection_rows():
+    """reset may be an integer tensor (nonzero: restart), on both backends; and dropout_in
+    leaves projection rows (weight_ih None: one-hot table rows) alone, as documented: the same
+    step as with dropout_in = 0 (its output dropout, of the same seed and stream, unchanged)."""
+    g = torch.Generator().manual_seed(11)
+    args, idx, reset = make_layer(g, "original", "onehot", 12, 16, 0, 7)
+    as_int = reset.long() * torch.randint(1, 4, (12,), generator=g)    # 0 or 1..3
+    kw = dict(idx=idx, dropout_out=0.25, seed=77, stream=1)
+    ref = G.gru_step_fused_reference(variant="original", **args, reset=reset, **kw)
+    assert torch.equal(G.gru_step_fused_reference(variant="original", **args, reset=as_int,
+                                                  dropout_in=0.3, **kw), ref)
+    k_args = {n: (t.to(DEV, torch.float32) if t is not None else None) for n, t in args.items()}
+    dkw = dict(kw, idx=idx.to(DEV))
+    for r, p_in in ((as_int, 0.0), (as_int, 0.3), (reset, 0.3)):
+        out = G.gru_step_fused(variant="original", **k_args, reset=r.to(DEV), dropout_in=p_in,
+                               **dkw, backend="triton", precision="ieee")
+        assert rel(out, ref) < TOL, (r.dtype, p_in)
+
+
 def test_gru_step_keeps_its_signature_and_dispatches():
     g = torch.Generator().manual_seed(3)
     b, H = 5, 20

@@ -133,7 +133,9 @@ def test_rank_and_topk_read_strided_tables_and_order_nan_like_the_reference():
 def test_topk_negative_zero_and_errors():
     h = torch.tensor([[1.0, 0.0]])
     W = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-0.0, 0.0]])
-    bias = torch.tensor([0.0, 1.0, -0.0, -1.0, 0.0])       # scores 0, 0, 0, 0, -0
+    # -0.0 in the inputs; every score is +0.0 all the same (a dot product summed from +0.0,
+    # plus a bias, is never -0.0): five exact ties, ranked by index
+    bias = torch.tensor([0.0, 1.0, -0.0, -1.0, 0.0])
     h, W, bias = h.to(DEV), W.to(DEV), bias.to(DEV)
     v, i = topk_scores(h, W, bias, 5, backend="triton", precision="ieee")
     assert i.tolist() == [[0, 1, 2, 3, 4]] and v.abs().sum() == 0

@@ -150,9 +150,12 @@ def test_logq_gathered_in_the_loss_kernel():
     h, W, bias, Y, _ = make_case(31, 20, 90, 24)
     log_support = torch.rand(W.shape[0], generator=torch.Generator().manual_seed(2),
                              dtype=torch.float64) * 5
+    # log q by hand: log support of each column, times alpha past the b = 20 in-batch columns
+    lq = log_support[Y].clone()
+    lq[20:] *= 0.3
+    assert torch.equal(lq, logq_columns(log_support, Y, 20, 0.3))
     ref = fused_sampled_loss_and_grads_reference(
-        h, W, bias, Y, "cross-entropy", logq=1.0, scale=0.5,
-        logq_per_column=logq_columns(log_support, Y, 20, 0.3))
+        h, W, bias, Y, "cross-entropy", logq=1.0, scale=0.5, logq_per_column=lq)
     out = fused_sampled_loss_and_grads(h.float().to(DEV), W.float().to(DEV),
                                        bias.float().to(DEV), Y.to(DEV), "cross-entropy",
                                        logq=1.0, scale=0.5, log_support=log_support.float().to(DEV),
@@ -160,6 +163,12 @@ def test_logq_gathered_in_the_loss_kernel():
     assert abs(float(out.loss) - float(ref.loss)) <= 2e-5 * abs(float(ref.loss))
     assert rel(out.dh, ref.dh) < 2e-5 and rel(out.d_rows, ref.d_rows) < 2e-5
     assert rel(out.d_bias_rows, ref.d_bias_rows) < 2e-5
+    # the torch backend takes the same log_support form (float64, so to rounding)
+    torch_out = fused_sampled_loss_and_grads(h, W, bias, Y, "cross-entropy", logq=1.0, scale=0.5,
+                                             log_support=log_support, sample_alpha=0.3,
+                                             backend="torch")
+    assert float(torch_out.loss) == pytest.approx(float(ref.loss), rel=1e-12)
+    assert rel(torch_out.dh, ref.dh) < 1e-12 and rel(torch_out.d_rows, ref.d_rows) < 1e-12
     # and it matters: without log q the loss differs
     plain = fused_sampled_loss_and_grads_reference(h, W, bias, Y, "cross-entropy", scale=0.5)
     assert abs(float(plain.loss) - float(ref.loss)) > 1e-3 * abs(float(ref.loss))
