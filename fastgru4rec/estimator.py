@@ -148,7 +148,10 @@ class GRU4Rec:
         trains a new model from scratch (a new item map, the seeded initialisation): it never
         continues an earlier fit or a loaded model (GRU4Rec.resume continues a checkpoint). The
         item map follows the events' order (first appearance), so the same events in another
-        row order give another (equally good) model.
+        row order give another (equally good) model. The item supports (the negative
+        sampler's weights, logQ) are counted from these events, also for a SessionData read
+        with another item map (whose items without an event here are then in the model,
+        with a warning).
         read_kw: session_key / item_key / time_key / sep for files and DataFrames; remembered as
         the defaults of evaluate() (not saved with the model).
         engine: "fast" (fastgru4rec.engine.FastTrainer: with the shared embedding and sampled
