@@ -337,6 +337,7 @@ class GRU4Rec:
         no evaluation point (no session with 2 known events: every metric would be a
         meaningless 0)."""
         self._require_fitted()
+        check_eval_batch_size(batch_size, "batch_size")   # before reading the test data
         test = as_session_data(test, item_map=self._item_map(), **{**self._read_kw, **read_kw})
         # evaluate_model refuses data without an evaluation point (require_evaluable)
         res = evaluate_model(self.model, test, cutoffs, mode, batch_size, self.device, progress)

@@ -72,7 +72,7 @@ def evaluate_session_steps(step_counts: Callable, test: SessionData, cutoffs: Se
     """
     from tqdm.auto import tqdm
 
-    check_eval_batch_size(int(batch_size), "evaluation batch_size")
+    check_eval_batch_size(batch_size, "evaluation batch_size")
     acc = MetricAccumulator(cutoffs, mode)
     require_evaluable(test)   # every caller: no evaluation point would give metrics of 0
     sched = build_schedule(test.offsets, test.items, batch_size, min_lanes=1)

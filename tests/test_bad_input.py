@@ -193,6 +193,25 @@ def test_atomic_write_errors_name_the_destination(tmp_path):
     assert isinstance(ei.value, OSError)   # callers catching OSError still do
 
 
+@pytest.mark.parametrize("error", [RuntimeError("writer failed"), KeyboardInterrupt(),
+                                   OSError(28, "No space left on device")],
+                         ids=["exception", "interrupt", "disk-full"])
+def test_atomic_write_failing_midway_keeps_the_old_file_and_no_temporary(tmp_path, error):
+    # the writer raises after writing part of the new content: the destination keeps its
+    # old bytes, no temporary file is left, and an OSError names the destination
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old content")
+    with pytest.raises(type(error)) as ei, atomic_write(path) as f:
+        f.write(b"new, partly written")
+        assert list(tmp_path.glob(".out.bin.*.tmp"))        # the write goes to a temporary
+        raise error
+    assert path.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    if isinstance(error, OSError):
+        assert isinstance(ei.value, WriteError)
+        assert str(ei.value).startswith(f"cannot write {path}: No space left on device")
+
+
 def test_bench_output_paths_checked_before_the_benchmark(capsys, monkeypatch, tmp_path):
     from fastgru4rec import bench
 

@@ -507,12 +507,14 @@ def _tamper(payload, how):
         del p["state_dict"]
     elif how == "config_not_a_dict":
         p["config"] = "layers=8"
+    elif how == "short_supports":                  # one support fewer than items
+        p["supports"] = p["supports"][:-1]
     return p
 
 
 @pytest.mark.parametrize("how", ["short_item_ids", "no_state_dict", "config_not_a_dict",
                                  "item_id_offsets_past_the_text", "item_id_offsets_decreasing",
-                                 "item_ids_not_utf8"])
+                                 "item_ids_not_utf8", "short_supports"])
 def test_load_rejects_inconsistent_payload_with_data_error(fitted, tmp_path, how):
     path = tmp_path / "m.pt"
     fitted.save(path)
@@ -653,6 +655,14 @@ def test_dataframe_with_integer_column_labels_and_remembered_keys():
     assert res == m.evaluate(df, session_key=0, item_key=1, time_key=2)
     assert res["n_events"] == 40 * 3
     assert m.recommend([1, 2], k=3) == m.recommend(["1", "2"], k=3)
+    # options given to evaluate override fit's: the same events under the default labels
+    named = df.set_axis(["SessionId", "ItemId", "Time"], axis=1)
+    assert m.evaluate(named, session_key="SessionId", item_key="ItemId", time_key="Time") == res
+    # its batch_size is checked, before the data is read
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match=r"batch_size must be an integer in \[1, "):
+            m.evaluate("no-such-file.tsv", batch_size=bad)
+    assert m.evaluate(df, batch_size=1)["n_events"] == res["n_events"]
 
 
 def test_evaluate_without_evaluation_points_is_an_error(small):

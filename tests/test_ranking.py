@@ -190,3 +190,25 @@ def test_topk_dense_at_k_equal_n_and_empty_batch():
                                                      topk_scores_reference(h, W, bias, k)))
     v, i = topk_scores_dense(h[:0], W, bias, 2)
     assert v.shape == (0, 2) and i.shape == (0, 2) and i.dtype == torch.int64
+
+
+def test_topk_dense_redo_when_tile_picks_among_ties_are_arbitrary(monkeypatch):
+    # torch.topk promises no order among ties; on the CPU it happens to return the lowest
+    # index, which hides the redo path (rows whose tile picked arbitrarily among ties at the
+    # k-th score are ranked again in chunks of rows). Ties broken to the HIGHER index here:
+    # every row is redone, over several chunks, and must still equal the full stable sort.
+    real = torch.topk
+
+    def ties_to_the_higher_index(s, k, dim=1):
+        v, i = real(s.flip(1), k, dim=dim)
+        return v, s.shape[1] - 1 - i
+
+    g = torch.Generator().manual_seed(0)
+    b, N, H, k = 9, 10_000, 4, 5
+    h = torch.randint(-2, 3, (b, H), generator=g).float()      # integer scores: many ties
+    W = torch.randint(-1, 2, (N, H), generator=g).float()
+    bias = torch.randint(-1, 2, (N,), generator=g).float()
+    want_v, want_i = topk_scores_reference(h, W, bias, k)
+    monkeypatch.setattr(torch, "topk", ties_to_the_higher_index)
+    v, i = topk_scores_dense(h, W, bias, k, max_elements=4096 * b)   # tiles, and 4-row chunks
+    assert torch.equal(i, want_i) and torch.equal(v, want_v)

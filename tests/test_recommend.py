@@ -14,7 +14,7 @@ from fastgru4rec import GRU4Rec
 from fastgru4rec.nn import GRU4RecModel
 from fastgru4rec.synthetic import synthetic_split
 
-from conftest import assert_cli_error, data_to_rows, run_cli, write_tsv
+from conftest import assert_cli_error, data_to_rows, run_cli, sessions_to_rows, write_tsv
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -175,8 +175,9 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
                                                                    res["items"])}
 
     # ids holding a tab, a line break or a quote are quoted as CSV readers expect
-    odd_ids = ["a\tb", 'q"x', "line\nbreak"]
-    names = {str(i): name for i, name in zip(model.item_ids[:3], odd_ids)}
+    odd_ids = ["a\tb", 'q"x', "line\nbreak", "car\rreturn"]
+    n_all = len(model.item_ids)                  # every item recommended: each odd id written
+    names = {str(i): name for i, name in zip(model.item_ids[:len(odd_ids)], odd_ids)}
     odd_model = copy.copy(model)
     odd_model.item_ids = np.array([names.get(str(i), str(i)) for i in model.item_ids],
                                   dtype=object)
@@ -188,17 +189,17 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
     import pyarrow as pa
     pq.write_table(pa.table({"SessionId": [r[0] for r in rows], "ItemId": [r[1] for r in rows],
                              "Time": [float(r[2]) for r in rows]}), odd_tsv)
-    assert run_cli(capsys, "recommend", odd_path, "--sessions", odd_tsv, "-k", "60", "-o",
+    assert run_cli(capsys, "recommend", odd_path, "--sessions", odd_tsv, "-k", str(n_all), "-o",
                    out_path, "-q")[0] == 0
     import pandas as pd
     back = pd.read_csv(out_path, sep="\t", dtype=str, keep_default_na=False)
-    want = GRU4Rec.load(odd_path).recommend_sessions(odd_tsv, k=60)
+    want = GRU4Rec.load(odd_path).recommend_sessions(odd_tsv, k=n_all)
     assert list(back["ItemId"]) == [i for row in want["items"] for i in row]
     assert set(back["SessionId"]) == {"s\t1"} and set(odd_ids) <= set(back["ItemId"])
     # one session to stdout: one id a line, quoted the same way
-    rc, out, err = run_cli(capsys, "recommend", odd_path, "-k", "60", str(model.item_ids[5]))
+    rc, out, err = run_cli(capsys, "recommend", odd_path, "-k", str(n_all), str(model.item_ids[5]))
     assert rc == 0, err
-    want = GRU4Rec.load(odd_path).recommend([str(model.item_ids[5])], k=60)
+    want = GRU4Rec.load(odd_path).recommend([str(model.item_ids[5])], k=n_all)
     assert set(odd_ids) <= set(want)
     lines = out.splitlines(keepends=True)
     assert list(csv.reader(lines, delimiter="\t")) == [[i] for i in want]
@@ -237,6 +238,37 @@ def test_cli_recommend_sessions(fitted, data, tmp_path, capsys):
                      "--batch-size must be an integer in")
     assert_cli_error(run_cli(capsys, "recommend", model_path, "--sessions",
                              tmp_path / "missing.tsv"), "recommend", "missing.tsv")
+
+
+def test_cli_recommend_sessions_exclude_seen_leaves_short_rows_out(tmp_path, capsys):
+    # a 3-item catalog and one test session holding 2 of them: with --exclude-seen and -k 3
+    # only the third item is left to recommend, in every output format (the two slots the
+    # exclusion emptied are not written: no "None" ids, no null entries)
+    import json
+
+    import pyarrow.parquet as pq
+
+    sessions = {f"t{j}": [["a", "b", "c"][(j + o) % 3] for o in range(3)] for j in range(12)}
+    train_tsv = write_tsv(tmp_path / "train.tsv", sessions_to_rows(sessions))
+    model = GRU4Rec(layers=[4], batch_size=4, n_sample=2, n_epochs=1).fit(train_tsv,
+                                                                          progress=False)
+    model_path = tmp_path / "m.pt"
+    model.save(model_path)
+    test_tsv = write_tsv(tmp_path / "test.tsv", sessions_to_rows({"s1": ["c", "a"]}))
+    run = ("recommend", model_path, "--sessions", test_tsv, "-k", "3", "--exclude-seen", "-q")
+    assert run_cli(capsys, *run, "-o", tmp_path / "r.tsv")[0] == 0
+    with open(tmp_path / "r.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert [r[:3] for r in rows] == [["SessionId", "Rank", "ItemId"], ["s1", "1", "b"]]
+    assert run_cli(capsys, *run, "-o", tmp_path / "r.parquet")[0] == 0
+    table = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [(r["SessionId"], r["Rank"], r["ItemId"]) for r in table] == [("s1", 1, "b")]
+    rc, out, err = run_cli(capsys, *run, "--json")
+    assert rc == 0, err
+    assert json.loads(out) == {"s1": ["b"]}
+    rc, out, err = run_cli(capsys, *run[:-2])       # without --exclude-seen: all three
+    assert rc == 0, err
+    assert sorted(r.split("\t")[2] for r in out.splitlines()[1:]) == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("mode", ["shared", "separate", "onehot"])
