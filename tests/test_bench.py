@@ -393,3 +393,78 @@ def test_bench_timed_evaluation_shows_progress_unless_quiet(monkeypatch, capsys,
                            warmup_steps=2, eval_batch_size=7, progress=progress)
     assert [p for _, p in seen] == [False, progress]      # the untimed warm-up: no bar
     assert ("evaluate" in capsys.readouterr().err) == progress
+
+
+@pytest.fixture(scope="module")
+def bench_two_epochs_json(tmp_path_factory):
+    """A tiny `bench --compare-reference --epochs 2`: two engines, two epochs each."""
+    out = tmp_path_factory.mktemp("bench2") / "out.json"
+    assert main(["bench", "train", *TINY, "--epochs", "2", "--compare-reference",
+                 "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_derived_fields_agree_with_the_raw_epochs(bench_two_epochs_json):
+    """Each run's totals and rates rebuilt by hand from its per-epoch records (and the eval's
+    seconds and points), and the eval's points from the test split itself."""
+    from fastgru4rec.synthetic import synthetic_split
+
+    d = bench_two_epochs_json
+    assert d["epochs"] == 2 and [r["engine"] for r in d["runs"]] == ["fast", "reference"]
+    _, test = synthetic_split(n_sessions=150, n_items=40)   # the data TINY's --synthetic makes
+
+    def approx(x):
+        return pytest.approx(x, rel=1e-9)
+
+    for run in d["runs"]:
+        eps = run["epochs"]
+        assert [e["epoch"] for e in eps] == [1, 2]
+        # each epoch is cut at --max-steps 6, full-width (B=8 lanes, 150 sessions) throughout
+        assert [e["n_steps"] for e in eps] == [6, 6] and [e["n_events"] for e in eps] == [48, 48]
+        seconds = eps[0]["seconds"] + eps[1]["seconds"]
+        assert run["n_steps"] == 12 and run["n_events"] == 96
+        assert run["train_seconds"] == approx(seconds)
+        assert run["epoch_seconds"] == approx(seconds / 2)
+        assert run["batches_per_s"] == approx(12 / seconds)
+        assert run["events_per_s"] == approx(96 / seconds)
+        assert run["ms_per_step"] == approx(1000.0 * seconds / 12)
+        # the loss after training, not the first epoch's (two epochs differ)
+        assert eps[0]["loss"] != eps[1]["loss"]
+        assert run["final_loss"] == eps[1]["loss"]
+        ev = run["eval"]
+        assert ev["n_points"] == test.n_events - test.n_sessions
+        assert ev["points_per_s"] == approx(ev["n_points"] / ev["seconds"])
+    fast, ref = d["runs"]
+    # the speed-up is the fast engine's mini-batches/s over the reference's, from raw seconds
+    fast_bps = 12 / (fast["epochs"][0]["seconds"] + fast["epochs"][1]["seconds"])
+    ref_bps = 12 / (ref["epochs"][0]["seconds"] + ref["epochs"][1]["seconds"])
+    assert fast_bps != pytest.approx(ref_bps, rel=1e-6)    # else a swapped ratio reads the same
+    assert d["speedup_vs_reference"]["train"] == approx(fast_bps / ref_bps)
+    # the flat headline numbers are the primary (fast) run's
+    assert d["engine"] == "fast"
+    assert d["batches_per_s"] == approx(fast_bps)
+    assert d["events_per_s"] == approx(96 / (12 / fast_bps))
+    assert d["epoch_seconds"] == approx(6 / fast_bps)
+    assert d["eval_seconds"] == fast["eval"]["seconds"]
+
+
+def test_bench_speedup_is_fast_over_reference_with_known_rates(monkeypatch):
+    """run_bench's ratio with the measurements replaced by known ones: the fast engine at
+    500 mini-batches/s, the reference at 200 -> x2.5 (not 0.4, not 1)."""
+    from fastgru4rec import bench
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.synthetic import synthetic_split
+
+    rates = {"fast": 500.0, "reference": 200.0}
+
+    def fake(train, test, config, device, engine, *a, **kw):
+        return {"engine": engine, "batches_per_s": rates[engine], "events_per_s": 1.0,
+                "epoch_seconds": 1.0, "eval": None}
+
+    monkeypatch.setattr(bench, "measure_training", fake)
+    monkeypatch.setattr(bench, "environment_info", lambda device: {"device": "cpu"})
+    train, test = synthetic_split(n_sessions=50, n_items=20)
+    cfg = GRU4RecConfig(layers=[8], batch_size=8, n_sample=4)
+    out = bench.run_bench(train, test, cfg, "cpu", engine="fast", compare_reference=True)
+    assert [r["engine"] for r in out["runs"]] == ["fast", "reference"]
+    assert out["speedup_vs_reference"] == {"train": pytest.approx(2.5)}

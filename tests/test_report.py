@@ -238,3 +238,43 @@ def test_ratio_chart_has_a_log_axis(report, tmp_path, monkeypatch):
     assert (tmp_path / "c.png").is_file()
     throughput, ratios = figures[-1].axes
     assert throughput.get_xscale() == "linear" and ratios.get_xscale() == "log"
+
+
+# ------------------------------------------------------------------------ 7. speed-up columns
+def test_train_rows_show_the_speedup_on_the_fast_row_only(report):
+    """A --compare-reference result: fast at 500 mb/s, reference at 200 -> x2.50 beside the
+    fast run, "-" beside the reference run (its ratio to itself is not shown)."""
+    doc = train_doc("cmp", CPU_ENV, speedup_vs_reference={"train": 2.5})
+    ref = dict(doc["runs"][0], engine="reference", batches_per_s=200.0, events_per_s=6000.0,
+               ms_per_step=5.0, epoch_seconds=12.5)
+    doc["runs"].append(ref)
+    head, rows = report.train_rows([("cmp.json", doc)])
+    col = head.index("speed-up vs ref.")
+    by_engine = {row[head.index("engine")]: row for row in rows}
+    assert set(by_engine) == {"fast", "reference"} and len(rows) == 2
+    assert by_engine["fast"][col] == "x2.50"
+    assert by_engine["reference"][col] == "-"
+    # the same in the rendered table
+    md = report.render([("cmp.json", doc)])[0]
+    lines = [ln for ln in md.splitlines() if ln.startswith("| cmp |")]
+    assert len(lines) == 2
+    assert lines[0].rstrip().endswith("| x2.50 |") and "| fast |" in lines[0]
+    assert lines[1].rstrip().endswith("| - |") and "| reference |" in lines[1]
+
+
+def test_bench_rows_put_the_ratio_on_the_compared_row_and_mark_baselines(report):
+    """pytest-benchmark rows: torch (marked baseline) 4 ms, triton 1 ms -> the triton row reads
+    "x4.00 vs torch", the torch row "baseline"; a group whose only member is a marked baseline
+    has nothing compared with it: "-"; an unmarked lone benchmark: "-"."""
+    def b(name, group, median, baseline=None):
+        return {"name": name, "group": group,
+                "extra_info": {"baseline": baseline} if baseline else {},
+                "stats": {"median": median, "iqr": median / 10, "rounds": 5}}
+    doc = {"machine_info": {}, "benchmarks": [
+        b("test_x[torch]", "g1", 0.004, baseline="torch"), b("test_x[triton]", "g1", 0.001),
+        b("test_alone[torch]", "g2", 0.002, baseline="torch"), b("test_single", "g3", 2e-6)]}
+    head, rows = report.bench_rows(doc)
+    col = head.index("speed-up (same run)")
+    got = {row[1]: row[col] for row in rows}
+    assert got == {"test_x[torch]": "baseline", "test_x[triton]": "x4.00 vs torch",
+                   "test_alone[torch]": "-", "test_single": "-"}
