@@ -132,12 +132,18 @@ def test_stream_outlives_temporary_offsets():
     assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stdout[-500:], r.stderr[-1500:])
 
 
-def test_stream_wait_statistics_are_consistent():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(2, 30, 200_000)
-    off = np.zeros(len(lengths) + 1, np.int64)
+def _random_sessions(seed: int, n_sessions: int, max_length: int):
+    """(offsets int64 (S+1,), items int64 (n,)): sessions of 2 .. max_length - 1 events over
+    1,000 items."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, max_length, n_sessions)
+    off = np.zeros(n_sessions + 1, np.int64)
     np.cumsum(lengths, out=off[1:])
-    items = rng.integers(0, 1000, off[-1])
+    return off, rng.integers(0, 1000, off[-1])
+
+
+def test_stream_wait_statistics_are_consistent():
+    off, items = _random_sessions(0, 200_000, 30)
     with native.ScheduleStream(off, items, 512, 1, chunk_steps=256, n_slots=1) as s:
         n = sum(1 for _ in s)
         st = s.stats()
@@ -154,11 +160,7 @@ def test_stream_never_overwrites_a_held_chunk():
     # Big chunks (the producer needs milliseconds per slot) so the consumer holds chunk 0 while
     # the producer is still writing slot 1; then the producer must wait for slot 0's release.
     from fastgru4rec.batching import session_parallel_schedule
-    rng = np.random.default_rng(1)
-    lengths = rng.integers(2, 40, 60_000)
-    off = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=off[1:])
-    items = rng.integers(0, 1000, off[-1])
+    off, items = _random_sessions(1, 60_000, 40)
     lanes, C = 256, 512
     ref = session_parallel_schedule(off, items, lanes, 1)
     e1 = ref.step_offsets[C]
