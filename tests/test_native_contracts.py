@@ -16,6 +16,8 @@ import pytest
 from fastgru4rec import native
 from fastgru4rec.errors import DataError
 
+from conftest import subprocess_env
+
 # the whole module is about the extension: skipped without it, unless it is required
 if not native.available():
     if os.environ.get("FASTGRU4REC_REQUIRE_NATIVE", "") not in ("", "0"):
@@ -109,7 +111,7 @@ def test_stream_never_hands_out_an_empty_chunk():
         assert sum(widths) == 9
 
 
-def test_stream_outlives_temporary_offsets():
+def test_stream_outlives_temporary_offsets(tmp_path):
     # the wrapper converts int32 offsets to a temporary int64 array; large (mmap'd, returned
     # to the OS when freed): the producer thread must read its own copy, never the temporary.
     code = textwrap.dedent("""
@@ -127,8 +129,9 @@ def test_stream_outlives_temporary_offsets():
         assert np.array_equal(got, want), "stream read freed offsets"
         print("ok")
     """)
+    # the child imports this process's fastgru4rec (and extension), not a source tree in cwd
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ))
+                       env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stdout[-500:], r.stderr[-1500:])
 
 
