@@ -53,7 +53,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import add_data_options, data_options
+from .cli import add_data_options, data_options, require_positive
 from .fileio import atomic_write, check_writable
 
 SCHEMA = "fastgru4rec-bench/1"
@@ -620,10 +620,8 @@ def cmd_bench(args) -> int:
     elif ps_epochs is not None and ps_epochs != args.epochs:
         raise ConfigError(f"bench: --epochs {args.epochs} and n_epochs={ps_epochs} in -ps "
                           "disagree")
-    if args.epochs <= 0:
-        raise ConfigError(f"--epochs must be positive (got {args.epochs})")
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise ConfigError(f"--max-steps must be positive (got {args.max_steps})")
+    require_positive(args.epochs, "--epochs")
+    require_positive(args.max_steps, "--max-steps")
     # Output destinations are checked before the benchmark, not after it.
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path == "":

@@ -168,6 +168,13 @@ def _check_save_path(path: Optional[str], inputs=()):
     check_writable(path, inputs)
 
 
+def require_positive(value: Optional[int], option: str) -> None:
+    """ConfigError naming the command-line option unless its integer value, when given (not
+    None), is positive."""
+    if value is not None and value <= 0:
+        raise ConfigError(f"{option} must be positive (got {value})")
+
+
 #: train says "reading FILE (N MB) ..." before reading a training file larger than this
 READ_NOTICE_BYTES = 100 * 2**20
 
@@ -184,9 +191,8 @@ def cmd_train(args) -> int:
 
     params = _params_from_args(args)
     inputs = [args.train] + list(args.test or [])
+    require_positive(args.max_steps, "--max-steps")
     if args.max_steps is not None:
-        if args.max_steps <= 0:
-            raise ConfigError(f"--max-steps must be positive (got {args.max_steps})")
         for given, option in ((args.checkpoint, "--checkpoint"), (args.resume, "--resume")):
             if given is not None:
                 raise ConfigError(f"--max-steps (a trial run) does not go with {option}: an "
@@ -237,8 +243,9 @@ def cmd_train(args) -> int:
     read_kw = data_options(args)
     # a large file takes a while, more if not already grouped by session and time (12M rows,
     # ~300 MB: ~14 s): said first. Not for small files: a bad one gets its one error line only.
-    if os.path.isfile(args.train) and os.path.getsize(args.train) > READ_NOTICE_BYTES:
-        _log(args, f"reading {args.train} ({os.path.getsize(args.train) / 2**20:,.0f} MB) ...")
+    size = os.path.getsize(args.train) if os.path.isfile(args.train) else 0
+    if size > READ_NOTICE_BYTES:
+        _log(args, f"reading {args.train} ({size / 2**20:,.0f} MB) ...")
     train = read_sessions(args.train, **read_kw)
     _log(args, f"train: {train.n_events:,} events, {train.n_sessions:,} sessions, "
                f"{train.n_items:,} items ({time.perf_counter() - t0:.1f} s)")
@@ -373,8 +380,7 @@ def _recommend_sessions(args) -> int:
     from .evaluate import check_eval_batch_size
     from .fileio import atomic_write
 
-    if int(args.k) <= 0:
-        raise ConfigError(f"-k must be positive (got {args.k})")
+    require_positive(args.k, "-k")
     batch_size = 512 if args.batch_size is None else args.batch_size
     check_eval_batch_size(batch_size, "--batch-size")
     suffix = Path(args.output).suffix.lower() if args.output is not None else ""
@@ -562,8 +568,8 @@ def cmd_demo(args) -> int:
     params = dict(layers=[100], loss="cross-entropy", batch_size=64, dropout_p_hidden=0.2,
                   learning_rate=0.1, momentum=0.1, n_sample=512, sample_alpha=0.5, logq=1.0,
                   n_epochs=args.epochs, elu_param=0.0, seed=args.seed)
-    if args.epochs <= 0:   # named as the option (the parameters' rule would say n_epochs)
-        raise ConfigError(f"--epochs must be positive (got {args.epochs})")
+    # named as the option (the parameters' rule would say n_epochs)
+    require_positive(args.epochs, "--epochs")
     # validates --seed (by the parameters' rules) before the data is generated
     model = GRU4Rec(device=args.device, **params)
     train, test = synthetic_split(seed=args.seed)

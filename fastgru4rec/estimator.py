@@ -634,6 +634,15 @@ def _mixed_float_dtypes(state: Dict) -> Optional[List[str]]:
     return sorted(map(str, dtypes)) if len(dtypes) > 1 else None
 
 
+def _torch_load_quietly(path: Path, mmap: bool = False):
+    """torch.load of tensors and plain containers only, onto the CPU (mmap: tensors mapped,
+    not read). torch warns (three lines) about some files it still reads; the callers' checks
+    decide whether the content is a model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def _read_payload(path: Path) -> Dict:
     """The checked top level of a model file (format and version), as a dict."""
     if path.is_dir():
@@ -641,11 +650,7 @@ def _read_payload(path: Path) -> Dict:
     if not path.is_file():
         raise DataError(f"{path}: model file not found")
     try:
-        # torch warns (three lines) about some files it still reads; the checks below
-        # decide whether the content is a model
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = _torch_load_quietly(path)
     except Exception as e:  # corrupt file, not a torch file, or disallowed (pickled code)
         raise DataError(f"{path}: not a readable fastgru4rec model: truncated, corrupt or not a "
                         f"torch file ({type(e).__name__}: {one_line(e, 200)})") from None
@@ -666,9 +671,7 @@ def is_checkpoint(path: Union[str, Path]) -> bool:
     if not path.is_file():
         return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        payload = _torch_load_quietly(path, mmap=True)
     except Exception:   # not a torch zip file (mmap needs one), corrupt, or not ours
         return False
     return (isinstance(payload, dict) and payload.get("format") == _FORMAT
