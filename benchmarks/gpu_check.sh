@@ -30,6 +30,7 @@
 # summary.json, summary.png (when matplotlib is there), gpu_check.log, raw.tar.gz (every raw
 # JSON and log); few files, as the lent machine returns at most 8.
 # Exit status: 0 when every step that ran passed (missing or skipped parts do not count), else 1.
+# GPU_CHECK_ONLY="install bench_scoring ..." runs only the steps named (a targeted second call).
 # GPU_CHECK_SIMULATE_CPU=1 runs the whole flow on the CPU (no install, small sizes, tests given by
 # GPU_CHECK_TEST_ARGS): a check of this script itself where no GPU is lent.
 # Real data (rsc15-sample, yoochoose1_64): $FASTGRU4REC_DATA, else shared/data in the checkout,
@@ -38,7 +39,7 @@
 # (19 MB; never committed).
 set -uo pipefail
 
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 DRY_RUN=0
 for arg in "$@"; do
@@ -127,9 +128,20 @@ fi
 left() { echo $(( BUDGET - RESERVE - ($(date +%s) - T0) )); }
 say() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 
+# GPU_CHECK_ONLY="name ...": run only the steps named (a second call on a lent machine that
+# repeats what the first one skipped or failed, e.g. "install bench_scoring"); the others are
+# recorded as "not selected". Unset: every step.
+selected() {
+  [ -z "${GPU_CHECK_ONLY:-}" ] && return 0
+  case " $GPU_CHECK_ONLY " in *" $1 "*) return 0 ;; esac
+  printf '%s\tnot selected\t0\tGPU_CHECK_ONLY=%s\n' "$1" "$GPU_CHECK_ONLY" >> "$STEPS"
+  return 1
+}
+
 # step NAME MAX_SECONDS CMD...: run CMD under timeout min(MAX, time left); record the outcome.
 step() {
   local name="$1" max="$2"; shift 2
+  selected "$name" || return 0
   local avail; avail=$(left)
   local t=$(( max < avail ? max : avail ))
   if [ "$t" -lt 10 ]; then
@@ -276,6 +288,7 @@ HAVE_PYTEST_BENCHMARK=0
 run_bench() {
   local f="$1" max="$2" name="${1%.py}"
   BENCH_DONE="$BENCH_DONE$f "
+  selected "$name" || return 0
   if [ ! -f "benchmarks/$f" ]; then
     printf '%s\tmissing\t0\tbenchmarks/%s not present\n' "$name" "$f" >> "$STEPS"
     say "$name: missing (benchmarks/$f not present)"
