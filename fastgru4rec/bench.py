@@ -13,7 +13,8 @@ the data's size and the environment (device, driver, library versions, CPU count
 How it measures:
 - a warm-up of ``--warmup-steps`` steps runs first on a throw-away model (module loads, kernel
   compilation, allocator and handle creation stay out of the numbers); the measured run then
-  trains a fresh model exactly as ``fastgru4rec train`` would;
+  trains a fresh model exactly as ``fastgru4rec train`` would (``warmup_seconds``: the warm-up's
+  wall time, outside the numbers);
 - the negative-sample store is drawn before the clock starts (``setup_seconds``);
 - mini-batches/s and events/s come from the trainer's own epoch clock (the schedule is built
   before it starts; ``wall_seconds`` includes it); CUDA work is synchronised before each clock
@@ -296,6 +297,7 @@ def measure_training(train, test, config, device, engine: str = "reference",
 
     check_eval_batch_size(eval_batch_size, "eval_batch_size")
     engine_cls = available_engines()[engine]
+    t_warm = time.perf_counter()
     if warmup_steps > 0:
         # a throw-away model with a small sample store: compiles, loads, allocates
         wcfg = config.replace(sample_store_size=max(config.n_extra_samples, 1) * (warmup_steps + 1))
@@ -313,6 +315,9 @@ def measure_training(train, test, config, device, engine: str = "reference",
             wtrainer.train_epoch(tail, 0, False)
         _sync(device)
         del wtrainer, wmodel
+    # outside the clock, but said: on a GPU it is mostly the kernels' first compiles (cached
+    # by Triton across runs) and, on CUDA, the tail widths' specializations
+    warmup_seconds = time.perf_counter() - t_warm
 
     t0 = time.perf_counter()
     model = _build_model(config, train.n_items, device)
@@ -337,6 +342,7 @@ def measure_training(train, test, config, device, engine: str = "reference",
     out: Dict[str, Any] = {
         "engine": engine,
         "warmup_steps": warmup_steps,
+        "warmup_seconds": warmup_seconds,
         "setup_seconds": setup_seconds,
         "epochs": epochs_out,
         "n_steps": steps,

@@ -52,6 +52,36 @@ def test_bench_train_writes_json_with_the_fields(bench_json, capsys):
 
 
 @pytest.mark.parametrize("warmup_steps", [0, 3])
+def test_bench_warmup_seconds_is_the_warmup_alone(monkeypatch, warmup_steps):
+    # the first model built is the warm-up's throw-away one (when there is a warm-up): a
+    # planted 0.3 s in building it lands in warmup_seconds, not in setup_seconds
+    import time
+
+    from fastgru4rec import bench
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.synthetic import synthetic_split
+    train, _ = synthetic_split(n_sessions=200, n_items=30, seed=4)
+    built = []
+    real = bench._build_model
+
+    def slow_first(*a, **kw):
+        if not built:
+            time.sleep(0.3)
+        built.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench, "_build_model", slow_first)
+    cfg = GRU4RecConfig(layers=[8], batch_size=8, n_sample=4, sample_store_size=400)
+    out = bench.measure_training(train, None, cfg, torch.device("cpu"), "reference", max_steps=3,
+                                 warmup_steps=warmup_steps)
+    assert out["warmup_steps"] == warmup_steps
+    if warmup_steps:
+        assert out["warmup_seconds"] >= 0.3 and out["setup_seconds"] < 0.3
+    else:
+        assert out["warmup_seconds"] < 0.3 <= out["setup_seconds"]
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 3])
 def test_bench_evaluation_is_warmed_up_on_the_first_sessions(monkeypatch, warmup_steps):
     # the timed evaluation covers the whole test set; with warm-up steps on, an untimed one on
     # the first eval-batch-size sessions runs before it (first-use costs out of the clock)
