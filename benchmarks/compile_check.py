@@ -277,6 +277,27 @@ def cases(quick: bool) -> Iterator[Tuple[str, Callable[[], None]]]:
                 d_weight_out=torch.empty(big_n, H), d_bias_out=torch.empty(big_n))
             full_ce_update(b, H, big_n, prec)
         yield f"full-catalog CE N{big_n} b512 h256 {prec}", full_ce
+    if not quick:
+        # the other tiles benchmarks/sweep_tiles.py times on a GPU (kernels/scoring.py's
+        # FULL_CE_TILES), each compiled here first: a GPU run spends no time on one that
+        # cannot compile or fit
+        import sweep_tiles                    # beside this script (its folder is on sys.path)
+
+        from fastgru4rec.ops.backend import load_kernels
+        tiles = load_kernels("scoring").FULL_CE_TILES
+        for kernel, candidates in sweep_tiles.CANDIDATES.items():
+            for cand in candidates[1:]:
+                def tile_case(kernel=kernel, cand=cand):
+                    tiles[kernel] = cand
+                    try:
+                        b, H = 512, 256
+                        scoring.full_catalog_cross_entropy_and_grads(
+                            randn(b, H), torch.empty(big_n, H), torch.empty(big_n),
+                            ids(b, big_n), backend="triton", precision="tf32")
+                    finally:
+                        tiles.pop(kernel, None)
+                yield ("full-catalog CE tile candidate {} BM={} BN={} BK={} warps={} "
+                       "tf32".format(kernel, *cand)), tile_case
     for prec in (("ieee",) if quick else ("ieee", "tf32x3", "tf32")):
         def rank(prec=prec):
             b, H = 512, 256

@@ -18,7 +18,8 @@
 #   5. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
 #      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max), each with --compare-reference
 #      (the eager reference loop in the same run),
-#   6. runs the kernel benchmarks (bench_gru.py, bench_scoring.py),
+#   6. runs the kernel benchmarks (bench_gru.py, bench_scoring.py) and times other tiles for the
+#      full-catalog cross-entropy kernels (benchmarks/sweep_tiles.py),
 #   7. trains a whole yoochoose1_64 epoch (fast engine and reference loop, each evaluated),
 #      profiles a run of steps of each engine (benchmarks/profile_step.py), and runs the other
 #      benchmarks/bench_*.py present (GPU benchmarks only; GPU_CHECK_ALL_BENCH=1 for all) with
@@ -335,6 +336,9 @@ step train_b128_h512_bprmax 75 "$PY" -m fastgru4rec bench train "${DATA_ARGS[@]}
 # the ones the engine issue is judged on, and before the long yoochoose epoch.
 run_bench bench_gru.py 100
 run_bench bench_scoring.py 80
+# other tiles for the full-catalog cross-entropy kernels, each checked against the default's
+# output and timed (the first run had that loss at 59 TFLOP/s of the 402 tf32 reaches)
+step sweep_tiles 60 "$PY" benchmarks/sweep_tiles.py --device "$DEV" --json "$RAW/sweep_tiles.json"
 
 # A whole yoochoose1_64 epoch (the engine issue's epoch time), fast engine and reference loop in
 # the same run, each evaluated (Recall@20 / MRR@20 of the two should agree up to training noise).

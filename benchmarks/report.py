@@ -79,6 +79,8 @@ def kind_of(doc: Dict[str, Any]) -> str:
         return "ceilings"
     if isinstance(doc.get("engines"), list) and all("top_ops" in e for e in doc["engines"]):
         return "profile"
+    if doc.get("kind") == "tile-sweep":
+        return "tile-sweep"
     return "unknown"
 
 
@@ -87,7 +89,36 @@ NOT_DRAWN = {
     "summary": "gpu_check's summary.json: copy the raw files it was made from instead, "
                "see benchmarks/README.md",
     "profile": "a benchmarks/profile_step.py profile: gpu_check's summary.md shows it",
+    "tile-sweep": "a benchmarks/sweep_tiles.py sweep: gpu_check's summary.md shows it",
 }
+
+
+def _tiles_text(tiles) -> str:
+    return "BM={} BN={} BK={} warps={}".format(*tiles)
+
+
+def tile_sweep_best(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """benchmarks/sweep_tiles.py output: per kernel, the fastest candidate that ran and agreed
+    with the default (relative difference <= 1e-4), with the default's time."""
+    out = []
+    for kernel in dict.fromkeys(r["kernel"] for r in doc.get("rows", [])):
+        rows = [r for r in doc["rows"] if r["kernel"] == kernel]
+        ok = [r for r in rows if not r.get("error") and r.get("ms") is not None
+              and (r.get("rel_diff") or 0.0) <= 1e-4]
+        default = next((r for r in rows if r.get("default")), None)
+        if ok:
+            best = min(ok, key=lambda r: r["ms"])
+            out.append(dict(kernel=kernel, tiles=best["tiles"], ms=best["ms"],
+                            default_ms=default.get("ms") if default else None))
+    return out
+
+
+def tile_sweep_md(doc: Dict[str, Any]) -> List[str]:
+    rows = [[r["kernel"], _tiles_text(r["tiles"]) + (" (default)" if r.get("default") else ""),
+             fmt_num(r.get("ms"), 2), "-" if r.get("rel_diff") is None else f"{r['rel_diff']:.1e}",
+             r.get("error") or ""] for r in doc.get("rows", [])]
+    return [f"b {doc.get('b')}, H {doc.get('H')}, N {doc.get('N')}, {doc.get('precision')}", "",
+            md_table(["kernel", "tiles", "ms", "diff vs default", "error"], rows, "llrrl"), ""]
 
 
 def profile_md(doc: Dict[str, Any], top: int = 10) -> List[str]:
@@ -577,6 +608,9 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
     for name, d in docs:
         if kind_of(d) == "profile":
             md += ["## Where a step's time goes (benchmarks/profile_step.py)", ""] + profile_md(d)
+        if kind_of(d) == "tile-sweep":
+            md += ["## Full-catalog cross-entropy tiles (benchmarks/sweep_tiles.py)", ""] \
+                + tile_sweep_md(d)
     png = chart(trains, pbs, out / "summary.png")
     if png:
         md += ["![summary](summary.png)", ""]
@@ -622,6 +656,12 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
                          + (f" eval {r['eval']['seconds']:.2f} s" if r.get("eval") else ""))
         if d.get("speedup_vs_reference"):
             short.append(f"    speed-up vs reference: x{d['speedup_vs_reference']['train']:.2f}")
+    for name, d in docs:
+        if kind_of(d) == "tile-sweep":
+            for r in tile_sweep_best(d):
+                vs = f" (x{r['default_ms'] / r['ms']:.2f} the default)" if r["default_ms"] else ""
+                short.append(f"  full-CE tiles {r['kernel']}: fastest {_tiles_text(r['tiles'])} "
+                             f"{r['ms']:.2f} ms{vs}")
     for name, d in pbs:
         for r in d.get("ratios") or benchmark_ratios(d.get("benchmarks", [])):
             short.append(f"  {r['group']}: {r['name']} x{r['speedup']:.2f} vs {r['baseline']}")

@@ -586,6 +586,19 @@ def _ce_full_dw_kernel(p_h, p_w, p_bias, p_tgt, p_m, p_invz, p_coef, p_dw, p_db,
 
 
 
+#: The full-catalog kernels' GPU tiles replaced, by kernel: "fwd" -> (BM rows, BN items, BK,
+#: num_warps), "dh" -> (BM rows, BN items, BK, num_warps), "dw" -> (BM rows, BN items, BK,
+#: num_warps); an entry is used as given (also in the interpreter). Empty in normal use: the
+#: defaults are in full_ce_forward / full_ce_dh / _launch_full_ce_dw. benchmarks/sweep_tiles.py
+#: sets it to time other tiles on a GPU (the first H200 run: 22.4 ms at N 1M, b 512, H 256 in
+#: tf32, about 59 TFLOP/s of the 402 the device's tf32 matmul reaches).
+FULL_CE_TILES: dict = {}
+
+
+def _full_ce_tiles(kernel: str, default):
+    return FULL_CE_TILES.get(kernel, default)
+
+
 class FullCEStats(NamedTuple):
     """What the full-catalog gradient kernels need from the forward (all (b,) fp32): each
     row's max score m, 1 / Σ exp(s - m), and coef = scale · p_t / (p_t + 1e-24) (the factor of
@@ -608,15 +621,17 @@ def full_ce_forward(h, weight, bias, targets, *, scale=1.0, precision=None):
         # past sm_90's 227 KB (compile_check.py checks H 1024, b 512)
         raise ValueError(f"the full-catalog cross-entropy kernels take hidden sizes up to 1024 "
                          f"(got {H}); use sampled negatives (n_sample > 0) or backend='torch'")
-    BM, BN = (min(32, _pow2(b)), 128) if launch.interpreter_blocks() else (64, 128)
+    BM, BN, BK, warps = _full_ce_tiles(
+        "fwd", (min(32, _pow2(b)), 128, _full_ce_k_block(H), 4) if launch.interpreter_blocks()
+        else (64, 128, _full_ce_k_block(H), 4))
     n_rb = triton.cdiv(b, BM)
     per_split, S = _split_plan(n_rb, N, BN, dev)
     pm = launch.new_output((S, b), torch.float32, dev)
     pz = launch.new_output((S, b), torch.float32, dev)
     pt = launch.new_output((S, b), torch.float32, dev)
     _ce_full_fwd_kernel[(n_rb, S)](h, weight, bias, targets, pm, pz, pt, b, N, H, h.stride(0),
-                                   weight.stride(0), per_split, BM=BM, BN=BN,
-                                   BK=_full_ce_k_block(H), PREC=prec)
+                                   weight.stride(0), per_split, BM=BM, BN=BN, BK=BK, PREC=prec,
+                                   num_warps=warps)
     # softmax = exp(s - m) / z with m each row's max over the splits: no log-sum-exp, whose
     # rounding (an ulp of a value as large as the scores) would be a relative error on every
     # probability (4e-2 at scores ~1000)
@@ -640,16 +655,17 @@ def full_ce_dh(h, weight, bias, targets, stats: FullCEStats, *, precision=None):
     HP = _pow2(H)
     dh = torch.zeros((b, H), dtype=torch.float32, device=h.device)
     if launch.interpreter_blocks():
-        dBM, dBN, warps = min(32, _pow2(b)), 128, 4
+        default = min(32, _pow2(b)), 128, _full_ce_k_block(H), 4
     else:
         # the (dBN, HP) fp32 item tile of the dot sits in shared memory: 64 x 1024 x 4 B is
         # 256 KB at 512 < H <= 1024, past sm_90's 227 KB (found compiling at H 1024)
-        dBM, dBN, warps = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32), 8
+        default = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32), _full_ce_k_block(H), 8
+    dBM, dBN, dBK, warps = _full_ce_tiles("dh", default)
     per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, h.device)
     _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
         h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dh, b, N, H, h.stride(0),
         weight.stride(0), per_split,
-        BM=dBM, BN=dBN, BK=_full_ce_k_block(H), HP=HP, PREC=prec, num_warps=warps)
+        BM=dBM, BN=dBN, BK=dBK, HP=HP, PREC=prec, num_warps=warps)
     return dh
 
 
@@ -667,15 +683,16 @@ def _launch_full_ce_dw(h, weight, bias, targets, stats: FullCEStats, out: int, d
     has_momentum = w_vel is not None
     slot, rows = extra if extra is not None else (targets, dw)
     if launch.interpreter_blocks():
-        wBM, wBN, warps = min(32, _pow2(b)), 128, 4
+        default = min(32, _pow2(b)), 128, _full_ce_k_block(H), 4
     else:
-        wBM, wBN, warps = 32, (32 if HP <= 256 else 16), 8
+        default = 32, (32 if HP <= 256 else 16), _full_ce_k_block(H), 8
+    wBM, wBN, wBK, warps = _full_ce_tiles("dw", default)
     _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
         h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dw, db,
         w_acc, w_vel if has_momentum else w_acc, b_acc, b_vel if has_momentum else b_acc,
         slot, rows, rows.shape[0], float(lr), float(momentum), float(eps),
         b, N, H, h.stride(0), weight.stride(0), OUT=out, HAS_MOMENTUM=has_momentum,
-        HAS_EXTRA=extra is not None, BM=wBM, BN=wBN, BK=_full_ce_k_block(H), HP=HP, PREC=prec,
+        HAS_EXTRA=extra is not None, BM=wBM, BN=wBN, BK=wBK, HP=HP, PREC=prec,
         num_warps=warps)
 
 

@@ -278,3 +278,28 @@ def test_bench_rows_put_the_ratio_on_the_compared_row_and_mark_baselines(report)
     got = {row[1]: row[col] for row in rows}
     assert got == {"test_x[torch]": "baseline", "test_x[triton]": "x4.00 vs torch",
                    "test_alone[torch]": "-", "test_single": "-"}
+
+
+def test_gpu_check_summary_names_the_fastest_tile_that_agrees(report, tmp_path):
+    # benchmarks/sweep_tiles.py rows: the fastest candidate that ran and agreed with the
+    # default is named with its ratio; a faster one that disagreed or failed is not
+    row = lambda kernel, tiles, ms, diff, default=False, error=None: dict(   # noqa: E731
+        kernel=kernel, tiles=tiles, ms=ms, rel_diff=diff, default=default, error=error)
+    sweep = {"kind": "tile-sweep", "b": 512, "H": 256, "N": 1000000, "precision": "tf32",
+             "rows": [row("fwd", [64, 128, 32, 4], 4.0, 0.0, default=True),
+                      row("fwd", [128, 128, 32, 8], 2.0, 3e-7),
+                      row("fwd", [64, 256, 32, 8], 1.0, 2e-2),            # wrong: not chosen
+                      row("fwd", [128, 64, 32, 4], None, None, error="OutOfResources: x"),
+                      row("dw", [32, 32, 32, 8], 9.0, 0.0, default=True),
+                      row("dw", [32, 64, 32, 8], 12.0, 0.0)]}
+    raw = write(tmp_path / "raw", {"sweep_tiles.json": sweep, "steps.tsv":
+                                   "step\tstatus\tseconds\tdetail\nsweep_tiles\tok\t30\trc=0\n"})
+    report.summary(raw, tmp_path / "out")
+    short = (tmp_path / "out" / "summary.txt").read_text()
+    assert "full-CE tiles fwd: fastest BM=128 BN=128 BK=32 warps=8 2.00 ms (x2.00 the default)" \
+        in short
+    assert "full-CE tiles dw: fastest BM=32 BN=32 BK=32 warps=8 9.00 ms (x1.00 the default)" \
+        in short
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| fwd | BM=128 BN=64 BK=32 warps=4 | - | - | OutOfResources: x |" in md
+    assert "| fwd | BM=64 BN=128 BK=32 warps=4 (default) | 4.00 | 0.0e+00 |  |" in md

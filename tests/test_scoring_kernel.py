@@ -267,6 +267,42 @@ def test_full_catalog_cross_entropy(b, N, H):
     assert abs(float(full_catalog_cross_entropy_reference(h, W, bias, t)) - 2 * float(ref[0])) < 1e-9
 
 
+def _tile_candidates():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep_tiles.py"
+    spec = importlib.util.spec_from_file_location("sweep_tiles", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [(kernel, tiles) for kernel, cands in mod.CANDIDATES.items() for tiles in cands]
+
+
+@pytest.mark.parametrize("kernel,tiles", _tile_candidates(),
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_full_catalog_tile_candidates_compute_the_loss_and_gradients(kernel, tiles):
+    # every tile benchmarks/sweep_tiles.py times on a GPU (kernels/scoring.py's FULL_CE_TILES)
+    # computes the float64 reference's loss and gradients: b, N, H not multiples of any block
+    from fastgru4rec.ops.backend import load_kernels
+    tile_table = load_kernels("scoring").FULL_CE_TILES
+    b, N, H = 45, 333, 40
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(b, H, generator=g, dtype=torch.float64)
+    W = torch.randn(N, H, generator=g, dtype=torch.float64) / H ** 0.5
+    bias = torch.randn(N, generator=g, dtype=torch.float64) * 0.1
+    t = torch.randint(0, N, (b,), generator=g)
+    ref = full_catalog_cross_entropy_and_grads(h, W, bias, t, backend="torch")
+    tile_table[kernel] = tiles
+    try:
+        out = full_catalog_cross_entropy_and_grads(h.float().to(DEV), W.float().to(DEV),
+                                                   bias.float().to(DEV), t.to(DEV),
+                                                   backend="triton", precision="ieee")
+    finally:
+        tile_table.pop(kernel, None)
+    assert abs(float(out[0]) - float(ref[0])) < 2e-5 * abs(float(ref[0]))
+    for a, r in zip(out[1:], ref[1:]):
+        assert rel(a, r) < 2e-5
+
+
 @pytest.mark.parametrize("top", [10.0, 1000.0])
 def test_full_catalog_cross_entropy_of_a_confident_model_with_large_scores(top):
     # the target scores `top`, every other item 12 lower: p_t ~ 0.9987 whatever `top` (a
