@@ -18,15 +18,15 @@
 #   5. runs `fastgru4rec bench train --device cuda` at the engine issue's sizes
 #      (B32/H100/2048/cross-entropy and B128/H512/2048/bpr-max), each with --compare-reference
 #      (the eager reference loop in the same run),
-#   6. runs the kernel benchmarks (bench_gru.py, bench_scoring.py) and times other tiles for the
-#      full-catalog cross-entropy kernels (benchmarks/sweep_tiles.py),
+#   6. runs the kernel benchmarks (bench_gru.py, bench_scoring.py),
 #   7. trains a whole yoochoose1_64 epoch (fast engine and reference loop, each evaluated),
-#      profiles a run of steps of each engine (benchmarks/profile_step.py), and runs the other
+#      times other tiles for the full-catalog cross-entropy kernels (sweep_tiles.py), profiles
+#      a run of steps of each engine (benchmarks/profile_step.py), and runs the other
 #      benchmarks/bench_*.py present (GPU benchmarks only; GPU_CHECK_ALL_BENCH=1 for all) with
 #      --benchmark-json; expected files that are missing are reported, not fatal,
 #   8. writes $OUT/summary.md and $OUT/summary.json (benchmarks/report.py) and prints a short
 #      summary table last.
-# Every step runs under `timeout`, sized from what is left of GPU_CHECK_BUDGET_S (default 450 s),
+# Every step runs under `timeout`, sized from what is left of GPU_CHECK_BUDGET_S (default 470 s),
 # so the whole script ends in under 8 minutes. Outputs ($OUT, default ./gpu_out): summary.md,
 # summary.json, summary.png (when matplotlib is there), gpu_check.log, raw.tar.gz (every raw
 # JSON and log); few files, as the lent machine returns at most 8.
@@ -111,7 +111,7 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 STEPS="$RAW/steps.tsv"
 printf 'step\tstatus\tseconds\tdetail\n' > "$STEPS"
-BUDGET="${GPU_CHECK_BUDGET_S:-450}"
+BUDGET="${GPU_CHECK_BUDGET_S:-470}"
 RESERVE=25          # kept back for the report at the end
 FAILED=0
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -336,9 +336,6 @@ step train_b128_h512_bprmax 75 "$PY" -m fastgru4rec bench train "${DATA_ARGS[@]}
 # the ones the engine issue is judged on, and before the long yoochoose epoch.
 run_bench bench_gru.py 100
 run_bench bench_scoring.py 80
-# other tiles for the full-catalog cross-entropy kernels, each checked against the default's
-# output and timed (the first run had that loss at 59 TFLOP/s of the 402 tf32 reaches)
-step sweep_tiles 60 "$PY" benchmarks/sweep_tiles.py --device "$DEV" --json "$RAW/sweep_tiles.json"
 
 # A whole yoochoose1_64 epoch (the engine issue's epoch time), fast engine and reference loop in
 # the same run, each evaluated (Recall@20 / MRR@20 of the two should agree up to training noise).
@@ -354,6 +351,10 @@ else
     --test "$YC/test.tsv" --device "$DEV" -q --preset yoochoose --epochs 1 "${COMPARE[@]}" \
     --label gpu-yoochoose1_64-epoch --json "$RAW/train_yoochoose1_64_epoch.json"
 fi
+
+# Other tiles for the full-catalog cross-entropy kernels, each checked against the default's
+# output and timed (the first run had that loss at 59 TFLOP/s of the 402 tf32 reaches)
+step sweep_tiles 60 "$PY" benchmarks/sweep_tiles.py --device "$DEV" --json "$RAW/sweep_tiles.json"
 
 # Where the step's time goes (launches per step, top ops by device time), for the next change.
 step profile_step 45 "$PY" benchmarks/profile_step.py --device "$DEV" --steps "$PROFILE_STEPS" \
