@@ -546,7 +546,7 @@ def _gru_bwd_weights_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 def _np2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+    return max(lo, min(hi, launch.next_pow2(max(int(n), 1))))
 
 
 def _blocks(B: int, H: int, E: int, variant: str):
@@ -616,9 +616,9 @@ def gru_fwd(x, h, weight_ih, bias_ih, weight_hh, bias_hh, idx, reset, seed, vari
                 HAS_BHH=bias_hh is not None, HAS_RESET=reset is not None, DROP_IN=drop_in,
                 DROP_OUT=drop_out, BM=BM, BN=BN, BK=BK, PREC=precision, num_warps=nw)
     if variant == "cell":
-        _gru_fwd_cell_kernel[(triton.cdiv(B, BM), triton.cdiv(H, BN))](*args, **meta)
+        _gru_fwd_cell_kernel[(launch.cdiv(B, BM), launch.cdiv(H, BN))](*args, **meta)
     else:
-        _gru_fwd_original_kernel[(triton.cdiv(B, BM),)](*args, **meta)
+        _gru_fwd_original_kernel[(launch.cdiv(B, BM),)](*args, **meta)
     return out, save
 
 
@@ -670,17 +670,17 @@ def gru_bwd(dout, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant: s
     meta = dict(PROJ=proj, HAS_RESET=reset is not None, DROP_IN=drop_in, DROP_OUT=drop_out,
                 BM=BM, BN=BN, BK=BK, PREC=precision, num_warps=nw)
     if variant == "cell":
-        grid = (triton.cdiv(B, BM), triton.cdiv(max(H, E) if proj else H, BN))
+        grid = (launch.cdiv(B, BM), launch.cdiv(max(H, E) if proj else H, BN))
         _gru_bwd_cell_kernel[grid](*args, **meta)
     else:
-        _gru_bwd_original_kernel[(triton.cdiv(B, BM),)](*args, **meta)
+        _gru_bwd_original_kernel[(launch.cdiv(B, BM),)](*args, **meta)
     if launch.interpreter_blocks():
         BI, BJ, BB = _np2(3 * H, 16, 512), _np2(max(H, E), 16, 512), _np2(B, 16, 512)
     else:
         BI, BJ, BB = 32, 64, 16   # no spills at ieee either (64, 64, 32: up to 500 B)
-    n_hh = triton.cdiv(H, BJ)
-    n_ih = triton.cdiv(E, BJ) if proj else 0
-    _gru_bwd_weights_kernel[(triton.cdiv(3 * H, BI), n_hh + n_ih)](
+    n_hh = launch.cdiv(H, BJ)
+    n_ih = launch.cdiv(E, BJ) if proj else 0
+    _gru_bwd_weights_kernel[(launch.cdiv(3 * H, BI), n_hh + n_ih)](
         x, idx_a, h, reset_a, seed, save, dg,
         dwih if proj else d, dbih if dbih is not None else d, dwhh,
         dbhh if dbhh is not None else d,

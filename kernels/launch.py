@@ -12,6 +12,9 @@
 - ``require_cuda(what, *tensors)``: a launch on CPU tensors outside the interpreter is an
   error, said in one line.
 - ``sm_count(device)``: streaming multiprocessors, to size grids that fill the GPU.
+- ``cdiv(a, b)`` / ``next_pow2(n)``: triton.cdiv / triton.next_power_of_2 in plain Python for
+  the launch functions' grids and blocks: Triton's are constexpr functions, about 2 µs a call
+  on the host, and an eager step makes a few dozen such calls.
 - ``new_output(shape, dtype, device)`` / ``poisoned(t)``: the buffers launch functions hand to
   kernels, filled with NaN (integers: -2^30) first while ``poison`` is on, so an element a
   kernel forgets to write fails the tests' comparisons. On under the interpreter (CI) and with
@@ -109,6 +112,17 @@ def sm_count(device: torch.device) -> int:
         return 132
     idx = device.index if device.index is not None else torch.cuda.current_device()
     return torch.cuda.get_device_properties(idx).multi_processor_count
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ (triton.cdiv) for non-negative a and positive b."""
+    return -(-int(a) // int(b))
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (triton.next_power_of_2; 0 gives 0, as Triton's)."""
+    n = int(n)
+    return n if n <= 1 else 1 << (n - 1).bit_length()
 
 
 #: fill kernel outputs before each launch (see the module docstring); read at import

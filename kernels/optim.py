@@ -176,7 +176,7 @@ def adagrad_momentum_sorted_rows(table, sorted_ids, perm, grad, acc, vel, lr: fl
     _adagrad_momentum_rows_kernel[(L,)](
         sorted_ids, perm, grad2, table2, acc2, vel2, *bias_args, L, H, grad2.stride(0),
         table2.stride(0), float(lr), float(momentum), float(eps), HAS_MOMENTUM=has_momentum,
-        HAS_BIAS=bias is not None, BLOCK_H=max(16, triton.next_power_of_2(H)),
+        HAS_BIAS=bias is not None, BLOCK_H=max(16, launch.next_pow2(H)),
         num_warps=4 if H >= 256 else 1)
 
 
@@ -201,7 +201,7 @@ def adagrad_momentum_dense_list(params, grads, accs, vels, lr: float, momentum: 
                                      f"the parameter's shape {tuple(p.shape)}")
             launch.require_cuda("the triton optimizer", p, g, a, v)
             slots += [p, g, a, v, p.numel()]
-            n_blocks += triton.cdiv(p.numel(), _DENSE_BLOCK)
+            n_blocks += launch.cdiv(p.numel(), _DENSE_BLOCK)
             ends.append(n_blocks)
         nt = len(ends)
         slots += slots[:5] * (_DENSE_PER_LAUNCH - nt)   # placeholders for the unused slots

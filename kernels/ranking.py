@@ -75,7 +75,7 @@ def rank_counts_fused(h, weight, bias, targets, *, precision=None):
     launch.require_cuda("the triton rank", h, weight)
     targets = contracts.index_vector("targets", targets, b)
     BM, BN, BK = _blocks(b, H)
-    n_rb = triton.cdiv(b, BM)
+    n_rb = launch.cdiv(b, BM)
     ts = launch.new_output((b,), torch.float32, dev)
     _rank_target_kernel[(n_rb, BM)](h, weight, bias, targets, ts, b, N, H, h.stride(0),
                                     weight.stride(0), BM=BM, BN=BN, BK=BK, PREC=prec)
@@ -154,7 +154,7 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
     BM, BN, BK = _blocks(b, H)
     if not launch.interpreter_blocks():
         BM, BN = 16, (512 if k <= 64 else 64)
-    n_tiles = triton.cdiv(N, BN)
+    n_tiles = launch.cdiv(N, BN)
     KT = min(k, BN)
     n_cand = n_tiles * KT
     rows_per_chunk = max(1, _MAX_KEYS // n_cand)
@@ -163,7 +163,7 @@ def topk_fused(h, weight, bias, k: int, *, precision=None):
         hc = h[r0:r0 + rows_per_chunk]
         bc = hc.shape[0]
         cand = launch.new_output((bc, n_cand), torch.int64, h.device)
-        n_rb = triton.cdiv(bc, BM)
+        n_rb = launch.cdiv(bc, BM)
         _topk_tile_kernel[(n_rb * n_tiles,)](     # n_rb · n_tiles <= max(2^26, n_tiles) < 2^31
             hc, weight, bias, cand, bc, N, H, hc.stride(0), weight.stride(0), KT, n_cand, n_rb,
             BM=BM, BN=BN, BK=BK, ALL=KT >= BN, PREC=prec,

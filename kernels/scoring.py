@@ -62,7 +62,7 @@ def resolve_precision(precision) -> str:
 
 
 def _pow2(x: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(x)))
+    return max(lo, launch.next_pow2(int(x)))
 
 
 def catalog_inputs(h, weight, bias, bias_per_item: bool = True):
@@ -377,7 +377,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         BM, BN, BK = min(64, _pow2(b)), min(128, _pow2(C)), min(64, HP)
     else:
         BM, BN, BK = 64, 64, 32
-    _sampled_scores_kernel[(triton.cdiv(C, BN), triton.cdiv(b, BM))](
+    _sampled_scores_kernel[(launch.cdiv(C, BN), launch.cdiv(b, BM))](
         h, weight, bias, w_col, b_col, R, b, C, H, h.stride(0), weight.stride(0),
         BM=BM, BN=BN, BK=BK, PREC=prec)
     rows_loss = launch.new_output((b,), torch.float32, dev)
@@ -397,7 +397,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
     use_elu = code in (BPR_MAX, TOP1_MAX) and elu_param > 0
     LBM = min(16, _pow2(b, 1)) if big_blocks else 4
     LBN = min(1024, _pow2(C)) if big_blocks else 512
-    _sampled_loss_kernel[(triton.cdiv(b, LBM),)](
+    _sampled_loss_kernel[(launch.cdiv(b, LBM),)](
         R, dR, lq, w_col, rows_loss, b, C, float(logq), float(sample_alpha), float(bpreg),
         float(elu_param), float(scale), LOSS=code, HAS_LQ=has_lq, LQ_GATHER=lq_gather,
         USE_ELU=use_elu, GRAD=grads, BM=LBM, BN=LBN)
@@ -412,7 +412,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         # only 4 programs run, so each takes deep steps over C (BK 128: 17 steps at C 2080, not
         # 65) and no padded rows (BM 32 for b <= 32). Shared: (BM + BH) · BK · 4 B per stage.
         BM, BH, BK = (32 if b <= 32 else 64), 32, 128
-    _rows_matmul_kernel[(triton.cdiv(b, BM), triton.cdiv(H, BH))](
+    _rows_matmul_kernel[(launch.cdiv(b, BM), launch.cdiv(H, BH))](
         dR, weight, w_col, dh, b, C, H, weight.stride(0), BM=BM, BH=BH, BK=BK, PREC=prec)
     if per_column:   # every row written once by the kernel: no zeroing
         if d_rows_out is not None and (d_rows_out.shape != (C, H) or not d_rows_out.is_contiguous()
@@ -434,7 +434,7 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
         BN, BH, BK = min(128, _pow2(C)), min(64, HP), min(64, _pow2(b))
     else:
         BN, BH, BK = 64, 64, 32
-    _cols_scatter_kernel[(triton.cdiv(C, BN), triton.cdiv(H, BH))](
+    _cols_scatter_kernel[(launch.cdiv(C, BN), launch.cdiv(H, BH))](
         dR, h, w_scatter, b_scatter, d_rows, d_bias, b, C, H, h.stride(0),
         BN=BN, BH=BH, BK=BK, PREC=prec, PER_COLUMN=per_column)
     return loss_sum, R, dh, d_rows, d_bias
@@ -444,14 +444,14 @@ def sampled_loss_fused(h, weight, bias, w_col, b_col, loss, *, logq_per_column=N
 
 def _split_plan(n_row_blocks: int, N: int, BN: int, device: torch.device):
     """Items per split (a multiple of BN) so that row blocks × splits fill the GPU."""
-    n_tiles = triton.cdiv(N, BN)
+    n_tiles = launch.cdiv(N, BN)
     if launch.interpreter_blocks():
         target = 2
     else:
         target = max(1, (4 * launch.sm_count(device)) // max(n_row_blocks, 1))
     splits = max(1, min(n_tiles, target))
-    tiles_per = triton.cdiv(n_tiles, splits)
-    return tiles_per * BN, triton.cdiv(n_tiles, tiles_per)
+    tiles_per = launch.cdiv(n_tiles, splits)
+    return tiles_per * BN, launch.cdiv(n_tiles, tiles_per)
 
 
 @triton.jit
@@ -624,7 +624,7 @@ def full_ce_forward(h, weight, bias, targets, *, scale=1.0, precision=None):
     BM, BN, BK, warps = _full_ce_tiles(
         "fwd", (min(32, _pow2(b)), 128, _full_ce_k_block(H), 4) if launch.interpreter_blocks()
         else (64, 128, _full_ce_k_block(H), 4))
-    n_rb = triton.cdiv(b, BM)
+    n_rb = launch.cdiv(b, BM)
     per_split, S = _split_plan(n_rb, N, BN, dev)
     pm = launch.new_output((S, b), torch.float32, dev)
     pz = launch.new_output((S, b), torch.float32, dev)
@@ -661,8 +661,8 @@ def full_ce_dh(h, weight, bias, targets, stats: FullCEStats, *, precision=None):
         # 256 KB at 512 < H <= 1024, past sm_90's 227 KB (found compiling at H 1024)
         default = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32), _full_ce_k_block(H), 8
     dBM, dBN, dBK, warps = _full_ce_tiles("dh", default)
-    per_split, S = _split_plan(triton.cdiv(b, dBM), N, dBN, h.device)
-    _ce_full_dh_kernel[(triton.cdiv(b, dBM), S)](
+    per_split, S = _split_plan(launch.cdiv(b, dBM), N, dBN, h.device)
+    _ce_full_dh_kernel[(launch.cdiv(b, dBM), S)](
         h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dh, b, N, H, h.stride(0),
         weight.stride(0), per_split,
         BM=dBM, BN=dBN, BK=dBK, HP=HP, PREC=prec, num_warps=warps)
@@ -687,7 +687,7 @@ def _launch_full_ce_dw(h, weight, bias, targets, stats: FullCEStats, out: int, d
     else:
         default = 32, (32 if HP <= 256 else 16), _full_ce_k_block(H), 8
     wBM, wBN, wBK, warps = _full_ce_tiles("dw", default)
-    _ce_full_dw_kernel[(triton.cdiv(N, wBN),)](
+    _ce_full_dw_kernel[(launch.cdiv(N, wBN),)](
         h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dw, db,
         w_acc, w_vel if has_momentum else w_acc, b_acc, b_vel if has_momentum else b_acc,
         slot, rows, rows.shape[0], float(lr), float(momentum), float(eps),

@@ -275,3 +275,15 @@ def test_a_kernel_module_failing_to_import_is_that_failure(tmp_path, monkeypatch
         load_kernels("broken_kernel_module")
     with pytest.raises(ModuleNotFoundError, match="No module named 'kernels.no_such_module'"):
         load_kernels("no_such_module")     # missing everywhere: the fallback's own error
+
+
+def test_launch_grid_helpers_equal_tritons():
+    # kernels/launch.py's plain-Python cdiv / next_pow2 replace Triton's constexpr functions
+    # (~2 µs a call) at every launch site: the same numbers, edges included
+    triton = pytest.importorskip("triton")
+    launch = load_kernels("launch")
+    for n in list(range(0, 4100)) + [2 ** 20 - 1, 2 ** 20, 2 ** 20 + 1, 2 ** 31 + 5]:
+        assert launch.next_pow2(n) == triton.next_power_of_2(n), n
+    for a in list(range(0, 600)) + [2 ** 31 + 7]:
+        for b in (1, 2, 3, 16, 31, 64, 128, 1000):
+            assert launch.cdiv(a, b) == triton.cdiv(a, b), (a, b)

@@ -332,6 +332,30 @@ def test_custom_op_registration_passes_opcheck():
                                       "test_faketensor"))
 
 
+@pytest.mark.parametrize("variant", ["cell", "original"])
+def test_eager_route_equals_the_custom_op_bit_for_bit(variant):
+    # an eager gru_step_fused runs the kernels through _GRUStepFunction (no custom-op dispatch);
+    # torch.compile traces the custom op: the same forward and gradients, bit for bit, with
+    # the embedding lookup, resets and both dropouts
+    g = torch.Generator().manual_seed(9)
+    args, idx, reset = make_layer(g, variant, "lookup", 5, 24, 20, 6)
+    leaves = {n: (t.to(DEV, torch.float32).requires_grad_(True) if t is not None else None)
+              for n, t in args.items()}
+    seed = torch.tensor([3], device=DEV)
+    dout = torch.randn(5, 24, generator=g).to(DEV)          # (b, H)
+    kw = dict(idx=idx.to(DEV), reset=reset.to(DEV), dropout_in=0.2, dropout_out=0.3, seed=seed,
+              stream=1)
+    eager = G.gru_step_fused(**leaves, variant=variant, backend="triton", precision="ieee",
+                             **kw)
+    op, _ = torch.ops.fastgru4rec.gru_step_fwd(
+        *(leaves[n] for n in PARAMS), kw["idx"], kw["reset"], seed, variant, 0.2, 0.3, 1,
+        "ieee")
+    assert torch.equal(eager, op)
+    wrt = [leaves[n] for n in PARAMS if leaves[n] is not None]
+    for a, b in zip(torch.autograd.grad(eager, wrt, dout), torch.autograd.grad(op, wrt, dout)):
+        assert torch.equal(a, b)
+
+
 def test_torch_compile_has_no_graph_break():
     a, idx, reset = _tiny_args()
 
