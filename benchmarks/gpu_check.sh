@@ -26,7 +26,7 @@
 #      --benchmark-json; expected files that are missing are reported, not fatal,
 #   8. writes $OUT/summary.md and $OUT/summary.json (benchmarks/report.py) and prints a short
 #      summary table last.
-# Every step runs under `timeout`, sized from what is left of GPU_CHECK_BUDGET_S (default 470 s),
+# Every step runs under `timeout`, sized from what is left of GPU_CHECK_BUDGET_S (default 460 s),
 # so the whole script ends in under 8 minutes. Outputs ($OUT, default ./gpu_out): summary.md,
 # summary.json, summary.png (when matplotlib is there), gpu_check.log, raw.tar.gz (every raw
 # JSON and log); few files, as the lent machine returns at most 8.
@@ -111,7 +111,7 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 STEPS="$RAW/steps.tsv"
 printf 'step\tstatus\tseconds\tdetail\n' > "$STEPS"
-BUDGET="${GPU_CHECK_BUDGET_S:-470}"
+BUDGET="${GPU_CHECK_BUDGET_S:-460}"
 RESERVE=25          # kept back for the report at the end
 FAILED=0
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -356,6 +356,20 @@ def test_eager_route_equals_the_custom_op_bit_for_bit(variant):
         assert torch.equal(a, b)
 
 
+def test_eager_route_refuses_a_second_derivative():
+    # the kernels give first derivatives only: differentiating the gradient again is an error
+    # (as through the custom op), never a silently dropped second-order term
+    # (create_graph=True: a gradient penalty would otherwise lose its dependence on the inputs
+    # without a word); a plain backward still works
+    a, idx, reset = _tiny_args()
+    out = G.gru_step_fused(**a, variant="cell", idx=idx, reset=reset, backend="triton")
+    with pytest.raises(RuntimeError, match="no second derivative: use backend='torch'"):
+        torch.autograd.grad((out * out).sum(), [a["h"]], create_graph=True)
+    out = G.gru_step_fused(**a, variant="cell", idx=idx, reset=reset, backend="triton")
+    (dh,) = torch.autograd.grad((out * out).sum(), [a["h"]])
+    assert dh.shape == a["h"].shape and not dh.requires_grad
+
+
 def test_torch_compile_has_no_graph_break():
     a, idx, reset = _tiny_args()
 

@@ -292,6 +292,13 @@ class _GRUStepFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
+        if torch.is_grad_enabled() and d_out is not None and d_out.requires_grad:
+            # create_graph=True through the step: the kernels give first derivatives only. An
+            # error here, as the custom op gives, rather than gradients whose own dependence
+            # on the inputs is silently dropped (once_differentiable raises only if a later
+            # backward happens to reach its node)
+            raise RuntimeError("the fused GRU step (backend 'triton') has no second derivative: "
+                               "use backend='torch' for create_graph=True")
         x, h, weight_ih, weight_hh, idx, reset, seed, save = ctx.saved_tensors
         variant, has_bih, has_bhh, dropout_in, dropout_out, stream, precision = ctx.meta
         if d_out is None:
