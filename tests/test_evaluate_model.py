@@ -69,12 +69,18 @@ def _naive_ranks(model, data, mode):
 @pytest.mark.parametrize("embedding_mode", ["shared", "separate", "onehot"])
 @pytest.mark.parametrize("mode", ["standard", "conservative", "median"])
 @pytest.mark.parametrize("batch_size", [1, 3, 512])
-def test_evaluate_model_equals_the_naive_session_loop(embedding_mode, mode, batch_size):
+@pytest.mark.parametrize("max_score_elements", [1 << 24, 7],
+                         ids=["one-tile", "item-tiles"])   # 7: tiles of 7 // lanes items
+def test_evaluate_model_equals_the_naive_session_loop(embedding_mode, mode, batch_size,
+                                                       max_score_elements):
+    # item tiles: the planted ties fall in different tiles, every target's score is read from
+    # its own tile, the counts summed over tiles
     data, lengths = _test_data(np.random.default_rng(11))
     model = _model(embedding_mode)
     ranks = _naive_ranks(model, data, mode)
     assert len(ranks) == sum(n - 1 for n in lengths)
-    got = evaluate_model(model, data, CUTOFFS, mode, batch_size=batch_size)
+    got = evaluate_model(model, data, CUTOFFS, mode, batch_size=batch_size,
+                         max_score_elements=max_score_elements)
     assert got["n_events"] == len(ranks)
     for k in CUTOFFS:
         inside = ranks <= k

@@ -106,6 +106,31 @@ def test_recommend_sessions_equals_recommend_one_by_one(fitted, data, mode, excl
     assert np.all(np.diff(res["scores"], axis=1) <= 0)
 
 
+@pytest.mark.parametrize("mode", ["shared", "onehot"])
+def test_recommendations_from_item_tiles_equal_one_tile(fitted, data, mode, monkeypatch):
+    # the top-k over item tiles (each tile's candidates, then a merge; a big catalog's path),
+    # forced here with tiles of 13 items on a 200-item catalog: the same recommendations as
+    # one tile, but for near-ties, for the batched and the single-session route
+    from fastgru4rec.ops import ranking
+    model = fitted[mode]
+    _, test = data
+    whole = model.recommend_sessions(test, k=10, exclude_seen=True, batch_size=7)
+    one = model.recommend([str(i) for i in test.item_ids[test.items[:3]]], k=10)
+    calls = []
+    orig = ranking.topk_scores_dense
+
+    def tiled(h, w, b, k, max_elements=1 << 24):
+        calls.append(h.shape[0])
+        return orig(h, w, b, k, max_elements=13)
+
+    monkeypatch.setattr(ranking, "topk_scores_dense", tiled)
+    tiles = model.recommend_sessions(test, k=10, exclude_seen=True, batch_size=7)
+    assert calls, "the tiled top-k was not used"
+    assert np.mean(np.all(tiles["items"] == whole["items"], axis=1)) >= 0.99
+    np.testing.assert_allclose(tiles["scores"], whole["scores"], rtol=1e-6, atol=1e-6)
+    assert model.recommend([str(i) for i in test.item_ids[test.items[:3]]], k=10) == one
+
+
 def test_recommend_sessions_edges(fitted, tmp_path):
     """Unknown items dropped (a session of only unknown items left out); k above the catalog
     cut to it; exclude_seen on a catalog barely larger than a session ends rows in None."""
