@@ -14,7 +14,9 @@ How it measures:
 - a warm-up of ``--warmup-steps`` steps runs first on a throw-away model (module loads, kernel
   compilation, allocator and handle creation stay out of the numbers); the measured run then
   trains a fresh model exactly as ``fastgru4rec train`` would (``warmup_seconds``: the warm-up's
-  wall time, outside the numbers);
+  wall time, outside the numbers); on CUDA the warm-up also trains the epoch's last sessions,
+  whose narrower steps are other kernel specializations, unless ``--max-steps`` stops the run
+  before its first narrow step;
 - the negative-sample store is drawn before the clock starts (``setup_seconds``);
 - mini-batches/s and events/s come from the trainer's own epoch clock (the schedule is built
   before it starts; ``wall_seconds`` includes it); CUDA work is synchronised before each clock
@@ -284,6 +286,20 @@ def _eval_warmup_data(test, eval_batch_size: int):
     return _cut_sessions(test, 2)
 
 
+def reaches_narrow_steps(trainer, train, max_steps: Optional[int]) -> bool:
+    """Whether a run of ``max_steps`` steps in all (None: whole epochs) reaches a step narrower
+    than the batch or with lanes compacted: the steps whose Triton specializations the CUDA
+    warm-up compiles on the epoch's tail. A trial run cut before them (gpu_check's 2,000 and
+    500 steps of rsc15-sample, whose epoch has about 3,100) skips that warm-up."""
+    if max_steps is None:
+        return True
+    sched = trainer.schedule(train)
+    widths = np.diff(sched.step_offsets)
+    kept = np.diff(sched.keep_offsets)
+    narrow = np.flatnonzero((widths != trainer.cfg.batch_size) | (kept > 0))
+    return bool(narrow.size) and max_steps > int(narrow[0])
+
+
 def measure_training(train, test, config, device, engine: str = "reference",
                      epochs: int = 1, max_steps: Optional[int] = None, warmup_steps: int = 20,
                      eval_batch_size: int = 512, cutoffs: Sequence[int] = (1, 5, 10, 20),
@@ -304,7 +320,8 @@ def measure_training(train, test, config, device, engine: str = "reference",
         wmodel = _build_model(wcfg, train.n_items, device)
         wtrainer = _make_trainer(engine_cls, wmodel, wcfg, train.supports, device)
         wtrainer.train_epoch(train, 0, False, max_steps=warmup_steps)
-        if torch.device(device).type == "cuda":
+        if torch.device(device).type == "cuda" and reaches_narrow_steps(wtrainer, train,
+                                                                        max_steps):
             # The shrinking tail's steps (widths below B, down to 1; row offsets of any
             # parity) are other Triton specializations than the full-width steps' (an integer
             # argument of 1 or a multiple of 16, a 16-byte-aligned pointer), compiled at their

@@ -51,6 +51,28 @@ def test_bench_train_writes_json_with_the_fields(bench_json, capsys):
     assert not list(bench_json.parent.glob(".*.tmp")), "temporary file left behind"
 
 
+def test_tail_warmup_only_for_runs_that_reach_narrow_steps():
+    # the CUDA warm-up's tail epoch compiles the narrow steps' kernels: a trial run cut before
+    # the first narrow (or compacted) step skips it. The first such step found by hand here.
+    from fastgru4rec import bench
+    from fastgru4rec.config import GRU4RecConfig
+    from fastgru4rec.engine import FastTrainer
+    from fastgru4rec.synthetic import synthetic_split
+    train, _ = synthetic_split(n_sessions=300, n_items=40, seed=3)
+    cfg = GRU4RecConfig(layers=[8], batch_size=8, n_sample=4, sample_store_size=400)
+    tr = bench._make_trainer(FastTrainer, bench._build_model(cfg, train.n_items, "cpu"), cfg,
+                             train.supports, torch.device("cpu"))
+    sched = tr.schedule(train)
+    first = next(t for t in range(sched.n_steps)
+                 if sched.step_offsets[t + 1] - sched.step_offsets[t] != 8
+                 or sched.keep_offsets[t + 1] > sched.keep_offsets[t])
+    assert 0 < first < sched.n_steps
+    assert not bench.reaches_narrow_steps(tr, train, first)        # steps 0 .. first - 1
+    assert bench.reaches_narrow_steps(tr, train, first + 1)
+    assert bench.reaches_narrow_steps(tr, train, None)
+    assert bench.reaches_narrow_steps(tr, train, 10 * sched.n_steps)   # later epochs too
+
+
 @pytest.mark.parametrize("warmup_steps", [0, 3])
 def test_bench_warmup_seconds_is_the_warmup_alone(monkeypatch, warmup_steps):
     # the first model built is the warm-up's throw-away one (when there is a warm-up): a
