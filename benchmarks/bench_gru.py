@@ -100,14 +100,19 @@ def _graph_of_steps(impl: str, b: int, H: int, device):
     return graph, (step, outs)
 
 
+def _describe(benchmark, group: str, impl: str, b: int, H: int, **extra) -> None:
+    """The benchmark's group, its baselines (the reference path and GRUCell) and extra_info."""
+    benchmark.group = group
+    if impl in ("reference", "grucell"):
+        benchmark.extra_info["baseline"] = impl
+    benchmark.extra_info.update(impl=impl, batch=b, hidden=H, variant="cell", **extra)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("b,H", GPU_GRU_SIZES, ids=[f"b{b}-h{H}" for b, H in GPU_GRU_SIZES])
 def test_gru_step_fwd_bwd_gpu(benchmark, cuda, b, H, impl):
-    benchmark.group = f"gpu-gru-step-fwd-bwd-b{b}-h{H}"
-    if impl in ("reference", "grucell"):
-        benchmark.extra_info["baseline"] = impl
-    benchmark.extra_info.update(impl=impl, batch=b, hidden=H, variant="cell")
+    _describe(benchmark, f"gpu-gru-step-fwd-bwd-b{b}-h{H}", impl, b, H)
     step = _synced(_step_fn(impl, b, H, cuda))
     for _ in range(3):          # compile the Triton kernels and warm the allocator first
         step()
@@ -119,11 +124,8 @@ def test_gru_step_fwd_bwd_gpu(benchmark, cuda, b, H, impl):
 @pytest.mark.parametrize("b,H", GPU_GRU_SIZES, ids=[f"b{b}-h{H}" for b, H in GPU_GRU_SIZES])
 def test_gru_step_graphed_gpu(benchmark, cuda, b, H, impl):
     """One round: one replay of GRAPH_STEPS captured steps, then a device synchronisation."""
-    benchmark.group = f"gpu-gru-step-graphed{GRAPH_STEPS}-b{b}-h{H}"
-    if impl in ("reference", "grucell"):
-        benchmark.extra_info["baseline"] = impl
-    benchmark.extra_info.update(impl=impl, batch=b, hidden=H, variant="cell",
-                                steps_per_round=GRAPH_STEPS)
+    _describe(benchmark, f"gpu-gru-step-graphed{GRAPH_STEPS}-b{b}-h{H}", impl, b, H,
+              steps_per_round=GRAPH_STEPS)
     graph, _keep = _graph_of_steps(impl, b, H, cuda)
 
     def replay():

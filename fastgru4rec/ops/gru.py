@@ -257,16 +257,23 @@ def _gru_step_setup_context(ctx, inputs, output):
                 stream, precision)
 
 
-def _gru_step_backward(ctx, d_out, d_save):
+def _saved_step_grads(ctx, d_out, grads):
+    """What _gru_step_setup_context saved, through ``grads`` (the backward custom op, or
+    _gru_step_grads in an eager call): (dx, dh, dweight_ih, dbias_ih, dweight_hh, dbias_hh),
+    None for an absent parameter."""
     x, h, weight_ih, weight_hh, idx, reset, seed, save = ctx.saved_tensors
     variant, has_bih, has_bhh, dropout_in, dropout_out, stream, precision = ctx.meta
     if d_out is None:
         d_out = torch.zeros_like(h)
-    dx, dh, dwih, dbih, dwhh, dbhh = _gru_step_bwd_op(
+    dx, dh, dwih, dbih, dwhh, dbhh = grads(
         d_out, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant, has_bih, has_bhh,
         dropout_in, dropout_out, stream, precision)
     return (dx, dh, dwih if weight_ih is not None else None, dbih if has_bih else None, dwhh,
-            dbhh if has_bhh else None, None, None, None, None, None, None, None, None)
+            dbhh if has_bhh else None)
+
+
+def _gru_step_backward(ctx, d_out, d_save):
+    return _saved_step_grads(ctx, d_out, _gru_step_bwd_op) + (None,) * 8
 
 
 torch.library.register_autograd("fastgru4rec::gru_step_fwd", _gru_step_backward,
@@ -299,14 +306,7 @@ class _GRUStepFunction(torch.autograd.Function):
             # backward happens to reach its node)
             raise RuntimeError("the fused GRU step (backend 'triton') has no second derivative: "
                                "use backend='torch' for create_graph=True")
-        x, h, weight_ih, weight_hh, idx, reset, seed, save = ctx.saved_tensors
-        variant, has_bih, has_bhh, dropout_in, dropout_out, stream, precision = ctx.meta
-        if d_out is None:
-            d_out = torch.zeros_like(h)
-        dx, dh, dwih, dbih, dwhh, dbhh = _gru_step_grads(
-            d_out, x, h, weight_ih, weight_hh, idx, reset, seed, save, variant, has_bih, has_bhh,
-            dropout_in, dropout_out, stream, precision)
-        return (dx, dh, dwih, dbih, dwhh, dbhh) + (None,) * 8
+        return _saved_step_grads(ctx, d_out, _gru_step_grads) + (None,) * 8
 
 
 def gru_step_fused(x: torch.Tensor, h: torch.Tensor, weight_ih: Optional[torch.Tensor],
