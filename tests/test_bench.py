@@ -520,3 +520,18 @@ def test_bench_speedup_is_fast_over_reference_with_known_rates(monkeypatch):
     out = bench.run_bench(train, test, cfg, "cpu", engine="fast", compare_reference=True)
     assert [r["engine"] for r in out["runs"]] == ["fast", "reference"]
     assert out["speedup_vs_reference"] == {"train": pytest.approx(2.5)}
+
+
+def test_host_overhead_script_times_both_routes(tmp_path):
+    # benchmarks/host_overhead.py (the GRU kernels stubbed; a child process, as it replaces
+    # them module-wide): it runs and reports the eager route, the custom op and GRUCell
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
+                        "--calls", "3", "--repeats", "1", "--batch", "4", "--hidden", "8"],
+                       capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("host time of one forward + backward, b 4 H 8")
+    for name in ("eager", "custom-op", "grucell"):
+        assert any(x.split()[:1] == [name] and float(x.split()[1]) > 0 for x in lines), name
+    assert "custom-op / eager: x" in r.stdout
