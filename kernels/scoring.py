@@ -658,8 +658,13 @@ def full_ce_dh(h, weight, bias, targets, stats: FullCEStats, *, precision=None):
         default = min(32, _pow2(b)), 128, _full_ce_k_block(H), 4
     else:
         # the (dBN, HP) fp32 item tile of the dot sits in shared memory: 64 x 1024 x 4 B is
-        # 256 KB at 512 < H <= 1024, past sm_90's 227 KB (found compiling at H 1024)
-        default = (32 if HP <= 256 else 16), (64 if HP <= 512 else 32), _full_ce_k_block(H), 8
+        # 256 KB at 512 < H <= 1024, past sm_90's 227 KB (found compiling at H 1024). H <= 256:
+        # 128-item tiles, the fastest of benchmarks/sweep_tiles.py's candidates on an H200
+        # (N 1M, b 512, H 256, tf32: 7.99 ms against 10.47 for the 64-item tiles before);
+        # not in ieee, where that tile spills ~900 B a thread (compile_check.py, sm_90)
+        wide = HP <= 256 and prec != "ieee"
+        default = ((32, 128) if wide else (32, 64) if HP <= 256 else (16, 64) if HP <= 512
+                   else (16, 32)) + (_full_ce_k_block(H), 8)
     dBM, dBN, dBK, warps = _full_ce_tiles("dh", default)
     per_split, S = _split_plan(launch.cdiv(b, dBM), N, dBN, h.device)
     _ce_full_dh_kernel[(launch.cdiv(b, dBM), S)](
@@ -685,7 +690,9 @@ def _launch_full_ce_dw(h, weight, bias, targets, stats: FullCEStats, out: int, d
     if launch.interpreter_blocks():
         default = min(32, _pow2(b)), 128, _full_ce_k_block(H), 4
     else:
-        default = 32, (32 if HP <= 256 else 16), _full_ce_k_block(H), 8
+        # H <= 256: 64-row blocks, the fastest of sweep_tiles.py's candidates on an H200 (N 1M,
+        # b 512, H 256, tf32: 7.25 ms against 9.72 for 32-row blocks before)
+        default = (64 if HP <= 256 else 32), (32 if HP <= 256 else 16), _full_ce_k_block(H), 8
     wBM, wBN, wBK, warps = _full_ce_tiles("dw", default)
     _ce_full_dw_kernel[(launch.cdiv(N, wBN),)](
         h, weight, bias, targets, stats.m, stats.inv_z, stats.coef, dw, db,
