@@ -194,6 +194,8 @@ def test_full_ce_kernel_breakdown_cuda(cuda, record_property, precision):
     132.8 ms in ieee, against 21.2 ms for fp32 torch): the forward, the dh and the dW kernels
     timed apart, each with its rate (the forward does 2·b·N·H FLOP, dh and dW each 4·b·N·H: the
     score tile recomputed, then the product), printed and recorded as properties."""
+    from sweep_tiles import kernel_runner     # beside this file: the sweep's runners
+
     from fastgru4rec.ops.backend import load_kernels
 
     k = load_kernels("scoring")
@@ -202,15 +204,9 @@ def test_full_ce_kernel_breakdown_cuda(cuda, record_property, precision):
     b, H = h.shape
     N = W.shape[0]
     _, stats = k.full_ce_forward(h, W, bias, t, precision=precision)
-    dW_buf, db_buf = torch.zeros_like(W), torch.zeros_like(bias)
-    parts = {
-        "forward": (lambda: k.full_ce_forward(h, W, bias, t, precision=precision), 2),
-        "dh": (lambda: k.full_ce_dh(h, W, bias, t, stats, precision=precision), 4),
-        "dW": (lambda: k._launch_full_ce_dw(h, W, bias, t, stats, k._DW_ACCUM, dW_buf, db_buf,
-                                            precision=precision), 4),
-    }
     line = []
-    for name, (fn, flop_per) in parts.items():
+    for name, kernel, flop_per in (("forward", "fwd", 2), ("dh", "dh", 4), ("dW", "dw", 4)):
+        fn = kernel_runner(k, kernel, h, W, bias, t, stats, precision)
         ms = cuda_ms(fn, reps=5, warmup=1)
         tflops = flop_per * b * N * H / (ms * 1e-3) / 1e12
         record_property(f"{name}_ms", ms)

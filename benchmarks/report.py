@@ -93,7 +93,8 @@ NOT_DRAWN = {
 }
 
 
-def _tiles_text(tiles) -> str:
+def tiles_text(tiles) -> str:
+    """A tile as benchmarks/sweep_tiles.py's rows give it: (BM, BN, BK, num_warps)."""
     return "BM={} BN={} BK={} warps={}".format(*tiles)
 
 
@@ -114,7 +115,7 @@ def tile_sweep_best(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def tile_sweep_md(doc: Dict[str, Any]) -> List[str]:
-    rows = [[r["kernel"], _tiles_text(r["tiles"]) + (" (default)" if r.get("default") else ""),
+    rows = [[r["kernel"], tiles_text(r["tiles"]) + (" (default)" if r.get("default") else ""),
              fmt_num(r.get("ms"), 2), "-" if r.get("rel_diff") is None else f"{r['rel_diff']:.1e}",
              r.get("error") or ""] for r in doc.get("rows", [])]
     return [f"b {doc.get('b')}, H {doc.get('H')}, N {doc.get('N')}, {doc.get('precision')}", "",
@@ -660,7 +661,7 @@ def summary(raw: Path, out: Path) -> Dict[str, Any]:
         if kind_of(d) == "tile-sweep":
             for r in tile_sweep_best(d):
                 vs = f" (x{r['default_ms'] / r['ms']:.2f} the default)" if r["default_ms"] else ""
-                short.append(f"  full-CE tiles {r['kernel']}: fastest {_tiles_text(r['tiles'])} "
+                short.append(f"  full-CE tiles {r['kernel']}: fastest {tiles_text(r['tiles'])} "
                              f"{r['ms']:.2f} ms{vs}")
     for name, d in pbs:
         for r in d.get("ratios") or benchmark_ratios(d.get("benchmarks", [])):

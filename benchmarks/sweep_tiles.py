@@ -20,7 +20,6 @@ against float64 torch in the interpreter, so a GPU run spends no time on one tha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -133,7 +132,9 @@ def sweep(device: str, b: int, H: int, N: int, precision: str, reps: int = 5) ->
 
 
 def _row_text(row) -> str:
-    tiles = "BM={} BN={} BK={} warps={}".format(*row["tiles"])
+    from report import tiles_text      # beside this script
+
+    tiles = tiles_text(row["tiles"])
     ms = f"{row['ms']:8.2f} ms" if row["ms"] is not None else "       - ms"
     diff = f"{row['rel_diff']:.1e}" if row["rel_diff"] is not None else "-"
     tail = f"  ERROR {row['error']}" if row["error"] else ""
@@ -160,25 +161,24 @@ def main(argv=None) -> int:
         print("no GPU: torch.cuda.is_available() is False; nothing timed (--device cpu checks "
               "the candidates in the interpreter)")
         return 0
+    from report import tile_sweep_best, tiles_text      # beside this script
+
+    from fastgru4rec.bench import write_json_atomic
+
     print(f"full-catalog CE tiles, b {b} H {H} N {N:,} {args.precision} on {args.device}")
     rows = sweep(args.device, b, H, N, args.precision)
+    doc = dict(kind="tile-sweep", b=b, H=H, N=N, device=args.device, precision=args.precision,
+               rows=rows)
     bad = [r for r in rows if r["error"] or (r["rel_diff"] or 0.0) > 1e-4]
     print("\nfastest correct candidate per kernel:" if args.device == "cuda"
           else f"\n{len(rows) - len(bad)} of {len(rows)} candidates agree with the default "
                "(no timings on the CPU)")
-    for kernel in KERNELS:
-        ok = [r for r in rows if r["kernel"] == kernel and r not in bad and r["ms"] is not None]
-        if ok:
-            best = min(ok, key=lambda r: r["ms"])
-            base = next(r for r in rows if r["kernel"] == kernel and r["default"])
-            print(f"  {kernel}: " + "BM={} BN={} BK={} warps={}".format(*best["tiles"])
-                  + f" {best['ms']:.2f} ms"
-                  + (f" (x{base['ms'] / best['ms']:.2f} the default)" if base["ms"] else ""))
+    for best in tile_sweep_best(doc):      # the fastest that ran and agreed, as the summary
+        print(f"  {best['kernel']}: {tiles_text(best['tiles'])} {best['ms']:.2f} ms"
+              + (f" (x{best['default_ms'] / best['ms']:.2f} the default)"
+                 if best["default_ms"] else ""))
     if args.json:
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(kind="tile-sweep", b=b, H=H, N=N, device=args.device,
-                                       precision=args.precision, rows=rows), indent=1))
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, doc)
     for r in bad:
         print(f"candidate failed: {_row_text(r)}", file=sys.stderr)
     return 1 if bad else 0
